@@ -1,0 +1,89 @@
+"""ASGI middleware for request bodies: a size limit and gzip, before any route runs."""
+
+from __future__ import annotations
+
+import zlib
+
+import orjson
+
+MAX_BODY_BYTES = 5 * 1024 * 1024
+
+
+class BodyLimitAndGzip:
+    """Refuses bodies over the limit with 413 (compressed or, after gzip, uncompressed), and
+    hands routes the decompressed body of a `Content-Encoding: gzip` request."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _error(send, 413, f"body over {self.max_bytes} bytes")
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                await _error(send, 413, f"body over {self.max_bytes} bytes")
+                return
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding == b"gzip":
+            decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            try:
+                plain = decompressor.decompress(bytes(body), self.max_bytes + 1)
+            except zlib.error:
+                await _error(send, 400, "body is not valid gzip")
+                return
+            if len(plain) > self.max_bytes or decompressor.unconsumed_tail:
+                await _error(send, 413, f"body over {self.max_bytes} bytes once decompressed")
+                return
+            body = plain
+            scope = {
+                **scope,
+                "headers": [
+                    (k, v)
+                    for k, v in scope["headers"]
+                    if k not in (b"content-encoding", b"content-length")
+                ]
+                + [(b"content-length", str(len(body)).encode())],
+            }
+        elif encoding not in (b"identity", b""):
+            await _error(send, 415, f"unsupported Content-Encoding {encoding.decode()!r}")
+            return
+
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _error(send, status: int, detail: str) -> None:
+    payload = orjson.dumps({"detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,110 @@
+"""POST /v1/requests and POST /v1/feedback."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from app.api.deps import IngestCaller
+from app.db import get_engine, transaction
+from app.schemas import ErrorBody, FeedbackBatch, FeedbackResult, IngestBatch, IngestResult
+from app.services.feedback import record_feedback
+from app.services.ingest import BatchTooLarge, BodyNotJson, NotABatch, batch_events, ingest_batch
+from app.services.ingest import parse_json as parse_json_body
+
+router = APIRouter(prefix="/v1", tags=["ingest"])
+
+_ERRORS = {
+    400: {"model": ErrorBody, "description": "the body is not JSON (or not valid gzip)"},
+    401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
+    403: {"model": ErrorBody, "description": "the key lacks the ingest scope"},
+    413: {"model": ErrorBody, "description": "over 5 MiB or over 1000 items"},
+    415: {"model": ErrorBody, "description": "not JSON"},
+    422: {"model": ErrorBody, "description": "JSON, but not a batch"},
+    429: {"model": ErrorBody, "description": "over the key's rate; see Retry-After"},
+}
+
+
+def _multi_status(result: IngestResult | FeedbackResult) -> Response:
+    return Response(
+        result.model_dump_json(),
+        status_code=207 if result.errors else 200,
+        media_type="application/json",
+    )
+
+
+async def _json_body(request: Request):
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPException(415, "Content-Type must be application/json")
+    try:
+        return parse_json_body(await request.body())
+    except BodyNotJson as error:
+        raise HTTPException(400, str(error)) from None
+
+
+@router.post(
+    "/requests",
+    response_model=IngestResult,
+    summary="Ingest a batch of routed requests",
+    description=(
+        "1 to 1000 events, at most 5 MiB (gzip accepted). 200: every event stored or already "
+        "stored. 207: some events rejected, listed by index; the valid ones are stored. A 2xx "
+        "means the events are committed."
+    ),
+    responses={207: {"model": IngestResult, "description": "some events rejected"}, **_ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/IngestBatch"}}
+            },
+        }
+    },
+)
+async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
+    body = await _json_body(request)
+    try:
+        result = await run_in_threadpool(
+            ingest_batch, get_engine(), project_id=caller.project_id, body=body
+        )
+    except NotABatch as error:
+        raise HTTPException(422, str(error)) from None
+    except BatchTooLarge as error:
+        raise HTTPException(413, str(error)) from None
+    return _multi_status(result)
+
+
+@router.post(
+    "/feedback",
+    response_model=FeedbackResult,
+    summary="Quality scores that arrive after the request",
+    responses={207: {"model": FeedbackResult, "description": "some items rejected"}, **_ERRORS},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackBatch"}}
+            },
+        }
+    },
+)
+async def ingest_feedback(request: Request, caller: IngestCaller) -> Response:
+    body = await _json_body(request)
+    try:
+        raw_items = batch_events(body, key="feedback")
+    except NotABatch as error:
+        raise HTTPException(422, str(error)) from None
+    except BatchTooLarge as error:
+        raise HTTPException(413, str(error)) from None
+    result = await run_in_threadpool(_record_feedback, caller.project_id, raw_items)
+    return _multi_status(result)
+
+
+def _record_feedback(project_id: int, raw_items: list) -> FeedbackResult:
+    with transaction() as conn:
+        return record_feedback(conn, project_id=project_id, raw_items=raw_items)
+
+
+OPENAPI_EXTRA_MODELS = (IngestBatch, FeedbackBatch)

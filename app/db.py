@@ -1,0 +1,57 @@
+"""Engine and connections. One SQLAlchemy engine per process, psycopg 3 underneath."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+from sqlalchemy import Connection, Engine, create_engine
+
+from app.settings import get_settings
+
+
+class DatabaseNotConfigured(RuntimeError):
+    pass
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept plain postgresql:// URLs and use the psycopg 3 driver for them."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise DatabaseNotConfigured(f"DATABASE_URL must be a PostgreSQL URL, got {url!r}")
+
+
+@lru_cache
+def _engine_for(url: str, pid: int) -> Engine:
+    # Keyed by pid: a forked process must not reuse the parent's sockets.
+    settings = get_settings()
+    return create_engine(
+        sqlalchemy_url(url),
+        pool_size=settings.routeledger_db_pool_size,
+        max_overflow=settings.routeledger_db_pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def get_engine() -> Engine:
+    url = get_settings().database_url
+    if not url:
+        raise DatabaseNotConfigured(
+            "DATABASE_URL is not set (routeledger up starts an embedded database and sets it)"
+        )
+    return _engine_for(url, os.getpid())
+
+
+@contextmanager
+def transaction() -> Iterator[Connection]:
+    with get_engine().begin() as conn:
+        yield conn
+
+
+@contextmanager
+def connection() -> Iterator[Connection]:
+    with get_engine().connect() as conn:
+        yield conn

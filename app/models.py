@@ -1,0 +1,269 @@
+"""The schema, as SQLAlchemy Core tables. Only Alembic migrations change the database;
+these tables describe it for queries and for autogenerating the next migration."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+# Alembic's recommended convention: every constraint gets a predictable name.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+DEFAULT_TIERS = {"cheap": 1, "standard": 2, "premium": 3}
+SCOPES = ("ingest", "read", "admin")
+ATTEMPT_STATUSES = ("ok", "error", "timeout", "rejected")
+
+
+def _created_at() -> Column:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("baseline_model", Text),
+    Column("baseline_provider", Text),
+    _created_at(),
+    CheckConstraint("length(name) between 1 and 200", name="name_length"),
+)
+
+tiers = Table(
+    "tiers",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("rank", Integer, nullable=False),
+    PrimaryKeyConstraint("project_id", "name"),
+    UniqueConstraint("project_id", "rank"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    # The first characters of the key, shown so people can tell keys apart; never the secret.
+    Column("display_prefix", Text, nullable=False),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("rate_limit_per_second", Float),
+    _created_at(),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint(
+        "scopes <@ ARRAY['ingest','read','admin']::text[] and cardinality(scopes) > 0",
+        name="known_scopes",
+    ),
+    Index("ix_api_keys_project_id", "project_id"),
+)
+
+price_catalog_snapshots = Table(
+    "price_catalog_snapshots",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("version", Text, nullable=False),
+    # Prices this snapshot changed apply to requests from this instant on, never before.
+    Column("took_effect_at", DateTime(timezone=True), nullable=False),
+    Column("models", Integer, nullable=False),
+    _created_at(),
+    UniqueConstraint("source", "version"),
+)
+
+model_prices = Table(
+    "model_prices",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # NULL: the shared catalog; otherwise a project's own (negotiated) price.
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE")),
+    Column("provider", Text, nullable=False, server_default=""),
+    Column("model", Text, nullable=False),
+    Column("input_per_mtok", Numeric, nullable=False),
+    Column("output_per_mtok", Numeric, nullable=False),
+    Column("cache_read_per_mtok", Numeric),
+    Column("cache_write_per_mtok", Numeric),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    Column("source", Text, nullable=False),
+    Column(
+        "snapshot_id",
+        BigInteger,
+        ForeignKey("price_catalog_snapshots.id", ondelete="RESTRICT"),
+    ),
+    _created_at(),
+    UniqueConstraint(
+        "project_id",
+        "provider",
+        "model",
+        "effective_from",
+        postgresql_nulls_not_distinct=True,
+    ),
+    CheckConstraint(
+        "input_per_mtok >= 0 and output_per_mtok >= 0"
+        " and coalesce(cache_read_per_mtok, 0) >= 0 and coalesce(cache_write_per_mtok, 0) >= 0",
+        name="non_negative",
+    ),
+    Index("ix_model_prices_model", "model", "effective_from"),
+)
+
+# One row per stored request_id: the duplicate check for a time-partitioned requests table
+# (a unique index there would have to include the timestamp).
+request_keys = Table(
+    "request_keys",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("project_id", "request_id"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("user_tier", Text),
+    Column("task_type", Text),
+    Column("intended_tier", Text, nullable=False),
+    Column("served_tier", Text),
+    Column("served_model", Text),
+    Column("served_provider", Text),
+    Column("attempt_count", SmallInteger, nullable=False),
+    Column("is_fallback", Boolean, nullable=False),
+    Column("is_escalation", Boolean, nullable=False),
+    Column("is_failover", Boolean, nullable=False),
+    Column("is_failed", Boolean, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("latency_ms", Float),
+    # Sum of the known attempt costs; is_unpriced says whether that sum is complete.
+    Column("cost_usd", Numeric, nullable=False),
+    Column("unpriced_attempts", SmallInteger, nullable=False),
+    Column("is_unpriced", Boolean, nullable=False),
+    Column("baseline_cost_usd", Numeric),
+    Column("baseline_price_id", BigInteger),
+    Column("quality_score", Float),
+    Column("quality_source", Text),
+    Column("revenue_usd", Numeric),
+    Column("router_strategy", Text),
+    Column("router_version", Text),
+    Column("router_confidence", Float),
+    Column("router_latency_ms", Float),
+    Column("experiment_name", Text),
+    Column("experiment_arm", Text),
+    Column("metadata", JSONB),
+    PrimaryKeyConstraint("project_id", "ts", "request_id"),
+    postgresql_partition_by="RANGE (ts)",
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("provider", Text),
+    Column("tier", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("reason", Text),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("latency_ms", Float),
+    # NULL when unpriced: unknown, never 0.
+    Column("cost_usd", Numeric),
+    # 'client' (sent on the event) or 'price' (price_id says which row priced it).
+    Column("cost_source", Text),
+    Column("price_id", BigInteger),
+    PrimaryKeyConstraint("project_id", "ts", "request_id", "position"),
+    CheckConstraint("status in ('ok','error','timeout','rejected')", name="known_status"),
+    CheckConstraint(
+        "(cost_source is null) = (cost_usd is null)"
+        " and (cost_source = 'price') = (price_id is not null)",
+        name="cost_explained",
+    ),
+    postgresql_partition_by="RANGE (ts)",
+)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("request_ts", DateTime(timezone=True), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("source", Text),
+    Column("comment", Text),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("score >= 0 and score <= 1", name="score_range"),
+    Index("ix_feedback_project_request", "project_id", "request_id"),
+    Index("ix_feedback_received_at", "received_at"),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("split", JSONB, nullable=False),
+    Column("effective_from", DateTime(timezone=True), nullable=False),
+    _created_at(),
+    UniqueConstraint("project_id", "feature", "effective_from"),
+)
+
+revenue_records = Table(
+    "revenue_records",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("amount_usd", Numeric, nullable=False),
+    _created_at(),
+    CheckConstraint("period_end > period_start", name="period_order"),
+    Index("ix_revenue_records_project_customer", "project_id", "customer_id", "period_start"),
+)
+
+# Rows carry the request's own timestamp so a partition can be found for them.
+PARTITIONED_TABLES = ("requests", "attempts")

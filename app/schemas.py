@@ -1,0 +1,241 @@
+"""Pydantic models of the HTTP contract (DESIGN.md): request bodies and answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
+
+MAX_STRING = 200
+MAX_ATTEMPTS = 20
+MAX_BATCH_EVENTS = 1000
+MAX_METADATA_BYTES = 8 * 1024
+
+Text = Annotated[StrictStr, Field(max_length=MAX_STRING)]
+RequiredText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING)]
+TokenCount = Annotated[StrictInt, Field(ge=0, le=2**40)]
+Millis = Annotated[StrictFloat | StrictInt, Field(ge=0)]
+Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
+
+
+def _money_input(value: Any) -> Any:
+    # Money arrives as a decimal string (the contract) or a JSON number; never a bool.
+    if isinstance(value, bool):
+        raise ValueError("must be a decimal string or a number")
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return value
+
+
+def _finite_non_negative(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise ValueError("must be a finite number")
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Money = Annotated[Decimal, BeforeValidator(_money_input), AfterValidator(_finite_non_negative)]
+MoneyOrNone = Money | None
+
+
+def _timestamp_text(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-22T10:15:30Z")
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Router(Strict):
+    strategy: Text | None = None
+    version: Text | None = None
+    confidence: Score | None = None
+    latency_ms: Millis | None = None
+
+
+class Experiment(Strict):
+    name: RequiredText
+    arm: RequiredText
+
+
+class Attempt(Strict):
+    model: RequiredText
+    provider: Text | None = None
+    tier: RequiredText
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_read_tokens: TokenCount = 0
+    cache_write_tokens: TokenCount = 0
+    cost_usd: MoneyOrNone = None
+    latency_ms: Millis | None = None
+    status: Literal["ok", "error", "timeout", "rejected"]
+    reason: Text | None = None
+
+
+class Quality(Strict):
+    score: Score
+    source: Text | None = None
+
+
+class Event(Strict):
+    """One routed request, event schema v1."""
+
+    request_id: UUID
+    timestamp: Timestamp
+    customer_id: RequiredText
+    feature: RequiredText
+    user_tier: Text | None = None
+    task_type: Text | None = None
+    intended_tier: Text | None = None
+    router: Router | None = None
+    experiment: Experiment | None = None
+    attempts: Annotated[list[Attempt], Field(min_length=1, max_length=MAX_ATTEMPTS)]
+    quality: Quality | None = None
+    revenue_usd: MoneyOrNone = None
+    metadata: dict[str, Any] | None = None
+
+
+class IngestBatch(Strict):
+    requests: Annotated[list[Event], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class ItemError(BaseModel):
+    index: int
+    request_id: str | None = None
+    error: str
+
+
+class IngestResult(BaseModel):
+    accepted: int
+    duplicates: int
+    errors: list[ItemError]
+
+
+class FeedbackItem(Strict):
+    request_id: UUID
+    score: Score
+    source: Text | None = None
+    comment: Annotated[StrictStr, Field(max_length=2000)] | None = None
+
+
+class FeedbackBatch(Strict):
+    feedback: Annotated[list[FeedbackItem], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class FeedbackResult(BaseModel):
+    accepted: int
+    errors: list[ItemError]
+
+
+PricePerMtok = Annotated[
+    Decimal, BeforeValidator(_money_input), AfterValidator(_finite_non_negative)
+]
+
+
+class PriceIn(Strict):
+    model: RequiredText
+    provider: Text | None = None
+    input_per_mtok: PricePerMtok
+    output_per_mtok: PricePerMtok
+    cache_read_per_mtok: PricePerMtok | None = None
+    cache_write_per_mtok: PricePerMtok | None = None
+    effective_from: Timestamp
+
+
+class PricesIn(Strict):
+    prices: Annotated[list[PriceIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class PriceOut(BaseModel):
+    id: int
+    model: str
+    provider: str | None
+    input_per_mtok: str
+    output_per_mtok: str
+    cache_read_per_mtok: str | None
+    cache_write_per_mtok: str | None
+    effective_from: datetime
+    source: str
+    scope: Literal["project", "catalog"]
+
+
+class PriceList(BaseModel):
+    prices: list[PriceOut]
+    catalog_version: str | None = Field(description="genai-prices version of the newest snapshot")
+
+
+class PolicyIn(Strict):
+    split: dict[str, Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]]
+    effective_from: Timestamp | None = None
+
+
+class PolicyOut(BaseModel):
+    feature: str
+    split: dict[str, float]
+    effective_from: datetime
+    history: list[PolicyHistoryEntry] = []
+
+
+class PolicyHistoryEntry(BaseModel):
+    split: dict[str, float]
+    effective_from: datetime
+
+
+class RevenueRecordIn(Strict):
+    customer_id: RequiredText
+    period_start: Timestamp
+    period_end: Timestamp
+    amount_usd: Annotated[Decimal, BeforeValidator(_money_input)]
+
+
+class RevenueIn(Strict):
+    records: Annotated[list[RevenueRecordIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class RevenueResult(BaseModel):
+    accepted: int
+
+
+class KeyIn(Strict):
+    name: RequiredText
+    scopes: Annotated[list[Literal["ingest", "read", "admin"]], Field(min_length=1)]
+    rate_limit_per_second: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+
+
+class KeyOut(BaseModel):
+    id: int
+    name: str
+    display_prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the secret, shown once")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+PolicyOut.model_rebuild()

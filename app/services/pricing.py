@@ -1,0 +1,361 @@
+"""The price catalog: prices with effective dates, from genai-prices and from projects.
+
+Stored costs never change silently: a price applies from its `effective_from` on, a newer
+catalog snapshot only adds prices from the moment it is loaded, and re-pricing old
+requests is an explicit job with an audit record.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import lru_cache
+
+import genai_prices
+from genai_prices import data_snapshot
+from genai_prices import types as gp
+from sqlalchemy import Connection, func, insert, or_, select, text
+
+from app.models import model_prices, price_catalog_snapshots
+
+CATALOG_SOURCE = "genai-prices"
+# The first snapshot prices all history: nothing older than this is expected.
+CATALOG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+MILLION = Decimal(1_000_000)
+# Token counts up to 2**40 times prices with a dozen digits stay exact at this precision.
+_MONEY_CONTEXT = decimal.Context(prec=50)
+
+
+@dataclass(frozen=True)
+class Price:
+    id: int
+    project_id: int | None
+    provider: str
+    model: str
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None
+    cache_write_per_mtok: Decimal | None
+    effective_from: datetime
+
+    def cost(
+        self,
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        cache_read_tokens: int,
+        cache_write_tokens: int,
+    ) -> Decimal:
+        # A missing cache price falls back to the input price (DESIGN.md, attempt cost).
+        cache_read = self.cache_read_per_mtok
+        cache_write = self.cache_write_per_mtok
+        if cache_read is None:
+            cache_read = self.input_per_mtok
+        if cache_write is None:
+            cache_write = self.input_per_mtok
+        ctx = _MONEY_CONTEXT
+        total = ctx.add(
+            ctx.add(
+                ctx.multiply(self.input_per_mtok, input_tokens),
+                ctx.multiply(self.output_per_mtok, output_tokens),
+            ),
+            ctx.add(
+                ctx.multiply(cache_read, cache_read_tokens),
+                ctx.multiply(cache_write, cache_write_tokens),
+            ),
+        )
+        return ctx.divide(total, MILLION).normalize(ctx) if total else Decimal(0)
+
+
+# --- matching a model name to the catalog -------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def catalog_match(model: str, provider: str | None) -> tuple[str, str] | None:
+    """genai-prices' own matching of a model name: (provider id, model id), or None."""
+    snapshot = data_snapshot.get_snapshot()
+    try:
+        found_provider, found_model = snapshot.find_provider_model(model, None, provider, None)
+    except LookupError:
+        return None
+    return found_provider.id, found_model.id
+
+
+def normalize_provider(provider: str | None) -> str:
+    return (provider or "").strip().lower()
+
+
+class PriceBook:
+    """The prices of the models of one batch, for one project, loaded in one query."""
+
+    def __init__(self, rows: Iterable[Price]):
+        self._by_model: dict[str, list[Price]] = {}
+        for row in rows:
+            self._by_model.setdefault(row.model, []).append(row)
+        for timeline in self._by_model.values():
+            timeline.sort(key=lambda p: p.effective_from)
+        self._resolved: dict[tuple[str, str], tuple[list[Price], list[Price]]] = {}
+
+    @classmethod
+    def load(
+        cls, conn: Connection, *, project_id: int, models: Iterable[tuple[str, str | None]]
+    ) -> PriceBook:
+        names: set[str] = set()
+        for model, provider in models:
+            names.add(model)
+            match = catalog_match(model, normalize_provider(provider) or None)
+            if match:
+                names.add(match[1])
+        if not names:
+            return cls([])
+        rows = conn.execute(
+            select(model_prices).where(
+                or_(model_prices.c.project_id == project_id, model_prices.c.project_id.is_(None)),
+                model_prices.c.model.in_(sorted(names)),
+            )
+        )
+        return cls(
+            Price(
+                id=r.id,
+                project_id=r.project_id,
+                provider=r.provider,
+                model=r.model,
+                input_per_mtok=r.input_per_mtok,
+                output_per_mtok=r.output_per_mtok,
+                cache_read_per_mtok=r.cache_read_per_mtok,
+                cache_write_per_mtok=r.cache_write_per_mtok,
+                effective_from=r.effective_from,
+            )
+            for r in rows
+        )
+
+    def price_at(self, model: str, provider: str | None, at: datetime) -> Price | None:
+        """The price in force at `at`: the project's own price from its effective_from on,
+        else the catalog's (exact model name first, then the catalog's own matching)."""
+        own, catalog = self._candidates(model, normalize_provider(provider))
+        return _in_force(own, at) or _in_force(catalog, at)
+
+    def _candidates(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
+        key = (model, provider)
+        if key not in self._resolved:
+            self._resolved[key] = self._resolve(model, provider)
+        return self._resolved[key]
+
+    def _resolve(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
+        exact = self._by_model.get(model, [])
+        own = [p for p in exact if p.project_id is not None and p.provider in ("", provider)]
+        catalog = [
+            p for p in exact if p.project_id is None and (not provider or p.provider == provider)
+        ]
+        match = catalog_match(model, provider or None)
+        if len(catalog) == 0 and match:
+            catalog = [
+                p
+                for p in self._by_model.get(match[1], [])
+                if p.project_id is None and p.provider == match[0]
+            ]
+        providers = {p.provider for p in catalog}
+        if len(providers) > 1:
+            # Same model name at several providers and none given: the catalog's choice.
+            preferred = match[0] if match and match[0] in providers else min(providers)
+            catalog = [p for p in catalog if p.provider == preferred]
+        return own, catalog
+
+
+def _in_force(timeline: list[Price], at: datetime) -> Price | None:
+    chosen = None
+    for price in timeline:
+        if price.effective_from <= at:
+            chosen = price
+        else:
+            break
+    return chosen
+
+
+# --- the catalog snapshot --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogSync:
+    version: str
+    created: bool
+    prices_added: int
+
+
+def _amount(value: Decimal | gp.TieredPrices | None) -> Decimal | None:
+    # Long-context tiers are not modelled: the base price applies.
+    if isinstance(value, gp.TieredPrices):
+        return value.base
+    return value
+
+
+def _catalog_timeline(model: gp.ModelInfo) -> list[tuple[datetime, gp.ModelPrice]]:
+    if isinstance(model.prices, gp.ModelPrice):
+        return [(CATALOG_EPOCH, model.prices)]
+    timeline = []
+    for conditional in model.prices:
+        constraint = conditional.constraint
+        if constraint is None:
+            timeline.append((CATALOG_EPOCH, conditional.prices))
+        elif isinstance(constraint, gp.StartDateConstraint):
+            start: date = constraint.start_date
+            timeline.append(
+                (datetime(start.year, start.month, start.day, tzinfo=UTC), conditional.prices)
+            )
+        # Time-of-day discounts are not modelled: the unconstrained price applies.
+    return sorted(timeline, key=lambda item: item[0])
+
+
+def catalog_rows() -> list[dict]:
+    """Every token price of the installed genai-prices, as model_prices rows."""
+    rows = []
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            for effective_from, price in _catalog_timeline(model):
+                input_price = _amount(getattr(price, "input_mtok", None))
+                output_price = _amount(getattr(price, "output_mtok", None))
+                if input_price is None and output_price is None:
+                    continue  # not priced per token (images, requests): nothing to apply
+                rows.append(
+                    {
+                        "provider": provider.id,
+                        "model": model.id,
+                        "input_per_mtok": input_price or Decimal(0),
+                        "output_per_mtok": output_price or Decimal(0),
+                        "cache_read_per_mtok": _amount(getattr(price, "cache_read_mtok", None)),
+                        "cache_write_per_mtok": _amount(getattr(price, "cache_write_mtok", None)),
+                        "effective_from": effective_from,
+                    }
+                )
+    return rows
+
+
+def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSync:
+    """Loads the installed genai-prices version once. The first snapshot prices all history;
+    a later one adds only what changed, in force from now, so no stored cost moves."""
+    now = now or datetime.now(UTC)
+    version = genai_prices.__version__
+    conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.catalog'))"))
+    exists = conn.execute(
+        select(price_catalog_snapshots.c.id).where(
+            price_catalog_snapshots.c.source == CATALOG_SOURCE,
+            price_catalog_snapshots.c.version == version,
+        )
+    ).first()
+    if exists:
+        return CatalogSync(version=version, created=False, prices_added=0)
+
+    first = (
+        conn.execute(select(func.count()).select_from(price_catalog_snapshots)).scalar_one() == 0
+    )
+    candidates = catalog_rows()
+    if not first:
+        candidates = _changes_since_last_snapshot(conn, candidates, now=now)
+    snapshot_id = conn.execute(
+        insert(price_catalog_snapshots)
+        .values(
+            source=CATALOG_SOURCE,
+            version=version,
+            took_effect_at=CATALOG_EPOCH if first else now,
+            models=len({(r["provider"], r["model"]) for r in candidates}),
+        )
+        .returning(price_catalog_snapshots.c.id)
+    ).scalar_one()
+    source = f"{CATALOG_SOURCE} {version}"
+    if candidates:
+        conn.execute(
+            insert(model_prices),
+            [
+                {**row, "project_id": None, "source": source, "snapshot_id": snapshot_id}
+                for row in candidates
+            ],
+        )
+    return CatalogSync(version=version, created=True, prices_added=len(candidates))
+
+
+_PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
+
+
+def _changes_since_last_snapshot(
+    conn: Connection, candidates: list[dict], *, now: datetime
+) -> list[dict]:
+    stored = conn.execute(
+        select(model_prices)
+        .where(model_prices.c.project_id.is_(None))
+        .order_by(model_prices.c.effective_from)
+    )
+    timelines: dict[tuple[str, str], list] = {}
+    for row in stored:
+        timelines.setdefault((row.provider, row.model), []).append(row)
+    changes = []
+    in_force_now: dict[tuple[str, str], dict] = {}
+    for row in candidates:
+        key = (row["provider"], row["model"])
+        if key not in timelines:
+            changes.append(row)  # a model new to the catalog: nothing was priced with it
+        elif row["effective_from"] > now:
+            if all(old.effective_from != row["effective_from"] for old in timelines[key]):
+                changes.append(row)  # an announced future price
+        elif (
+            key not in in_force_now or row["effective_from"] >= in_force_now[key]["effective_from"]
+        ):
+            in_force_now[key] = row
+    for key, row in in_force_now.items():
+        current = [old for old in timelines[key] if old.effective_from <= now][-1:]
+        if not current or any(getattr(current[0], f) != row[f] for f in _PRICE_FIELDS):
+            changes.append({**row, "effective_from": now})
+    return changes
+
+
+def catalog_version(conn: Connection) -> str | None:
+    return conn.execute(
+        select(price_catalog_snapshots.c.version)
+        .where(price_catalog_snapshots.c.source == CATALOG_SOURCE)
+        .order_by(price_catalog_snapshots.c.id.desc())
+        .limit(1)
+    ).scalar()
+
+
+def add_prices(conn: Connection, *, project_id: int, prices: list[dict]) -> list[int]:
+    """A project's own prices; each overrides the catalog from its effective_from on."""
+    ids = []
+    for price in prices:
+        ids.append(
+            conn.execute(
+                insert(model_prices)
+                .values(
+                    project_id=project_id,
+                    provider=normalize_provider(price.get("provider")),
+                    model=price["model"],
+                    input_per_mtok=price["input_per_mtok"],
+                    output_per_mtok=price["output_per_mtok"],
+                    cache_read_per_mtok=price.get("cache_read_per_mtok"),
+                    cache_write_per_mtok=price.get("cache_write_per_mtok"),
+                    effective_from=price["effective_from"],
+                    source="custom",
+                )
+                .returning(model_prices.c.id)
+            ).scalar_one()
+        )
+    return ids
+
+
+def list_prices(
+    conn: Connection, *, project_id: int, model: str | None = None, include_catalog: bool = True
+) -> list[dict]:
+    scope = model_prices.c.project_id == project_id
+    if include_catalog:
+        scope = or_(scope, model_prices.c.project_id.is_(None))
+    query = select(model_prices).where(scope)
+    if model:
+        query = query.where(model_prices.c.model == model)
+    query = query.order_by(
+        model_prices.c.project_id.is_(None),
+        model_prices.c.provider,
+        model_prices.c.model,
+        model_prices.c.effective_from,
+    )
+    return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,170 @@
+"""Projects, their tiers and their API keys."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, insert, select, update
+
+from app.models import DEFAULT_TIERS, SCOPES, api_keys, projects, tiers
+
+KEY_PREFIX = "rl_"
+
+
+class ProjectExists(ValueError):
+    pass
+
+
+class ProjectNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: resolved from an API key, scoped to one project."""
+
+    project_id: int
+    key_id: int
+    scopes: frozenset[str]
+    rate_limit_per_second: float | None
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: int
+    name: str
+    scopes: tuple[str, ...]
+    secret: str
+
+    @property
+    def display_prefix(self) -> str:
+        return self.secret[: len(KEY_PREFIX) + 6]
+
+
+def hash_key(secret: str) -> bytes:
+    # Keys are 256-bit random strings, so a fast hash is safe here (argon2 is for passwords).
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def create_project(
+    conn: Connection,
+    *,
+    name: str,
+    baseline_model: str | None = None,
+    baseline_provider: str | None = None,
+) -> tuple[int, list[NewKey]]:
+    """A project with the default tiers and one key per scope."""
+    if conn.execute(select(projects.c.id).where(projects.c.name == name)).first():
+        raise ProjectExists(f"a project named {name!r} already exists")
+    project_id = conn.execute(
+        insert(projects)
+        .values(name=name, baseline_model=baseline_model, baseline_provider=baseline_provider)
+        .returning(projects.c.id)
+    ).scalar_one()
+    conn.execute(
+        insert(tiers),
+        [{"project_id": project_id, "name": t, "rank": r} for t, r in DEFAULT_TIERS.items()],
+    )
+    keys = [
+        create_key(conn, project_id=project_id, name=f"{scope} key", scopes=[scope])
+        for scope in SCOPES
+    ]
+    return project_id, keys
+
+
+def project_id_by_name(conn: Connection, *, name: str) -> int:
+    found = conn.execute(select(projects.c.id).where(projects.c.name == name)).scalar()
+    if found is None:
+        raise ProjectNotFound(f"no project named {name!r}")
+    return found
+
+
+def create_key(
+    conn: Connection,
+    *,
+    project_id: int,
+    name: str,
+    scopes: list[str],
+    rate_limit_per_second: float | None = None,
+) -> NewKey:
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = conn.execute(
+        insert(api_keys)
+        .values(
+            project_id=project_id,
+            name=name,
+            display_prefix=secret[: len(KEY_PREFIX) + 6],
+            key_hash=hash_key(secret),
+            scopes=sorted(set(scopes)),
+            rate_limit_per_second=rate_limit_per_second,
+        )
+        .returning(api_keys.c.id)
+    ).scalar_one()
+    return NewKey(id=key_id, name=name, scopes=tuple(sorted(set(scopes))), secret=secret)
+
+
+def list_keys(conn: Connection, *, project_id: int) -> list[dict]:
+    rows = conn.execute(
+        select(
+            api_keys.c.id,
+            api_keys.c.name,
+            api_keys.c.display_prefix,
+            api_keys.c.scopes,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        )
+        .where(api_keys.c.project_id == project_id)
+        .order_by(api_keys.c.id)
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def revoke_key(conn: Connection, *, project_id: int, key_id: int) -> bool:
+    """Revokes a key of this project; False when the project has no such live key."""
+    result = conn.execute(
+        update(api_keys)
+        .where(
+            api_keys.c.project_id == project_id,
+            api_keys.c.id == key_id,
+            api_keys.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=datetime.now(UTC))
+    )
+    return result.rowcount == 1
+
+
+def authenticate(conn: Connection, *, secret: str) -> Caller | None:
+    """The caller a key belongs to, or None for an unknown or revoked key."""
+    row = conn.execute(
+        select(
+            api_keys.c.id,
+            api_keys.c.project_id,
+            api_keys.c.scopes,
+            api_keys.c.rate_limit_per_second,
+        ).where(api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None))
+    ).first()
+    if row is None:
+        return None
+    return Caller(
+        project_id=row.project_id,
+        key_id=row.id,
+        scopes=frozenset(row.scopes),
+        rate_limit_per_second=row.rate_limit_per_second,
+    )
+
+
+def project_tiers(conn: Connection, *, project_id: int) -> dict[str, int]:
+    rows = conn.execute(select(tiers.c.name, tiers.c.rank).where(tiers.c.project_id == project_id))
+    return {row.name: row.rank for row in rows}
+
+
+def project_baseline(conn: Connection, *, project_id: int) -> tuple[str | None, str | None]:
+    row = conn.execute(
+        select(projects.c.baseline_model, projects.c.baseline_provider).where(
+            projects.c.id == project_id
+        )
+    ).one()
+    return row.baseline_model, row.baseline_provider

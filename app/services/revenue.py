@@ -1,0 +1,34 @@
+"""Revenue records: what a customer paid for a period (prorated into metrics by overlap)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection, insert
+
+from app.models import revenue_records
+from app.schemas import RevenueRecordIn
+
+
+class InvalidRevenue(ValueError):
+    pass
+
+
+def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecordIn]) -> int:
+    for index, record in enumerate(records):
+        if record.period_end <= record.period_start:
+            raise InvalidRevenue(f"records[{index}].period_end: must be after period_start")
+        if not record.amount_usd.is_finite():
+            raise InvalidRevenue(f"records[{index}].amount_usd: must be a finite number")
+    conn.execute(
+        insert(revenue_records),
+        [
+            {
+                "project_id": project_id,
+                "customer_id": r.customer_id,
+                "period_start": r.period_start,
+                "period_end": r.period_end,
+                "amount_usd": r.amount_usd,
+            }
+            for r in records
+        ],
+    )
+    return len(records)

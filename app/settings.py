@@ -1,0 +1,55 @@
+"""The one place configuration is read: environment variables, documented in README.md."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset: embedded PostgreSQL in the data dir"
+    )
+    celery_broker_url: str | None = Field(
+        default=None, description="Redis or RabbitMQ URL; unset: the database is the broker"
+    )
+    smtp_url: str | None = Field(
+        default=None, description="smtp:// or smtps:// URL; unset: .eml files in the outbox"
+    )
+    routeledger_secret_key: str = Field(
+        default="dev-insecure-secret-change-me",
+        description="signs dashboard sessions; set it in production",
+    )
+    routeledger_data_dir: Path = Field(
+        default=Path(platformdirs.user_data_dir("routeledger")),
+        description="embedded database, outbox and other local state",
+    )
+    routeledger_api_host: str = "127.0.0.1"
+    routeledger_api_port: int = 8000
+    routeledger_dashboard_port: int = 8050
+    routeledger_public_url: str | None = Field(
+        default=None, description="dashboard URL used in emails; default http://host:port"
+    )
+    routeledger_rate_limit_per_second: float = Field(
+        default=50.0, description="default calls per second per API key (burst: 2 seconds' worth)"
+    )
+    routeledger_db_pool_size: int = 10
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.routeledger_data_dir / "outbox"
+
+    @property
+    def embedded_pgdata_dir(self) -> Path:
+        return self.routeledger_data_dir / "pgdata"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
