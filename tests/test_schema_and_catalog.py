@@ -1,0 +1,162 @@
+"""Migrations from empty to head and back; the genai-prices catalog snapshot; partitions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.services import pricing
+from tests.conftest import ADMIN_URL, _with_database
+
+
+@pytest.fixture
+def scratch_database(database_url):
+    """An empty database of its own; the session's DATABASE_URL is restored afterwards."""
+    import os
+
+    from app.db import get_engine
+    from app.settings import get_settings
+
+    name = f"routeledger_scratch_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    url = _with_database(ADMIN_URL, name)
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    try:
+        yield url
+    finally:
+        get_engine().dispose()
+        os.environ["DATABASE_URL"] = database_url
+        get_settings.cache_clear()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select tablename from pg_tables where schemaname = 'public' "
+            "union select relname from pg_class where relkind = 'p'"
+        )
+        return {r[0] for r in rows}
+
+
+def test_upgrade_to_head_and_downgrade_to_base(scratch_database):
+    from app import migrate
+    from app.services.partitions import forget_known_partitions
+
+    migrate.upgrade()
+    assert {
+        "projects",
+        "requests",
+        "attempts",
+        "model_prices",
+        "request_keys",
+        "policies",
+    } <= _tables(scratch_database)
+    with psycopg.connect(scratch_database) as conn:
+        unnamed = conn.execute(
+            "select conname from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
+            "where n.nspname = 'public' and conname !~ '^(pk|fk|uq|ck)_' "
+                "and conname <> 'alembic_version_pkc'"
+        ).fetchall()
+    assert unnamed == []  # every constraint follows the naming convention
+    migrate.downgrade("base")
+    assert _tables(scratch_database) <= {"alembic_version"}
+    migrate.upgrade()
+    forget_known_partitions()
+    assert "requests" in _tables(scratch_database)
+
+
+def test_catalog_snapshot_is_loaded_once_and_later_versions_change_only_the_future(
+    scratch_database, monkeypatch
+):
+    from app import migrate
+
+    migrate.upgrade()
+    engine = create_engine(scratch_database.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        first = pricing.sync_catalog(conn)
+        again = pricing.sync_catalog(conn)
+    assert first.created and first.prices_added > 1000
+    assert not again.created
+    with engine.begin() as conn:
+        (took_effect,) = conn.execute(
+            text("select took_effect_at from price_catalog_snapshots")
+        ).one()
+        assert took_effect == pricing.CATALOG_EPOCH
+
+    # A newer package version with one changed price and one new model.
+    rows = pricing.catalog_rows()
+    changed = next(r for r in rows if r["model"] == "gpt-4o" and r["provider"] == "openai")
+    changed_rows = [
+        {**r, "input_per_mtok": r["input_per_mtok"] * 2} if r is changed else r for r in rows
+    ] + [{**changed, "model": "brand-new-model"}]
+    monkeypatch.setattr(pricing, "catalog_rows", lambda: changed_rows)
+    monkeypatch.setattr(pricing.genai_prices, "__version__", "99.0.0")
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    with engine.begin() as conn:
+        upgrade = pricing.sync_catalog(conn, now=now)
+        added = conn.execute(
+            text(
+                "select model, effective_from from model_prices p join price_catalog_snapshots s "
+                "on s.id = p.snapshot_id where s.version = '99.0.0' order by model"
+            )
+        ).all()
+    assert upgrade.created and upgrade.prices_added == 2
+    assert [(m, e == now) for m, e in added] == [("brand-new-model", False), ("gpt-4o", True)]
+    with engine.connect() as conn:
+        book = pricing.PriceBook.load(conn, project_id=0, models=[("gpt-4o", "openai")])
+    before = book.price_at("gpt-4o", "openai", now - timedelta(seconds=1))
+    after = book.price_at("gpt-4o", "openai", now)
+    assert after.input_per_mtok == 2 * before.input_per_mtok
+    engine.dispose()
+
+
+def test_catalog_lookup_exact_then_matching_then_provider(engine):
+    with engine.connect() as conn:
+        book = pricing.PriceBook.load(
+            conn,
+            project_id=0,
+            models=[
+                ("gpt-4-1106-preview", None),
+                ("mistralai/Mixtral-8x7B-Instruct-v0.1", None),
+                ("claude-opus-4-6", "google"),
+                ("claude-opus-4-6", None),
+                ("claude-3-5-haiku-20241022", "anthropic"),
+            ],
+        )
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    gpt4 = book.price_at("gpt-4-1106-preview", None, now)
+    # The exact name is in the catalog (at a reseller), so it wins over fuzzy matching.
+    assert (gpt4.model, str(gpt4.input_per_mtok), str(gpt4.output_per_mtok)) == (
+        "gpt-4-1106-preview",
+        "10",
+        "30",
+    )
+    mixtral = book.price_at("mistralai/Mixtral-8x7B-Instruct-v0.1", None, now)
+    assert mixtral.model == "mistralai/Mixtral-8x7B-Instruct-v0.1"  # exact name in the catalog
+    assert book.price_at("claude-opus-4-6", "google", now).provider == "google"
+    assert book.price_at("claude-opus-4-6", None, now).provider == "anthropic"
+    matched = book.price_at("claude-3-5-haiku-20241022", "anthropic", now)
+    assert (matched.provider, matched.model) == ("anthropic", "claude-3-5-haiku-latest")
+    assert book.price_at("no-such-model-anywhere", None, now) is None
+
+
+def test_requests_land_in_monthly_partitions(http, fresh_project, database_url):
+    from tests.events import batch, event
+    from tests.test_ingest_api import post
+
+    old = event(timestamp="2024-02-29T23:59:59.999Z")
+    post(http, fresh_project.ingest_key, batch(old))
+    with psycopg.connect(database_url) as conn:
+        table = conn.execute(
+            "select tableoid::regclass::text from requests where request_id = %s",
+            (old["request_id"],),
+        ).fetchone()[0]
+    assert table == "requests_p2024_02"
