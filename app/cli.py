@@ -14,7 +14,23 @@ from app.settings import get_settings
 console = Console(stderr=True)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Turns a missing or unreachable database into a one-line error, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from sqlalchemy.exc import OperationalError
+
+        from app.db import DatabaseNotConfigured
+
+        try:
+            return super().invoke(ctx)
+        except DatabaseNotConfigured as error:
+            raise click.ClickException(str(error)) from None
+        except OperationalError as error:
+            raise click.ClickException(f"cannot reach the database: {error.orig}") from None
+
+
+@click.group(cls=_Commands)
 def main() -> None:
     """RouteLedger: cost-and-routing observability for LLM products."""
 

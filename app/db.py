@@ -9,6 +9,7 @@ from functools import lru_cache
 
 from sqlalchemy import Connection, Engine, create_engine
 
+from app.embedded import running_url
 from app.settings import get_settings
 
 
@@ -36,13 +37,19 @@ def _engine_for(url: str, pid: int) -> Engine:
     )
 
 
-def get_engine() -> Engine:
-    url = get_settings().database_url
+def database_url() -> str:
+    settings = get_settings()
+    url = settings.database_url or running_url(settings.embedded_pgdata_dir)
     if not url:
         raise DatabaseNotConfigured(
-            "DATABASE_URL is not set (routeledger up starts an embedded database and sets it)"
+            "DATABASE_URL is not set and no embedded database is running: "
+            "set DATABASE_URL, or start one with `routeledger up`"
         )
-    return _engine_for(url, os.getpid())
+    return url
+
+
+def get_engine() -> Engine:
+    return _engine_for(database_url(), os.getpid())
 
 
 @contextmanager

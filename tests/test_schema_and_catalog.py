@@ -63,7 +63,7 @@ def test_upgrade_to_head_and_downgrade_to_base(scratch_database):
         unnamed = conn.execute(
             "select conname from pg_constraint c join pg_namespace n on n.oid = c.connamespace "
             "where n.nspname = 'public' and conname !~ '^(pk|fk|uq|ck)_' "
-                "and conname <> 'alembic_version_pkc'"
+            "and conname <> 'alembic_version_pkc'"
         ).fetchall()
     assert unnamed == []  # every constraint follows the naming convention
     migrate.downgrade("base")

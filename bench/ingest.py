@@ -1,0 +1,203 @@
+"""Ingest throughput: events/s through POST /v1/requests (batches of 500 events of 1 to 3
+attempts, several concurrent senders) against a raw psycopg binary COPY of the same rows
+into the same tables, measured in the same run.
+
+    .venv/bin/python -m bench.ingest [--events 100000] [--senders 4] [--api-workers 2]
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from queue import Empty, Queue
+
+import httpx
+import orjson
+
+from bench.common import api_server, create_project, scratch_database
+
+CHEAP, STANDARD, PREMIUM = (
+    ("gpt-4o-mini", "openai"),
+    ("claude-sonnet-4-0", "anthropic"),
+    (
+        "gpt-4o",
+        "openai",
+    ),
+)
+FEATURES = ["support-chat", "search", "summarize", "code-review"]
+
+
+def make_event(rng: random.Random, at: datetime) -> dict:
+    chain = [("cheap", CHEAP), ("standard", STANDARD), ("premium", PREMIUM)][
+        : rng.choice((1, 1, 2, 3))
+    ]
+    attempts = []
+    for position, (tier, (model, provider)) in enumerate(chain):
+        last = position == len(chain) - 1
+        attempts.append(
+            {
+                "model": model,
+                "provider": provider,
+                "tier": tier,
+                "input_tokens": rng.randint(50, 4000),
+                "output_tokens": rng.randint(10, 1500),
+                "cache_read_tokens": rng.choice((0, 0, 512)),
+                "latency_ms": round(rng.uniform(100, 4000), 1),
+                "status": "ok" if last else rng.choice(("rejected", "error", "timeout")),
+            }
+        )
+    return {
+        "request_id": str(uuid.uuid4()),
+        "timestamp": (at - timedelta(seconds=rng.randint(0, 86_400 * 3))).isoformat(),
+        "customer_id": f"customer-{rng.randint(1, 200)}",
+        "feature": rng.choice(FEATURES),
+        "intended_tier": "cheap",
+        "router": {"strategy": "rules", "version": "v3", "confidence": round(rng.random(), 3)},
+        "attempts": attempts,
+        "metadata": {"region": rng.choice(("eu", "us"))},
+    }
+
+
+def send_all(url: str, key: str, bodies: list[bytes], senders: int) -> float:
+    work: Queue[bytes] = Queue()
+    for body in bodies:
+        work.put(body)
+    failures: list[str] = []
+
+    def sender() -> None:
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        with httpx.Client(base_url=url, timeout=120) as client:
+            while True:
+                try:
+                    body = work.get_nowait()
+                except Empty:
+                    return
+                response = client.post("/v1/requests", content=body, headers=headers)
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+
+    threads = [threading.Thread(target=sender) for _ in range(senders)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if failures:
+        raise SystemExit(f"{len(failures)} batches failed, first: {failures[0]}")
+    return elapsed
+
+
+def raw_copy(events: list[dict], project_id: int) -> float:
+    """The same rows, derived ahead of time, written by COPY alone: the floor for ingest."""
+    from app.db import get_engine
+    from app.schemas import Event
+    from app.services.ingest import (
+        ATTEMPT_COLUMNS,
+        ATTEMPT_TYPES,
+        REQUEST_COLUMNS,
+        REQUEST_TYPES,
+        derive,
+        load_project_context,
+    )
+    from app.services.partitions import ensure_partitions, month_start
+    from app.services.pricing import PriceBook
+
+    engine = get_engine()
+    parsed = [Event.model_validate({**e, "request_id": str(uuid.uuid4())}) for e in events]
+    ensure_partitions(engine, {month_start(e.timestamp) for e in parsed})
+    with engine.connect() as conn:
+        project = load_project_context(conn, project_id=project_id)
+        models = {(a.model, a.provider) for e in parsed for a in e.attempts}
+        models.add((project.baseline_model, None))
+        prices = PriceBook.load(conn, project_id=project_id, models=models)
+    now = datetime.now(UTC)
+    rows = [derive(e, project=project, prices=prices, received_at=now) for e in parsed]
+    raw = engine.raw_connection()
+    try:
+        started = time.perf_counter()
+        with raw.driver_connection.cursor() as cur:
+            with cur.copy(
+                "copy request_keys (project_id, request_id, ts) from stdin (format binary)"
+            ) as copy:
+                copy.set_types(("int8", "uuid", "timestamptz"))
+                for row in rows:
+                    copy.write_row((project_id, row.request_row[2], row.request_row[1]))
+            with cur.copy(
+                f"copy requests ({', '.join(REQUEST_COLUMNS)}) from stdin (format binary)"
+            ) as copy:
+                copy.set_types(REQUEST_TYPES)
+                for row in rows:
+                    copy.write_row(row.request_row)
+            with cur.copy(
+                f"copy attempts ({', '.join(ATTEMPT_COLUMNS)}) from stdin (format binary)"
+            ) as copy:
+                copy.set_types(ATTEMPT_TYPES)
+                for row in rows:
+                    for attempt in row.attempt_rows:
+                        copy.write_row(attempt)
+        raw.driver_connection.commit()
+        return time.perf_counter() - started
+    finally:
+        raw.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--api-workers", type=int, default=2)
+    args = parser.parse_args()
+
+    rng = random.Random(42)
+    now = datetime.now(UTC)
+    events = [make_event(rng, now) for _ in range(args.events)]
+    bodies = [
+        orjson.dumps({"requests": events[i : i + args.batch]})
+        for i in range(0, len(events), args.batch)
+    ]
+    attempts = sum(len(e["attempts"]) for e in events)
+    with scratch_database("bench_ingest") as database_url:
+        api_project, key = create_project("bench-api")
+        copy_project, _ = create_project("bench-copy")
+        # Warm up the server (price cache, partitions, connections) outside the timing.
+        with api_server(database_url, workers=args.api_workers) as (url, _pid):
+            warm = [make_event(rng, now) for _ in range(args.batch)]
+            send_all(url, key, [orjson.dumps({"requests": warm})], 1)
+            api_seconds = send_all(url, key, bodies, args.senders)
+        copy_seconds = raw_copy(events, copy_project)
+
+    api_rate = args.events / api_seconds
+    copy_rate = args.events / copy_seconds
+    print(
+        f"API : {args.events} events ({attempts} attempts) in {api_seconds:.2f} s"
+        f" = {api_rate:,.0f} events/s"
+    )
+    print(f"COPY: {args.events} events in {copy_seconds:.2f} s = {copy_rate:,.0f} events/s")
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest",
+                "events": args.events,
+                "attempts": attempts,
+                "batch": args.batch,
+                "senders": args.senders,
+                "api_workers": args.api_workers,
+                "api_events_per_s": round(api_rate),
+                "copy_events_per_s": round(copy_rate),
+                "api_to_copy_ratio": round(api_rate / copy_rate, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Fixtures of the SDK tests.
+
+FakeApi stands in for the ingest API on loopback in the tests that script its answers
+(retries, Retry-After, 413, refusals); the real API comes from the live_api fixture of
+tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Dict, List, Optional, Set, Tuple
+
+import pytest
+
+from routeledger import RouteLedger
+
+
+class FakeApi:
+    """Stores request ids once, like the API; `script` holds answers (status, headers, body)
+    given before the normal ones, and `max_events` makes larger batches a 413."""
+
+    def __init__(self) -> None:
+        self.request_ids: Set[str] = set()
+        self.received: List[dict] = []  # every event, duplicates included
+        self.posts: List[Tuple[str, int]] = []  # (path, events in the batch) of every call
+        self.feedback: List[dict] = []
+        self.script: List[Tuple[int, Dict[str, str], dict]] = []
+        self.max_events: Optional[int] = None
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _answer(self, path: str, body: dict) -> Tuple[int, Dict[str, str], dict]:
+        items = body.get("requests") or body.get("feedback") or []
+        with self.lock:
+            self.posts.append((path, len(items)))
+            if self.script:
+                return self.script.pop(0)
+            if self.max_events is not None and len(items) > self.max_events:
+                return 413, {}, {"detail": "too many events"}
+            if path == "/v1/feedback":
+                self.feedback.extend(items)
+                return 200, {}, {"accepted": len(items), "duplicates": 0, "errors": []}
+            accepted = duplicates = 0
+            errors = []
+            for index, event in enumerate(items):
+                self.received.append(event)
+                if event.get("feature") == "invalid":
+                    errors.append({"index": index, "request_id": event["request_id"], "error": "feature: invalid"})
+                elif event["request_id"] in self.request_ids:
+                    duplicates += 1
+                else:
+                    self.request_ids.add(event["request_id"])
+                    accepted += 1
+        status = 207 if errors else 200
+        return status, {}, {"accepted": accepted, "duplicates": duplicates, "errors": errors}
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    raw = gzip.decompress(raw)
+                status, headers, body = api._answer(self.path, json.loads(raw))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def fake_api():
+    api = FakeApi()
+    yield api
+    api.close()
+
+
+@pytest.fixture
+def make_client(tmp_path):
+    """RouteLedger clients with a private spool and short waits, shut down after the test."""
+    clients = []
+
+    def make(endpoint: str, api_key: str = "test-key", **options) -> RouteLedger:
+        options.setdefault("spool_dir", tmp_path / "spool")
+        options.setdefault("flush_interval", 0.05)
+        options.setdefault("shutdown_timeout", 0.5)
+        client = RouteLedger(api_key=api_key, endpoint=endpoint, **options)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.shutdown(timeout=0.5)
