@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     )
     routeledger_api_host: str = "127.0.0.1"
     routeledger_api_port: int = 8000
+    routeledger_dashboard_host: str = "127.0.0.1"
     routeledger_dashboard_port: int = 8050
     routeledger_public_url: str | None = Field(
         default=None, description="dashboard URL used in emails; default http://host:port"
