@@ -10,8 +10,14 @@ from app.api.deps import IngestCaller
 from app.db import get_engine, transaction
 from app.schemas import ErrorBody, FeedbackBatch, FeedbackResult, IngestBatch, IngestResult
 from app.services.feedback import record_feedback
-from app.services.ingest import BatchTooLarge, BodyNotJson, NotABatch, batch_events, ingest_batch
-from app.services.ingest import parse_json as parse_json_body
+from app.services.ingest import (
+    Batch,
+    BatchTooLarge,
+    BodyNotJson,
+    NotABatch,
+    ingest_batch,
+    read_batch,
+)
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -34,14 +40,24 @@ def _multi_status(result: IngestResult | FeedbackResult) -> Response:
     )
 
 
-async def _json_body(request: Request):
+async def _read_batch(request: Request, key: str) -> Batch:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise HTTPException(415, "Content-Type must be application/json")
     try:
-        return parse_json_body(await request.body())
+        return read_batch(await request.body(), key=key)
     except BodyNotJson as error:
         raise HTTPException(400, str(error)) from None
+    except NotABatch as error:
+        raise HTTPException(422, str(error)) from None
+    except BatchTooLarge as error:
+        raise HTTPException(413, str(error)) from None
+
+
+def _documented_body(model: type) -> dict:
+    """The request body of a route that reads its own body, for the OpenAPI document."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @router.post(
@@ -54,25 +70,13 @@ async def _json_body(request: Request):
         "means the events are committed."
     ),
     responses={207: {"model": IngestResult, "description": "some events rejected"}, **_ERRORS},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/IngestBatch"}}
-            },
-        }
-    },
+    openapi_extra=_documented_body(IngestBatch),
 )
 async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
-    body = await _json_body(request)
-    try:
-        result = await run_in_threadpool(
-            ingest_batch, get_engine(), project_id=caller.project_id, body=body
-        )
-    except NotABatch as error:
-        raise HTTPException(422, str(error)) from None
-    except BatchTooLarge as error:
-        raise HTTPException(413, str(error)) from None
+    batch = await _read_batch(request, "requests")
+    result = await run_in_threadpool(
+        ingest_batch, get_engine(), project_id=caller.project_id, batch=batch
+    )
     return _multi_status(result)
 
 
@@ -81,30 +85,17 @@ async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
     response_model=FeedbackResult,
     summary="Quality scores that arrive after the request",
     responses={207: {"model": FeedbackResult, "description": "some items rejected"}, **_ERRORS},
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackBatch"}}
-            },
-        }
-    },
+    openapi_extra=_documented_body(FeedbackBatch),
 )
 async def ingest_feedback(request: Request, caller: IngestCaller) -> Response:
-    body = await _json_body(request)
-    try:
-        raw_items = batch_events(body, key="feedback")
-    except NotABatch as error:
-        raise HTTPException(422, str(error)) from None
-    except BatchTooLarge as error:
-        raise HTTPException(413, str(error)) from None
-    result = await run_in_threadpool(_record_feedback, caller.project_id, raw_items)
+    batch = await _read_batch(request, "feedback")
+    result = await run_in_threadpool(_record_feedback, caller.project_id, batch)
     return _multi_status(result)
 
 
-def _record_feedback(project_id: int, raw_items: list) -> FeedbackResult:
+def _record_feedback(project_id: int, batch: Batch) -> FeedbackResult:
     with transaction() as conn:
-        return record_feedback(conn, project_id=project_id, raw_items=raw_items)
+        return record_feedback(conn, project_id=project_id, batch=batch)
 
 
 OPENAPI_EXTRA_MODELS = (IngestBatch, FeedbackBatch)

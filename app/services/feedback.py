@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from app.models import feedback, request_keys, requests
 from app.schemas import FeedbackItem, FeedbackResult, ItemError
-from app.services.ingest import describe_validation_error, request_id_of
+from app.services.ingest import Batch, describe_validation_error, request_id_of
 
 
-def record_feedback(conn: Connection, *, project_id: int, raw_items: list[Any]) -> FeedbackResult:
+def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> FeedbackResult:
     """Stores feedback for requests of this project. An invalid item or an unknown
     request_id is an error for that item only; the latest score becomes the request's."""
     items: list[tuple[int, FeedbackItem]] = []
     errors: list[ItemError] = []
-    for index, raw in enumerate(raw_items):
+    for index, raw in enumerate(batch.items):
         try:
             items.append((index, FeedbackItem.model_validate(raw)))
         except ValidationError as error:

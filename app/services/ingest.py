@@ -46,28 +46,28 @@ class BatchTooLarge(ValueError):
 
 
 @dataclass(frozen=True)
-class ParsedBody:
-    value: Any
-    # True when the body held invalid UTF-8 (or lone surrogates): strings that carry it
-    # are found per event, so only those events are refused.
+class Batch:
+    items: list[Any]
+    # True when the body held invalid UTF-8 (or lone surrogates): the strings that carry
+    # it are found item by item, so only those items are refused.
     has_bad_text: bool = False
 
 
-def parse_json(raw: bytes) -> ParsedBody:
+def _parse_json(raw: bytes) -> tuple[Any, bool]:
     try:
-        return ParsedBody(orjson.loads(raw))
+        return orjson.loads(raw), False
     except orjson.JSONDecodeError as strict_error:
         # orjson refuses the whole body for one bad byte; decode leniently to find out
         # whether it is otherwise JSON, so the good events beside the bad one survive.
         try:
-            value = json.loads(raw.decode("utf-8", errors="surrogateescape"))
+            return json.loads(raw.decode("utf-8", errors="surrogateescape")), True
         except (ValueError, RecursionError):
             raise BodyNotJson(f"body is not valid JSON: {strict_error}") from None
-        return ParsedBody(value, has_bad_text=True)
 
 
-def batch_events(body: ParsedBody, *, key: str = "requests") -> list[Any]:
-    value = body.value
+def read_batch(raw: bytes, *, key: str) -> Batch:
+    """The items of a `{key: [...]}` body of 1 to 1000 items."""
+    value, has_bad_text = _parse_json(raw)
     if not isinstance(value, dict) or not isinstance(value.get(key), list):
         raise NotABatch(f'body must be a JSON object {{"{key}": [...]}}')
     unknown = sorted(set(value) - {key})
@@ -78,7 +78,7 @@ def batch_events(body: ParsedBody, *, key: str = "requests") -> list[Any]:
         raise NotABatch(f"{key!r} must hold at least one item")
     if len(items) > MAX_BATCH_EVENTS:
         raise BatchTooLarge(f"{len(items)} items in {key!r}; at most {MAX_BATCH_EVENTS} per batch")
-    return items
+    return Batch(items, has_bad_text)
 
 
 # --- validation ------------------------------------------------------------------------
@@ -132,10 +132,9 @@ def request_id_of(raw_event: Any) -> str | None:
     return None
 
 
-def validate_events(
-    body: ParsedBody, raw_events: list[Any]
-) -> tuple[list[tuple[int, Event]], list[ItemError]]:
-    if not body.has_bad_text:
+def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemError]]:
+    raw_events = batch.items
+    if not batch.has_bad_text:
         try:
             return list(enumerate(_events_adapter.validate_python(raw_events))), []
         except ValidationError:
@@ -143,7 +142,7 @@ def validate_events(
     valid: list[tuple[int, Event]] = []
     errors: list[ItemError] = []
     for index, raw_event in enumerate(raw_events):
-        bad_text = find_bad_text(raw_event) if body.has_bad_text else None
+        bad_text = find_bad_text(raw_event) if batch.has_bad_text else None
         if bad_text is not None:
             message = f"{field_path(bad_text)}: not valid UTF-8"
         elif not isinstance(raw_event, dict):
@@ -345,11 +344,10 @@ def load_project_context(conn: Connection, *, project_id: int) -> ProjectContext
 
 
 def ingest_batch(
-    engine: Engine, *, project_id: int, body: ParsedBody, now: datetime | None = None
+    engine: Engine, *, project_id: int, batch: Batch, now: datetime | None = None
 ) -> IngestResult:
     now = now or datetime.now(UTC)
-    raw_events = batch_events(body)
-    valid, errors = validate_events(body, raw_events)
+    valid, errors = validate_events(batch)
 
     with engine.connect() as conn:
         project = load_project_context(conn, project_id=project_id)
