@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -60,7 +63,13 @@ def migrate_command() -> None:
 @click.option("--host", default=None, help="default: ROUTELEDGER_API_HOST (127.0.0.1)")
 @click.option("--port", type=int, default=None, help="default: ROUTELEDGER_API_PORT (8000)")
 @click.option("--workers", type=int, default=1, show_default=True, help="API processes")
-def api(host: str | None, port: int | None, workers: int) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def api(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Serve the HTTP API (the database must be migrated)."""
     import uvicorn
 
@@ -70,21 +79,19 @@ def api(host: str | None, port: int | None, workers: int) -> None:
         host=host or settings.routeledger_api_host,
         port=port or settings.routeledger_api_port,
         workers=workers,
-        log_level="warning",
+        log_level=log_level,
         proxy_headers=True,
     )
 
 
 @main.command()
-@click.option("--demo", is_flag=True, help="also load demo traffic (not available yet)")
+@click.option("--demo", is_flag=True, help="also load a week of demo traffic")
 def up(demo: bool) -> None:
     """Everything on one machine: database (embedded when DATABASE_URL is unset),
     migrations and the API. Ctrl-C stops it all."""
     from app.embedded import EmbeddedPostgres
     from app.supervisor import Child, Supervisor
 
-    if demo:
-        raise click.UsageError("--demo arrives with the dashboard; run `routeledger up` for now")
     settings = get_settings()
     embedded = None
     if not settings.database_url:
@@ -96,11 +103,24 @@ def up(demo: bool) -> None:
     try:
         _migrate()
         host, port = settings.routeledger_api_host, settings.routeledger_api_port
-        supervisor = Supervisor([Child("api", ["api", "--host", host, "--port", str(port)])])
+        dashboard_port = settings.routeledger_dashboard_port
+        supervisor = Supervisor(
+            [
+                Child("api", ["api", "--host", host, "--port", str(port)]),
+                Child("dashboard", ["dashboard", "--host", host, "--port", str(dashboard_port)]),
+            ]
+        )
         supervisor.start()
         console.print(
             f"RouteLedger API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)"
         )
+        console.print(f"RouteLedger dashboard: http://{host}:{dashboard_port}")
+        if demo:
+            try:
+                _load_demo(f"http://{host}:{port}")
+            except BaseException:
+                supervisor.stop()
+                raise
         console.print("create a project and its keys: routeledger project create NAME --json")
         console.print("Ctrl-C stops everything")
         status = supervisor.run_until_stopped()
@@ -224,6 +244,291 @@ def key_revoke(project_name: str, key_id: int) -> None:
     if not revoked:
         raise click.ClickException(f"no live key {key_id} in project {project_name}")
     click.echo(f"key {key_id} revoked")
+
+
+_HOUR_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+
+
+def _utc_hour(value: datetime | None) -> datetime | None:
+    """A date or whole hour given on the command line, taken as UTC."""
+    if value is None:
+        return None
+    if (value.minute, value.second) != (0, 0):
+        raise click.BadParameter(
+            f"{value:%Y-%m-%dT%H:%M:%S} is not a whole hour", param_hint="--start"
+        )
+    return value.replace(tzinfo=UTC)
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--policy",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["cascade", "threshold", "all-cheap", "all-premium"]),
+    help="repeat for several; default: all four",
+)
+@click.option(
+    "--premium-share",
+    "shares",
+    multiple=True,
+    type=click.FloatRange(0, 1),
+    default=(0.3,),
+    show_default=True,
+    help="threshold: the share of prompts sent to the premium model; repeat for several",
+)
+@click.option(
+    "--score",
+    type=click.Choice(["length", "random"]),
+    default="length",
+    show_default=True,
+    help="threshold: the longest prompts go premium, or a seeded random draw",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="for --score random")
+@click.option("--cheap", default=None, help="cheap model (default: the cheaper of the two)")
+@click.option("--premium", default=None, help="premium model (default: the dearer of the two)")
+@click.option(
+    "--pass-score",
+    type=click.FloatRange(0, 1),
+    default=0.8,
+    show_default=True,
+    help="a scored answer (MT-Bench: score / 10) passes the cascade's check at or above this",
+)
+@click.option(
+    "--output-tokens",
+    type=click.IntRange(0),
+    default=16,
+    show_default=True,
+    help="answer tokens assumed when the file has no answer text (MMLU)",
+)
+@click.option(
+    "--start",
+    type=click.DateTime(_HOUR_FORMATS),
+    default=None,
+    help="UTC date or whole hour of the first simulated request; default: --days before today",
+)
+@click.option("--days", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--send", is_flag=True, help="send every simulated request through the SDK")
+@click.option("--endpoint", envvar="ROUTELEDGER_ENDPOINT", help="[env ROUTELEDGER_ENDPOINT]")
+@click.option(
+    "--api-key", envvar="ROUTELEDGER_API_KEY", help="an ingest key [env ROUTELEDGER_API_KEY]"
+)
+@click.option("--customer", default="replay", show_default=True, help="customer_id sent")
+@click.option("--feature", default=None, help="feature sent; default: the file or folder name")
+@click.option("--experiment", default=None, help="experiment sent; default: replay-<name>")
+def replay(
+    path: Path,
+    kinds: tuple[str, ...],
+    shares: tuple[float, ...],
+    score: str,
+    seed: int,
+    cheap: str | None,
+    premium: str | None,
+    pass_score: float,
+    output_tokens: int,
+    start: datetime | None,
+    days: int,
+    send: bool,
+    endpoint: str | None,
+    api_key: str | None,
+    customer: str,
+    feature: str | None,
+    experiment: str | None,
+) -> None:
+    """Simulate routing policies over per-prompt evaluation results (PATH: a RouteLLM CSV,
+    MT-Bench judgements, or a folder of them) and print what each costs and loses.
+
+    Tokens are estimated as ceil(characters / 4); prices come from the genai-prices
+    catalog; the cascade escalates exactly the prompts the cheap model failed.
+    With --send, every simulated request goes to the service as experiment arm <policy>."""
+    from rich.table import Table
+
+    from app.services import replay as sim
+
+    if send and not (endpoint and api_key):
+        raise click.UsageError("--send needs --endpoint and --api-key (or their env variables)")
+    start = _utc_hour(start) or (
+        datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
+    )
+    policies = []
+    for kind in kinds or ("cascade", "threshold", "all-cheap", "all-premium"):
+        if kind == "threshold":
+            policies += [sim.Policy(kind, share, score, seed) for share in shares]
+        else:
+            policies.append(sim.Policy(kind))
+    try:
+        evalset = sim.load_eval(path, pass_score=pass_score, output_tokens=output_tokens)
+        prices = sim.catalog_price_book()
+        route = sim.choose_route(evalset, prices=prices, at=start, cheap=cheap, premium=premium)
+        runs, reference = sim.replay(
+            evalset, policies=policies, route=route, prices=prices, start=start, days=days
+        )
+    except sim.ReplayError as error:
+        raise click.ClickException(str(error)) from None
+
+    out = Console()
+    if not out.is_terminal:
+        out.width = 120  # a file or a pipe gets the whole table, unwrapped
+    out.print(
+        f"{evalset.name}: {len(evalset.items)} prompts from {len(evalset.files)} file(s), "
+        f"{start:%Y-%m-%d %H:%M} UTC + {days} day(s); tokens = ceil(characters / 4)"
+    )
+    for tier, model in (("cheap", route.cheap), ("premium", route.premium)):
+        price = sim.price_of(prices, model, start)
+        out.print(
+            f"{tier:8} {model} ({price.provider}): ${price.input_per_mtok} in, "
+            f"${price.output_per_mtok} out per million tokens"
+        )
+    table = Table("policy", "requests", "premium share", "escalation rate", "quality",
+                  "cost (USD)", "vs all-premium")  # fmt: skip
+    for run in runs:
+        table.add_row(
+            run.policy.name,
+            str(len(run.requests)),
+            f"{run.premium_share:.1%}",
+            f"{run.escalation_rate:.1%}",
+            f"{run.quality:.4f}",
+            f"{run.cost_usd:.6f}",
+            f"{run.cost_usd / reference.cost_usd:.1%}" if reference.cost_usd else "-",
+        )
+    out.print(table)
+    if send:
+        _send_replay(
+            runs,
+            endpoint=endpoint,
+            api_key=api_key,
+            customer=customer,
+            feature=feature or evalset.name,
+            experiment=experiment or f"replay-{evalset.name}",
+        )
+
+
+def _send_replay(
+    runs: list, *, endpoint: str, api_key: str, customer: str, feature: str, experiment: str
+) -> None:
+    from rich.progress import Progress
+    from routeledger import RouteLedger
+
+    from app.services.replay import send
+
+    total = sum(len(run.requests) for run in runs)
+    client = RouteLedger(api_key=api_key, endpoint=endpoint, max_queue=total)
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"sending {total} requests", total=total)
+        send(client, runs, customer_id=customer, feature=feature, experiment=experiment)
+        deadline = time.monotonic() + 600
+        while not client.flush(timeout=0.5) and time.monotonic() < deadline:
+            stats = client.stats()
+            progress.update(task, completed=stats["sent"] + stats["duplicates"] + stats["rejected"])
+        stats = client.stats()
+        progress.update(task, completed=stats["sent"] + stats["duplicates"] + stats["rejected"])
+    delivered = client.shutdown(timeout=5)
+    console.print(
+        f"experiment {experiment}, feature {feature}, customer {customer}: "
+        f"{stats['sent']} stored, {stats['duplicates']} already stored, "
+        f"{stats['rejected']} rejected",
+        soft_wrap=True,
+    )
+    if not delivered or stats["rejected"]:
+        raise click.ClickException(
+            f"not every request was stored ({stats['spooled']} spooled for later, "
+            f"{stats['dropped']} dropped); see the messages above"
+        )
+
+
+# --- the dashboard and its logins (issue 6) ----------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="default: ROUTELEDGER_DASHBOARD_PORT (8050)")
+@click.option("--threads", type=int, default=8, show_default=True)
+def dashboard(host: str, port: int | None, threads: int) -> None:
+    """Serve the dashboard (the database must be migrated)."""
+    from dashboards.app import serve
+
+    serve(host=host, port=port or get_settings().routeledger_dashboard_port, threads=threads)
+
+
+@main.group()
+def user() -> None:
+    """Dashboard logins."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--project", "project_name", required=True)
+@click.option("--role", type=click.Choice(["viewer", "admin"]), required=True)
+@click.option(
+    "--password",
+    default=None,
+    help="default: ROUTELEDGER_USER_PASSWORD, else asked (a new login needs one)",
+)
+def user_create(email: str, project_name: str, role: str, password: str | None) -> None:
+    """A dashboard login with a role in a project; for an existing login, the role in
+    that project (and a new password when one is given)."""
+    from app.db import transaction
+    from app.services import users
+    from app.services.projects import ProjectNotFound, project_id_by_name
+
+    password = password or os.environ.get("ROUTELEDGER_USER_PASSWORD")
+    try:
+        with transaction() as conn:
+            project_id = project_id_by_name(conn, name=project_name)
+            user_id = users.user_id_by_email(conn, email=email)
+            if user_id is None:
+                user_id = users.create_user(
+                    conn,
+                    email=email,
+                    password=password
+                    or click.prompt("password", hide_input=True, confirmation_prompt=True),
+                )
+            elif password:
+                users.set_password(conn, user_id=user_id, password=password)
+            users.grant(conn, user_id=user_id, project_id=project_id, role=role)
+    except (ProjectNotFound, users.InvalidUser) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{users.normalize_email(email)}: {role} of {project_name}")
+
+
+def _load_demo(endpoint: str, **plan_options) -> None:
+    import httpx
+
+    from app.services import demo
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{endpoint}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the API at {endpoint} is not ready")
+        time.sleep(0.3)
+    console.print("loading demo traffic through the SDK ...")
+    try:
+        result = demo.load(endpoint=endpoint, plan=demo.plan_ending_now(**plan_options))
+    except demo.DemoNotDelivered as error:
+        raise click.ClickException(str(error)) from None
+    console.print(f"demo: {result.requests} requests in project {result.project}")
+    for role, (email, password) in demo.DEMO_LOGINS.items():
+        console.print(f"demo login ({role}): {email} / {password}")
+
+
+@main.command("demo")
+@click.option("--endpoint", default=None, help="the API; default: ROUTELEDGER_API_HOST:PORT")
+@click.option("--days", type=click.IntRange(2, 60), default=8, show_default=True)
+@click.option("--requests-per-hour", type=click.IntRange(1, 10_000), default=40, show_default=True)
+def demo_command(endpoint: str | None, days: int, requests_per_hour: int) -> None:
+    """Send a week of demo traffic through the SDK to a running API (project `demo`)."""
+    settings = get_settings()
+    _load_demo(
+        endpoint or f"http://{settings.routeledger_api_host}:{settings.routeledger_api_port}",
+        days=days,
+        requests_per_hour=requests_per_hour,
+    )
 
 
 if __name__ == "__main__":

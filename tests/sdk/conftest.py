@@ -10,11 +10,10 @@ from __future__ import annotations
 import gzip
 import json
 import threading
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List, Optional, Set, Tuple
 
 import pytest
-
 from routeledger import RouteLedger
 
 
@@ -22,25 +21,27 @@ class FakeApi:
     """Stores request ids once, like the API; `script` holds answers (status, headers, body)
     given before the normal ones, and `max_events` makes larger batches a 413."""
 
-    def __init__(self) -> None:
-        self.request_ids: Set[str] = set()
-        self.received: List[dict] = []  # every event, duplicates included
-        self.posts: List[Tuple[str, int]] = []  # (path, events in the batch) of every call
-        self.feedback: List[dict] = []
-        self.script: List[Tuple[int, Dict[str, str], dict]] = []
-        self.max_events: Optional[int] = None
+    def __init__(self, port: int = 0) -> None:
+        self.request_ids: set[str] = set()
+        self.received: list[dict] = []  # every event, duplicates included
+        self.posts: list[tuple[str, int]] = []  # (path, events in the batch) of every call
+        self.feedback: list[dict] = []
+        self.script: list[tuple[int, dict[str, str], dict]] = []
+        self.max_events: int | None = None
         self.lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._server.server_close()
 
-    def _answer(self, path: str, body: dict) -> Tuple[int, Dict[str, str], dict]:
+    def _answer(self, path: str, body: dict) -> tuple[int, dict[str, str], dict]:
         items = body.get("requests") or body.get("feedback") or []
         with self.lock:
             self.posts.append((path, len(items)))
@@ -56,7 +57,13 @@ class FakeApi:
             for index, event in enumerate(items):
                 self.received.append(event)
                 if event.get("feature") == "invalid":
-                    errors.append({"index": index, "request_id": event["request_id"], "error": "feature: invalid"})
+                    errors.append(
+                        {
+                            "index": index,
+                            "request_id": event["request_id"],
+                            "error": "feature: invalid",
+                        }
+                    )
                 elif event["request_id"] in self.request_ids:
                     duplicates += 1
                 else:
@@ -92,10 +99,27 @@ class FakeApi:
 
 
 @pytest.fixture
-def fake_api():
-    api = FakeApi()
-    yield api
-    api.close()
+def start_fake_api():
+    """Start a FakeApi, on a given port to stand for a restarted service."""
+    servers = []
+
+    def start(port: int = 0) -> FakeApi:
+        servers.append(FakeApi(port))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def fake_api(start_fake_api):
+    return start_fake_api()
+
+
+@pytest.fixture
+def send():
+    return send_requests
 
 
 @pytest.fixture
@@ -114,3 +138,33 @@ def make_client(tmp_path):
     yield make
     for client in clients:
         client.shutdown(timeout=0.5)
+
+
+def send_requests(
+    client: RouteLedger, count: int, feature: str = "support-chat", **fields
+) -> list[str]:
+    """Log `count` requests of two attempts each, as an app would; their request ids."""
+    ids = []
+    for number in range(count):
+        with client.request(customer_id=f"customer-{number % 7}", feature=feature, **fields) as req:
+            req.attempt(
+                "gpt-4o-mini",
+                "cheap",
+                500,
+                200,
+                latency_ms=800.0,
+                status="rejected",
+                reason="quality_check",
+                provider="openai",
+            )
+            req.attempt(
+                "gpt-4o",
+                "premium",
+                520,
+                310,
+                latency_ms=2100.0,
+                cost_usd=Decimal("0.0041"),
+                provider="openai",
+            )
+        ids.append(req.request_id)
+    return ids

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple
 
 logger = logging.getLogger("routeledger")
 
@@ -26,7 +26,7 @@ class Claim(NamedTuple):
     kind: str
     path: str
     ready_path: str
-    lines: List[bytes]
+    lines: list[bytes]
 
 
 class Spool:
@@ -39,13 +39,13 @@ class Spool:
     def reset_after_fork(self) -> None:
         """Forget the parent's open file: this process writes its own."""
         self._lock = threading.Lock()
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
         self._part_path = ""
         self._part_kind = ""
         self._part_bytes = 0
-        self._total_bytes: Optional[int] = None  # measured lazily; other processes add to it too
+        self._total_bytes: int | None = None  # measured lazily; other processes add to it too
 
-    def append(self, kind: str, lines: List[bytes]) -> bool:
+    def append(self, kind: str, lines: list[bytes]) -> bool:
         """Write lines for later replay; False when the spool is full or cannot be written."""
         data = b"".join(line + b"\n" for line in lines)
         with self._lock:
@@ -54,13 +54,17 @@ class Spool:
             if self._total_bytes + len(data) > self._max_bytes:
                 return False
             try:
-                if self._fd is not None and (self._part_kind != kind or self._part_bytes >= _SEGMENT_BYTES):
+                if self._fd is not None and (
+                    self._part_kind != kind or self._part_bytes >= _SEGMENT_BYTES
+                ):
                     self._seal_locked()
                 if self._fd is None:
                     self._open_part(kind)
                 _write_all(self._fd, data)
             except OSError as error:
-                logger.warning("RouteLedger cannot write its spool in %s: %s", self.directory, error)
+                logger.warning(
+                    "RouteLedger cannot write its spool in %s: %s", self.directory, error
+                )
                 return False
             self._part_bytes += len(data)
             self._total_bytes += len(data)
@@ -74,7 +78,7 @@ class Spool:
     def has_pending(self) -> bool:
         return self._fd is not None or bool(self._ready_names())
 
-    def claim_oldest(self) -> Optional[Claim]:
+    def claim_oldest(self) -> Claim | None:
         """Take the oldest replayable file, or None when there is none."""
         self.seal()
         for name in self._ready_names():
@@ -133,7 +137,7 @@ class Spool:
         self._fd = None
         self._total_bytes = self._disk_usage()
 
-    def _ready_names(self) -> List[str]:
+    def _ready_names(self) -> list[str]:
         """Sealed files, oldest first, after taking over the files of dead processes."""
         try:
             names = os.listdir(self.directory)
@@ -147,7 +151,10 @@ class Spool:
             stem, owner = _stem_and_owner(name)
             if owner is not None and owner != os.getpid() and not _process_alive(owner):
                 try:
-                    os.rename(os.path.join(self.directory, name), os.path.join(self.directory, stem + ".jsonl"))
+                    os.rename(
+                        os.path.join(self.directory, name),
+                        os.path.join(self.directory, stem + ".jsonl"),
+                    )
                     ready.append(stem + ".jsonl")
                 except OSError:
                     pass  # another process took it over first
@@ -168,7 +175,7 @@ class Spool:
         return total
 
 
-def _stem_and_owner(name: str):
+def _stem_and_owner(name: str) -> tuple[str, int | None]:
     """For a .part or a claimed file: its name without suffix and the pid that owns it."""
     if name.endswith(".part"):
         stem = name[: -len(".part")]
@@ -184,15 +191,15 @@ def _process_alive(pid: int) -> bool:
     if os.name != "posix":
         return True  # no cheap, safe liveness check: leave the file to its owner
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, under another user
     return True
 
 
-def _valid_lines(data: bytes, path: str) -> List[bytes]:
+def _valid_lines(data: bytes, path: str) -> list[bytes]:
     """The lines that parse as JSON; a crash can leave the last one cut short."""
     lines = []
     corrupt = 0

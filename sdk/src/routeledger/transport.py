@@ -7,7 +7,7 @@ import gzip
 import http.client
 import json
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from routeledger._version import __version__
@@ -17,7 +17,7 @@ class Reply(NamedTuple):
     status: int
     payload: Any  # the decoded JSON body, None when the body is not JSON
     text: str  # the start of the body, for log messages
-    retry_after: Optional[float]  # seconds, from a Retry-After header
+    retry_after: float | None  # seconds, from a Retry-After header
 
 
 class Transport:
@@ -25,7 +25,9 @@ class Transport:
         url = urlsplit(endpoint)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"endpoint must be an http or https URL, not {endpoint!r}")
-        self._connection_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        self._connection_class = (
+            http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        )
         self._host = url.hostname
         self._port = url.port
         self._base_path = url.path.rstrip("/")
@@ -36,11 +38,13 @@ class Transport:
             "Content-Encoding": "gzip",
             "User-Agent": f"routeledger-python/{__version__}",
         }
-        self._connection: Optional[http.client.HTTPConnection] = None
+        self._connection: http.client.HTTPConnection | None = None
 
     def post(self, path: str, body: bytes) -> Reply:
         """POST a JSON body, gzipped. Network errors propagate as OSError or HTTPException."""
-        compressed = gzip.compress(body, compresslevel=1)  # JSON shrinks well even at the cheapest level
+        compressed = gzip.compress(
+            body, compresslevel=1
+        )  # JSON shrinks well even at the cheapest level
         reused = self._connection is not None
         try:
             return self._exchange(path, compressed)
@@ -77,7 +81,7 @@ class Transport:
         return Reply(response.status, payload, text, _seconds(response.getheader("Retry-After")))
 
 
-def _seconds(retry_after: Optional[str]) -> Optional[float]:
+def _seconds(retry_after: str | None) -> float | None:
     """Retry-After as seconds from now; it is either a number of seconds or an HTTP date."""
     if not retry_after:
         return None

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 
 class Usage(NamedTuple):
-    model: Optional[str]
+    model: str | None
     input_tokens: int
     output_tokens: int
     cache_read_tokens: int
@@ -18,28 +18,38 @@ def read_usage(response: Any) -> Usage:
     """Usage of an OpenAI chat completion or response, an Anthropic message, or the same
     shapes as plain dicts (a whole response or just its usage part).
 
-    RouteLedger's input_tokens excludes cache reads and writes: OpenAI counts cached tokens
-    inside its input figure, Anthropic reports them apart.
+    RouteLedger's input_tokens excludes cache reads and writes: OpenAI counts them inside
+    its input figure, Anthropic reports them apart.
     """
     usage = _field(response, "usage")
     if usage is None:
         usage = response
     model = _field(response, "model")
     if _field(usage, "prompt_tokens") is not None:  # OpenAI chat completions
-        cached = _tokens(_field(_field(usage, "prompt_tokens_details"), "cached_tokens"))
-        prompt = _tokens(_field(usage, "prompt_tokens"))
-        return Usage(model, max(prompt - cached, 0), _tokens(_field(usage, "completion_tokens")), cached, 0)
+        return _openai_usage(
+            model, usage, "prompt_tokens", "completion_tokens", "prompt_tokens_details"
+        )
     if _field(usage, "input_tokens_details") is not None:  # OpenAI responses
-        cached = _tokens(_field(_field(usage, "input_tokens_details"), "cached_tokens"))
-        prompt = _tokens(_field(usage, "input_tokens"))
-        return Usage(model, max(prompt - cached, 0), _tokens(_field(usage, "output_tokens")), cached, 0)
+        return _openai_usage(model, usage, "input_tokens", "output_tokens", "input_tokens_details")
     return Usage(  # Anthropic messages, or a plain dict in RouteLedger's own terms
         model,
         _tokens(_field(usage, "input_tokens")),
         _tokens(_field(usage, "output_tokens")),
         _tokens(_field(usage, "cache_read_input_tokens") or _field(usage, "cache_read_tokens")),
-        _tokens(_field(usage, "cache_creation_input_tokens") or _field(usage, "cache_write_tokens")),
+        _tokens(
+            _field(usage, "cache_creation_input_tokens") or _field(usage, "cache_write_tokens")
+        ),
     )
+
+
+def _openai_usage(
+    model: str | None, usage: Any, input_name: str, output_name: str, details_name: str
+) -> Usage:
+    details = _field(usage, details_name)
+    cache_read = _tokens(_field(details, "cached_tokens"))
+    cache_write = _tokens(_field(details, "cache_write_tokens"))
+    input_tokens = max(_tokens(_field(usage, input_name)) - cache_read - cache_write, 0)
+    return Usage(model, input_tokens, _tokens(_field(usage, output_name)), cache_read, cache_write)
 
 
 def _field(value: Any, name: str) -> Any:

@@ -1,0 +1,293 @@
+"""Delivery against a scripted stand-in API on loopback: batching, wire format, retries,
+Retry-After, refusals, 413 splitting, 207 reporting, the full queue, the spool, the flush
+deadline, fork and exit."""
+
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+from routeledger import RouteLedger
+from routeledger.transport import _seconds
+
+RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def wait_for(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_events_arrive_once_in_wire_form(fake_api, make_client):
+    client = make_client(fake_api.url)
+    with client.request(
+        customer_id="acme",
+        feature="support-chat",
+        intended_tier="cheap",
+        user_tier="free",
+        experiment={"name": "router-v4", "arm": "treatment"},
+        metadata={"region": "eu"},
+    ) as req:
+        req.attempt(
+            "claude-3-5-haiku", "cheap", 500, 200, latency_ms=812.0, cost_usd=Decimal("1.2E-4")
+        )
+        req.set_quality(0.9, source="user")
+        req.set_revenue(0.1)
+    assert client.flush(5)
+    (event,) = fake_api.received
+    assert uuid.UUID(event["request_id"]).version == 4 and event["request_id"] == req.request_id
+    assert RFC3339_UTC.match(event["timestamp"])
+    assert event["revenue_usd"] == "0.1" and event["attempts"][0]["cost_usd"] == "0.00012"
+    assert event["quality"] == {"score": 0.9, "source": "user"}
+    assert (
+        "task_type" not in event and "provider" not in event["attempts"][0]
+    )  # no nulls on the wire
+    assert client.stats() == dict(
+        sent=1, duplicates=0, rejected=0, spooled=0, dropped=0, retries=0, queued=0
+    )
+
+
+def test_given_timestamp_and_request_id_are_kept(fake_api, make_client):
+    """As a replay of recorded traffic sends them; naive datetimes are taken as UTC."""
+    client = make_client(fake_api.url)
+    stamps = [
+        datetime(2026, 11, 22, 10, 15, 30, 123456),
+        datetime(2026, 11, 22, 11, 15, 30, tzinfo=timezone(timedelta(hours=1))),
+    ]
+    for number, stamp in enumerate(stamps):
+        request_id = f"00000000-0000-4000-8000-00000000000{number}"
+        with client.request("acme", "replay", request_id=request_id, timestamp=stamp) as req:
+            req.attempt("gpt-4o-mini", "cheap", 1, 1)
+    assert client.flush(5)
+    sent = sorted((event["request_id"], event["timestamp"]) for event in fake_api.received)
+    assert sent == [
+        ("00000000-0000-4000-8000-000000000000", "2026-11-22T10:15:30.123Z"),
+        ("00000000-0000-4000-8000-000000000001", "2026-11-22T10:15:30.000Z"),
+    ]
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    in_three_seconds = formatdate(time.time() + 3, usegmt=True)
+    assert _seconds("2") == 2.0
+    assert 1.5 < _seconds(in_three_seconds) <= 3.0
+    assert _seconds("soon") is None and _seconds(None) is None
+
+
+def test_batches_by_count_and_bytes(fake_api, make_client, send):
+    client = make_client(fake_api.url, batch_size=100, flush_interval=30)
+    send(client, 250)
+    assert client.flush(5)
+    assert sum(count for _, count in fake_api.posts) == 250
+    assert max(count for _, count in fake_api.posts) <= 100
+
+    small = make_client(fake_api.url, max_batch_bytes=2000, flush_interval=30)
+    send(small, 20)  # each event is about 600 bytes
+    assert small.flush(5)
+    assert max(count for _, count in fake_api.posts[-5:]) <= 3
+    assert len(fake_api.request_ids) == 270
+
+
+def test_retries_server_errors_then_delivers(fake_api, make_client, send):
+    fake_api.script = [(503, {}, {}), (500, {}, {})]
+    client = make_client(fake_api.url)
+    send(client, 3)
+    assert client.flush(10)
+    assert len(fake_api.request_ids) == 3
+    assert client.stats()["retries"] == 2
+
+
+def test_honours_retry_after(fake_api, make_client, send):
+    fake_api.script = [(429, {"Retry-After": "1"}, {"detail": "slow down"})]
+    client = make_client(fake_api.url)
+    started = time.monotonic()
+    send(client, 1)
+    assert client.flush(10)
+    assert time.monotonic() - started >= 1.0
+    assert len(fake_api.posts) == 2
+
+
+def test_refusal_is_not_retried_and_logged_once(fake_api, make_client, send, caplog):
+    fake_api.script = [(401, {}, {"detail": "unknown key"})] * 2
+    client = make_client(fake_api.url)
+    with caplog.at_level(logging.ERROR, logger="routeledger"):
+        send(client, 1)
+        client.flush(5)
+        send(client, 1)
+        client.flush(5)
+    assert len(fake_api.posts) == 2
+    assert client.stats()["rejected"] == 2
+    refusals = [record for record in caplog.records if "unknown key" in record.getMessage()]
+    assert len(refusals) == 1
+
+
+def test_too_large_batch_is_split(fake_api, make_client, send):
+    fake_api.max_events = 2
+    client = make_client(fake_api.url, flush_interval=30)
+    ids = send(client, 7)
+    assert client.flush(5)
+    assert fake_api.request_ids == set(ids)
+    assert client.stats()["sent"] == 7
+
+
+def test_rejected_events_are_reported(fake_api, make_client, send, caplog):
+    rejected = []
+    client = make_client(
+        fake_api.url,
+        flush_interval=30,
+        on_rejected=lambda event, error: rejected.append((event, error)),
+    )
+    with caplog.at_level(logging.WARNING, logger="routeledger"):
+        good = send(client, 2)
+        bad = send(client, 1, feature="invalid")
+        assert client.flush(5)
+    assert [(event["request_id"], error) for event, error in rejected] == [
+        (bad[0], "feature: invalid")
+    ]
+    assert fake_api.request_ids == set(good)
+    assert client.stats()["rejected"] == 1 and client.stats()["sent"] == 2
+    assert any("rejected 1 of 3" in record.getMessage() for record in caplog.records)
+
+
+def test_full_queue_spills_to_the_spool_then_delivers(fake_api, make_client, send):
+    # A long interval and a batch larger than the queue: the worker sleeps while the queue fills.
+    client = make_client(fake_api.url, max_queue=10, batch_size=500, flush_interval=30)
+    ids = send(client, 25)
+    assert client.stats()["queued"] == 10 and client.stats()["spooled"] == 15
+    assert client.flush(5)
+    assert fake_api.request_ids == set(ids)
+    assert len(fake_api.received) == 25  # each sent once
+    assert not list(Path(client.spool_dir).iterdir())
+
+
+def test_down_then_back_delivers_exactly_once(start_fake_api, make_client, send):
+    api = start_fake_api()
+    port = api.port
+    api.close()
+    client = make_client(api.url, max_retries=1)
+    ids = send(client, 50)
+    assert not client.flush(0.2)
+    wait_for(lambda: client.stats()["spooled"] == 50)
+    back = start_fake_api(port)
+    assert client.flush(10)
+    assert back.request_ids == set(ids) and len(back.received) == 50
+    assert client.stats()["sent"] == 50
+
+
+@pytest.fixture
+def silent_server():
+    """Accepts connections and reads requests but never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+
+
+def test_flush_and_shutdown_keep_their_deadline(silent_server, make_client, send):
+    client = make_client(silent_server, timeout=30)
+    started = time.monotonic()
+    send(client, 1000)
+    assert time.monotonic() - started < 1.0  # the calling thread never waits on the network
+    started = time.monotonic()
+    assert not client.flush(0.3)
+    assert 0.3 <= time.monotonic() - started < 1.0
+    started = time.monotonic()
+    assert not client.shutdown(0.3)
+    assert time.monotonic() - started < 1.0
+    spooled = b"".join(path.read_bytes() for path in Path(client.spool_dir).iterdir())
+    assert len(spooled.splitlines()) == 1000  # the batch in flight and the rest of the queue
+
+
+def test_events_after_shutdown_go_to_the_spool(fake_api, make_client, send):
+    client = make_client(fake_api.url)
+    client.shutdown()
+    send(client, 3)
+    assert client.stats()["spooled"] == 3
+    client.shutdown()  # as at exit: what came after the first shutdown becomes replayable
+    again = make_client(fake_api.url)
+    assert again.flush(5)
+    assert len(fake_api.request_ids) == 3
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_fork_child_sends_its_own_events_only(fake_api, make_client, send):
+    client = make_client(fake_api.url, flush_interval=30)
+    parent_ids = send(client, 10)  # still queued at the fork
+    pid = os.fork()
+    if pid == 0:
+        try:
+            child_ids = send(client, 5)
+            ok = (
+                client.flush(5)
+                and client.stats()["sent"] == 5
+                and not set(child_ids) & set(parent_ids)
+            )
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.flush(5)
+    assert len(fake_api.request_ids) == 15 and len(fake_api.received) == 15
+
+
+EXIT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from routeledger import RouteLedger
+    client = RouteLedger(api_key="test-key", endpoint=sys.argv[1], spool_dir=sys.argv[2],
+                         flush_interval=30, shutdown_timeout=float(sys.argv[3]), max_retries=0)
+    for number in range(20):
+        with client.request(customer_id="acme", feature="exit") as req:
+            req.attempt("gpt-4o-mini", "cheap", 10, 5)
+    """
+)
+
+
+def run_exit_script(endpoint, spool_dir, shutdown_timeout):
+    started = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, endpoint, str(spool_dir), str(shutdown_timeout)],
+        check=True,
+        timeout=30,
+    )
+    return time.monotonic() - started
+
+
+def test_exit_flushes_the_queue(fake_api, tmp_path):
+    run_exit_script(fake_api.url, tmp_path, 5)
+    assert len(fake_api.request_ids) == 20
+
+
+def test_exit_spools_what_it_cannot_send_and_a_later_process_replays_it(
+    start_fake_api, make_client, tmp_path
+):
+    api = start_fake_api()
+    port = api.port
+    api.close()
+    assert run_exit_script(api.url, tmp_path, 0.5) < 10
+    back = start_fake_api(port)
+    client = make_client(back.url, spool_dir=tmp_path)
+    assert client.flush(5)
+    assert len(back.request_ids) == 20
+
+
+def test_without_key_events_are_dropped_quietly(monkeypatch, send, caplog):
+    monkeypatch.delenv("ROUTELEDGER_API_KEY", raising=False)
+    with caplog.at_level(logging.ERROR, logger="routeledger"):
+        client = RouteLedger(endpoint="http://127.0.0.1:9")
+    send(client, 2)
+    assert client.stats()["dropped"] == 2
+    assert client.flush(1)
+    assert "no API key" in caplog.text
