@@ -63,7 +63,13 @@ def migrate_command() -> None:
 @click.option("--host", default=None, help="default: ROUTELEDGER_API_HOST (127.0.0.1)")
 @click.option("--port", type=int, default=None, help="default: ROUTELEDGER_API_PORT (8000)")
 @click.option("--workers", type=int, default=1, show_default=True, help="API processes")
-def api(host: str | None, port: int | None, workers: int) -> None:
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="warning",
+    show_default=True,
+)
+def api(host: str | None, port: int | None, workers: int, log_level: str) -> None:
     """Serve the HTTP API (the database must be migrated)."""
     import uvicorn
 
@@ -73,21 +79,19 @@ def api(host: str | None, port: int | None, workers: int) -> None:
         host=host or settings.routeledger_api_host,
         port=port or settings.routeledger_api_port,
         workers=workers,
-        log_level="warning",
+        log_level=log_level,
         proxy_headers=True,
     )
 
 
 @main.command()
-@click.option("--demo", is_flag=True, help="also load demo traffic (not available yet)")
+@click.option("--demo", is_flag=True, help="also load a week of demo traffic")
 def up(demo: bool) -> None:
     """Everything on one machine: database (embedded when DATABASE_URL is unset),
     migrations and the API. Ctrl-C stops it all."""
     from app.embedded import EmbeddedPostgres
     from app.supervisor import Child, Supervisor
 
-    if demo:
-        raise click.UsageError("--demo arrives with the dashboard; run `routeledger up` for now")
     settings = get_settings()
     embedded = None
     if not settings.database_url:
@@ -99,11 +103,24 @@ def up(demo: bool) -> None:
     try:
         _migrate()
         host, port = settings.routeledger_api_host, settings.routeledger_api_port
-        supervisor = Supervisor([Child("api", ["api", "--host", host, "--port", str(port)])])
+        dashboard_port = settings.routeledger_dashboard_port
+        supervisor = Supervisor(
+            [
+                Child("api", ["api", "--host", host, "--port", str(port)]),
+                Child("dashboard", ["dashboard", "--host", host, "--port", str(dashboard_port)]),
+            ]
+        )
         supervisor.start()
         console.print(
             f"RouteLedger API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)"
         )
+        console.print(f"RouteLedger dashboard: http://{host}:{dashboard_port}")
+        if demo:
+            try:
+                _load_demo(f"http://{host}:{port}")
+            except BaseException:
+                supervisor.stop()
+                raise
         console.print("create a project and its keys: routeledger project create NAME --json")
         console.print("Ctrl-C stops everything")
         status = supervisor.run_until_stopped()
@@ -418,6 +435,100 @@ def _send_replay(
             f"not every request was stored ({stats['spooled']} spooled for later, "
             f"{stats['dropped']} dropped); see the messages above"
         )
+
+
+# --- the dashboard and its logins (issue 6) ----------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=None, help="default: ROUTELEDGER_DASHBOARD_PORT (8050)")
+@click.option("--threads", type=int, default=8, show_default=True)
+def dashboard(host: str, port: int | None, threads: int) -> None:
+    """Serve the dashboard (the database must be migrated)."""
+    from dashboards.app import serve
+
+    serve(host=host, port=port or get_settings().routeledger_dashboard_port, threads=threads)
+
+
+@main.group()
+def user() -> None:
+    """Dashboard logins."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--project", "project_name", required=True)
+@click.option("--role", type=click.Choice(["viewer", "admin"]), required=True)
+@click.option(
+    "--password",
+    default=None,
+    help="default: ROUTELEDGER_USER_PASSWORD, else asked (a new login needs one)",
+)
+def user_create(email: str, project_name: str, role: str, password: str | None) -> None:
+    """A dashboard login with a role in a project; for an existing login, the role in
+    that project (and a new password when one is given)."""
+    from app.db import transaction
+    from app.services import users
+    from app.services.projects import ProjectNotFound, project_id_by_name
+
+    password = password or os.environ.get("ROUTELEDGER_USER_PASSWORD")
+    try:
+        with transaction() as conn:
+            project_id = project_id_by_name(conn, name=project_name)
+            user_id = users.user_id_by_email(conn, email=email)
+            if user_id is None:
+                user_id = users.create_user(
+                    conn,
+                    email=email,
+                    password=password
+                    or click.prompt("password", hide_input=True, confirmation_prompt=True),
+                )
+            elif password:
+                users.set_password(conn, user_id=user_id, password=password)
+            users.grant(conn, user_id=user_id, project_id=project_id, role=role)
+    except (ProjectNotFound, users.InvalidUser) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{users.normalize_email(email)}: {role} of {project_name}")
+
+
+def _load_demo(endpoint: str, **plan_options) -> None:
+    import httpx
+
+    from app.services import demo
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{endpoint}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the API at {endpoint} is not ready")
+        time.sleep(0.3)
+    console.print("loading demo traffic through the SDK ...")
+    try:
+        result = demo.load(endpoint=endpoint, plan=demo.plan_ending_now(**plan_options))
+    except demo.DemoNotDelivered as error:
+        raise click.ClickException(str(error)) from None
+    console.print(f"demo: {result.requests} requests in project {result.project}")
+    for role, (email, password) in demo.DEMO_LOGINS.items():
+        console.print(f"demo login ({role}): {email} / {password}")
+
+
+@main.command("demo")
+@click.option("--endpoint", default=None, help="the API; default: ROUTELEDGER_API_HOST:PORT")
+@click.option("--days", type=click.IntRange(2, 60), default=8, show_default=True)
+@click.option("--requests-per-hour", type=click.IntRange(1, 10_000), default=40, show_default=True)
+def demo_command(endpoint: str | None, days: int, requests_per_hour: int) -> None:
+    """Send a week of demo traffic through the SDK to a running API (project `demo`)."""
+    settings = get_settings()
+    _load_demo(
+        endpoint or f"http://{settings.routeledger_api_host}:{settings.routeledger_api_port}",
+        days=days,
+        requests_per_hour=requests_per_hour,
+    )
 
 
 if __name__ == "__main__":
