@@ -267,3 +267,42 @@ revenue_records = Table(
 
 # Rows carry the request's own timestamp so a partition can be found for them.
 PARTITIONED_TABLES = ("requests", "attempts")
+
+
+# --- dashboard logins (issue 6) ----------------------------------------------------------
+
+DASHBOARD_ROLES = ("viewer", "admin")
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # Stored lower-cased: one login per address whatever its spelling.
+    Column("email", Text, nullable=False, unique=True),
+    # argon2id, as argon2-cffi's PasswordHasher writes it (parameters inside the hash).
+    Column("password_hash", Text, nullable=False),
+    _created_at(),
+    Column("last_login_at", DateTime(timezone=True)),
+    CheckConstraint("email = lower(email) and length(email) between 3 and 200", name="email"),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("user_id", BigInteger, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("role", Text, nullable=False),
+    _created_at(),
+    PrimaryKeyConstraint("user_id", "project_id"),
+    CheckConstraint("role in ('viewer','admin')", name="known_role"),
+    Index("ix_memberships_project_id", "project_id"),
+)
+
+# The Experiments page compares arms request by request (intervals need more than sums).
+Index(
+    "ix_requests_experiment",
+    requests.c.project_id,
+    requests.c.experiment_name,
+    requests.c.ts,
+    postgresql_where="experiment_name is not null",
+)

@@ -194,3 +194,85 @@ def fresh_project(live_api) -> Project:
 def http(live_api) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_api.url, timeout=30) as client:
         yield client
+
+
+# --- the dashboard in a real browser (issue 6) -------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = REPO / "test-artifacts"
+
+
+@dataclass
+class LiveDashboard(LiveApi):
+    """A real `routeledger dashboard` process on loopback over the session's database
+    (stopped like the API's)."""
+
+    log_path: Path = field(
+        default_factory=lambda: Path(f"/tmp/routeledger-dashboard-{uuid.uuid4().hex[:6]}.log")
+    )
+
+    def start(self, timeout: float = 60) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "dashboard", "--port", str(self.port)],
+            env={**os.environ, "DATABASE_URL": self.database_url},
+            cwd=REPO,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError(f"dashboard did not start: {self.log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def live_dashboard(database_url) -> Iterator[LiveDashboard]:
+    server = LiveDashboard(database_url=database_url)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_project(live_api):
+    """The demo's traffic, smaller, loaded through the SDK into the session's database."""
+    from app.services import demo
+
+    plan = demo.plan_ending_now(requests_per_hour=12)
+    return demo.load(endpoint=live_api.url, plan=plan)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """Headless Chromium driven by chromedriver; its console log is read by the tests."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail("Chromium is missing: run ./scripts/test, which installs it")
+    downloads = tmp_path_factory.mktemp("downloads")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run", "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):  # fmt: skip
+        options.add_argument(flag)
+    options.add_experimental_option(
+        "prefs",
+        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
+    )
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.downloads = downloads
+    driver.set_page_load_timeout(30)
+    ARTIFACTS.mkdir(exist_ok=True)
+    yield driver
+    driver.quit()

@@ -1,0 +1,205 @@
+"""Logins for the dashboard: plain Flask routes on Dash's server, Flask's signed session
+cookie, a CSRF token checked on every POST, and the project a user is looking at.
+
+Every request but the login page needs a signed-in user. The session holds the user's id,
+the project chosen and a CSRF token; memberships are read from the database on each
+request, so a removed membership takes effect at once. Forms carry the token in a hidden
+field; Dash's own callback POSTs carry it in the X-CSRFToken header, which dash-renderer
+copies from the `_csrf_token` cookie (readable by the page's script only: another site can
+neither read it nor set the header).
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from html import escape
+from urllib.parse import quote, urlsplit
+
+import flask
+from flask import Flask, g, redirect, request, session
+
+from app.db import connection, transaction
+from app.services import users
+from app.services.users import Membership
+
+CSRF_COOKIE = "_csrf_token"
+CSRF_HEADER = "X-CSRFToken"
+LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+PROJECT_PARAM = "project"
+
+
+class AccessDenied(PermissionError):
+    pass
+
+
+def install(server: Flask, *, secret_key: str, secure_cookies: bool) -> None:
+    server.secret_key = secret_key
+    server.config.update(
+        SESSION_COOKIE_NAME="routeledger_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies,
+    )
+    server.before_request(_before_request)
+    server.after_request(_set_csrf_cookie)
+    server.add_url_rule(LOGIN_PATH, "login", _login, methods=["GET", "POST"])
+    server.add_url_rule(LOGOUT_PATH, "logout", _logout, methods=["POST"])
+
+
+def csrf_token() -> str:
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(32)
+    return session["csrf"]
+
+
+def _csrf_ok(sent: str | None) -> bool:
+    expected = session.get("csrf")
+    return bool(expected and sent) and hmac.compare_digest(expected, sent)
+
+
+def _before_request():
+    if request.method == "POST":
+        sent = request.form.get("csrf_token") if request.form else None
+        if not _csrf_ok(sent or request.headers.get(CSRF_HEADER)):
+            return flask.Response("CSRF token missing or wrong: reload the page", 403)
+    if request.path == LOGIN_PATH:
+        return None
+    user_id = session.get("user_id")
+    found = _load_memberships(user_id) if user_id else None
+    if not found:
+        session.pop("user_id", None)
+        if request.path.startswith("/_dash-") and request.method == "POST":
+            return flask.Response("signed out: reload the page", 401)
+        return redirect(f"{LOGIN_PATH}?next={_quote_next(request.full_path)}")
+    g.email, g.memberships = found
+    _choose_project(request.args.get(PROJECT_PARAM))
+    return None
+
+
+def _load_memberships(user_id: int) -> tuple[str, list[Membership]] | None:
+    with connection() as conn:
+        email = users.user_email(conn, user_id=user_id)
+        memberships = users.user_memberships(conn, user_id=user_id) if email else []
+    return (email, memberships) if email else None
+
+
+def _choose_project(wanted_name: str | None) -> None:
+    """A project named in the URL becomes the session's project when the user belongs to
+    it; otherwise the session keeps its project while the user still belongs to it."""
+    by_name = {m.project_name: m for m in g.memberships}
+    by_id = {m.project_id: m for m in g.memberships}
+    g.membership = (
+        by_name.get(wanted_name)
+        or by_id.get(session.get("project_id"))
+        or (g.memberships[0] if g.memberships else None)
+    )
+    chosen_id = g.membership.project_id if g.membership else None
+    if session.get("project_id") != chosen_id:
+        session["project_id"] = chosen_id
+
+
+def _set_csrf_cookie(response: flask.Response) -> flask.Response:
+    if "csrf" in session and request.cookies.get(CSRF_COOKIE) != session["csrf"]:
+        response.set_cookie(
+            CSRF_COOKIE,
+            session["csrf"],
+            httponly=False,  # dash-renderer reads it to send it back as a header
+            samesite="Strict",
+            secure=flask.current_app.config["SESSION_COOKIE_SECURE"],
+        )
+    return response
+
+
+def _quote_next(path: str) -> str:
+    return quote(path.rstrip("?"), safe="")
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site, never another host (no open redirect)."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+def _login():
+    error = ""
+    if request.method == "POST":
+        email = request.form.get("email", "")
+        with transaction() as conn:
+            user_id = users.authenticate(
+                conn, email=email, password=request.form.get("password", "")
+            )
+        if user_id is not None:
+            session.clear()  # a fresh session on login: no fixation of an older one
+            session["user_id"] = user_id
+            csrf_token()
+            return redirect(_safe_next(request.form.get("next")))
+        error = "Wrong email or password."
+    return flask.Response(
+        _LOGIN_PAGE.format(
+            csrf=escape(csrf_token()),
+            next=escape(_safe_next(request.values.get("next"))),
+            error=f'<p class="error" role="alert">{escape(error)}</p>' if error else "",
+        ),
+        status=401 if error else 200,
+        mimetype="text/html",
+    )
+
+
+def _logout():
+    session.clear()
+    return redirect(LOGIN_PATH)
+
+
+def membership() -> Membership:
+    """The project this request looks at, and the user's role in it."""
+    chosen = g.get("membership")
+    if chosen is None:
+        raise AccessDenied("this login belongs to no project")
+    return chosen
+
+
+def memberships() -> list[Membership]:
+    return g.get("memberships", [])
+
+
+def email() -> str:
+    return g.get("email", "")
+
+
+def require_admin() -> Membership:
+    chosen = membership()
+    if not chosen.is_admin:
+        raise AccessDenied(f"only admins of {chosen.project_name} can do this")
+    return chosen
+
+
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in · RouteLedger</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>
+body {{ font-family: system-ui, sans-serif; background: #f4f6f8; margin: 0; }}
+form {{ max-width: 340px; margin: 12vh auto; background: #fff; padding: 2rem;
+        border-radius: 8px; box-shadow: 0 1px 4px rgba(0,0,0,.12); }}
+h1 {{ font-size: 1.3rem; margin-top: 0; }}
+label {{ display: block; margin: .8rem 0 .3rem; font-size: .9rem; }}
+input {{ width: 100%; box-sizing: border-box; padding: .5rem; font-size: 1rem; }}
+button {{ margin-top: 1.2rem; width: 100%; padding: .6rem; font-size: 1rem;
+          background: #1f4e79; color: #fff; border: 0; border-radius: 4px; }}
+.error {{ color: #b00020; }}
+</style></head>
+<body><form method="post" action="/login">
+<h1>RouteLedger</h1>{error}
+<input type="hidden" name="csrf_token" value="{csrf}">
+<input type="hidden" name="next" value="{next}">
+<label for="email">Email</label><input id="email" name="email" type="email" required autofocus>
+<label for="password">Password</label>
+<input id="password" name="password" type="password" required>
+<button id="sign-in" type="submit">Sign in</button>
+</form></body></html>
+"""

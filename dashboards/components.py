@@ -1,0 +1,85 @@
+"""Small building blocks shared by the pages: figure cards, key figures, tables, notes."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from dash import dash_table, dcc, html
+
+TIER_COLORS = {"cheap": "#2e7d32", "standard": "#1565c0", "premium": "#6a1b9a"}
+PALETTE = ["#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037"]
+
+
+def card(title: str, *children, class_name: str = "") -> html.Section:
+    return html.Section([html.H3(title), *children], className=f"card {class_name}".strip())
+
+
+def graph(component_id: str) -> dcc.Loading:
+    return dcc.Loading(
+        dcc.Graph(id=component_id, config={"displaylogo": False}, className="graph"),
+        type="dot",
+    )
+
+
+def key_figure(label: str, value: str, note: str = "", figure_id: str | None = None):
+    return html.Div(
+        [
+            html.Div(label, className="kf-label"),
+            html.Div(value, className="kf-value", id=figure_id or f"kf-{_slug(label)}"),
+            html.Div(note, className="kf-note"),
+        ],
+        className="key-figure",
+    )
+
+
+def _slug(label: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+
+
+def figure(title: str = "", *, y_title: str = "", percent: bool = False) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        title={"text": title, "x": 0, "font": {"size": 14}},
+        margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
+        height=320,
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+        yaxis={"title": y_title, "tickformat": ".0%" if percent else None, "rangemode": "tozero"},
+        hovermode="x unified",
+    )
+    return fig
+
+
+def empty(message: str) -> go.Figure:
+    fig = figure()
+    fig.update_layout(
+        xaxis={"visible": False},
+        yaxis={"visible": False},
+        annotations=[{"text": message, "showarrow": False, "font": {"size": 14, "color": "#666"}}],
+    )
+    return fig
+
+
+def table(
+    component_id: str, columns: list[dict], rows: list[dict], **options
+) -> dash_table.DataTable:
+    return dash_table.DataTable(
+        id=component_id,
+        columns=columns,
+        data=rows,
+        sort_action="native",
+        page_size=options.pop("page_size", 25),
+        style_table={"overflowX": "auto"},
+        style_cell={"fontFamily": "inherit", "fontSize": 13, "padding": "4px 8px"},
+        style_header={"fontWeight": "600", "backgroundColor": "#f4f6f8"},
+        **options,
+    )
+
+
+def note(text: str, kind: str = "info") -> html.Div:
+    return html.Div(text, className=f"note note-{kind}", role="status")
+
+
+def tier_order(*splits: dict) -> list[str]:
+    """The tiers named in any of these splits or counts, cheapest first."""
+    seen = {tier for split in splits for tier in split}
+    return [t for t in TIER_COLORS if t in seen] + sorted(seen - set(TIER_COLORS))

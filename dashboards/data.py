@@ -1,0 +1,78 @@
+"""How callbacks read: a service function called on a fresh connection, its answer kept
+for a few seconds so that several figures and users reading the same thing share one
+query. Writes clear the cache, so a saved change shows at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from app.db import connection, transaction
+from app.services import dashboard_queries, metrics
+from app.services.metrics import Filters, Period, RoutingMetrics
+
+CACHE_SECONDS = 30.0
+CACHE_ENTRIES = 512
+
+_lock = threading.Lock()
+_cache: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+
+
+def read(service: Callable[..., Any], **kwargs: Any) -> Any:
+    """`service(conn, **kwargs)`, cached for CACHE_SECONDS; kwargs must be hashable."""
+    key = (service.__module__, service.__qualname__, tuple(sorted(kwargs.items())))
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None and hit[0] > now:
+            _cache.move_to_end(key)
+            return hit[1]
+    with connection() as conn:
+        value = service(conn, **kwargs)
+    with _lock:
+        _cache[key] = (now + CACHE_SECONDS, value)
+        while len(_cache) > CACHE_ENTRIES:
+            _cache.popitem(last=False)
+    return value
+
+
+def write(service: Callable[..., Any], **kwargs: Any) -> Any:
+    """`service(conn, **kwargs)` in a transaction; then every cached answer is dropped."""
+    with transaction() as conn:
+        value = service(conn, **kwargs)
+    clear()
+    return value
+
+
+def clear() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def bucket_hours(within: Period) -> int:
+    """The width of one point of a time series: hourly up to two days, then coarser."""
+    days = (within.end - within.start) / timedelta(days=1)
+    if days <= 2:
+        return 1
+    if days <= 14:
+        return 3
+    return 24
+
+
+def routing_totals(project_id: int, within: Period, scope: Filters) -> RoutingMetrics:
+    return read(metrics.routing_metrics, project_id=project_id, within=within, filters=scope)
+
+
+def routing_over_time(project_id: int, within: Period, scope: Filters) -> list[RoutingMetrics]:
+    """The same figures per time bucket, the bucket sized to the period."""
+    return read(
+        dashboard_queries.routing_series,
+        project_id=project_id,
+        within=within,
+        filters=scope,
+        bucket_hours=bucket_hours(within),
+    )

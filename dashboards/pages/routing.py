@@ -1,0 +1,314 @@
+"""Routing, per feature: the policy split against the intended and served splits, the
+split and the fallback, escalation and failover rates over time (with the alert
+thresholds and the alerts that fired), mean quality per route, and the policy editor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dash
+import plotly.graph_objects as go
+from dash import ALL, Input, Output, State, callback, dcc, html
+
+from app.services import dashboard_queries, metrics, policies, projects
+from dashboards import auth, components, data, filters
+from dashboards.formatting import count, pct
+
+dash.register_page(
+    __name__, path="/routing", name="Routing", title="Routing · RouteLedger", order=1
+)
+
+DATES = "routing-dates"
+FEATURE = "routing-feature"
+SUMMARY = "routing-summary"
+SPLITS = "routing-splits"
+SPLIT_OVER_TIME = "routing-split-over-time"
+RATES = "routing-rates"
+QUALITY = "routing-quality"
+POLICY_SHARE = "routing-policy-share"  # pattern-matched: one input per tier
+POLICY_FROM = "routing-policy-from"
+POLICY_SAVE = "routing-policy-save"
+POLICY_MESSAGE = "routing-policy-message"
+URL = "routing-url"
+
+RATE_NAMES = {
+    "fallback_rate": "fallback",
+    "escalation_rate": "escalation",
+    "failover_rate": "failover",
+}
+
+
+def layout(**query):
+    project = auth.membership()
+    within = filters.period_of(query.get("start"), query.get("end"))
+    features = list(
+        data.read(
+            dashboard_queries.filter_values, project_id=project.project_id, within=within
+        ).features
+    )
+    feature = query.get("feature") if query.get("feature") in features else None
+    return html.Div(
+        [
+            html.H1("Routing"),
+            filters.toolbar(
+                filters.date_range(DATES, query),
+                dcc.Dropdown(
+                    id=FEATURE,
+                    options=features,
+                    value=feature or (features[0] if features else None),
+                    clearable=False,
+                    placeholder="no feature has traffic in this period",
+                    className="filter",
+                ),
+            ),
+            html.Div(id=SUMMARY, className="key-figures"),
+            html.Div(
+                [
+                    components.card("Policy, intended and served split", components.graph(SPLITS)),
+                    components.card("Served split over time", components.graph(SPLIT_OVER_TIME)),
+                ],
+                className="grid",
+            ),
+            components.card(
+                "Fallback, escalation and failover rates",
+                html.P(
+                    "Dashed lines: alert thresholds for this feature; shaded: alerts that fired.",
+                    className="muted",
+                ),
+                components.graph(RATES),
+            ),
+            html.Div(
+                [
+                    components.card("Mean quality per route", components.graph(QUALITY)),
+                    _policy_editor(project),
+                ],
+                className="grid",
+            ),
+            filters.url_store(URL),
+        ]
+    )
+
+
+def _policy_editor(project) -> html.Section:
+    tiers = data.read(projects.project_tiers, project_id=project.project_id)
+    admin = project.is_admin
+    return components.card(
+        "Policy editor",
+        html.P(
+            "The split this feature should have, from a date on. Shares sum to 1."
+            if admin
+            else "Only admins of this project can change the policy.",
+            className="muted",
+        ),
+        html.Div(
+            [
+                html.Label(
+                    [
+                        tier,
+                        dcc.Input(
+                            id={"type": POLICY_SHARE, "tier": tier},
+                            type="number",
+                            min=0,
+                            max=1,
+                            step=0.01,
+                            className="share-input",
+                        ),
+                    ]
+                )
+                for tier in sorted(tiers, key=tiers.get)
+            ],
+            className="form-row",
+        ),
+        html.Div(
+            [
+                html.Label(
+                    [
+                        "effective from (UTC)",
+                        dcc.Input(
+                            id=POLICY_FROM,
+                            type="text",
+                            placeholder="now, or 2026-11-01T00:00",
+                        ),
+                    ]
+                ),
+                html.Button("Save policy", id=POLICY_SAVE, className="button", disabled=not admin),
+            ],
+            className="form-row",
+        ),
+        html.Div(id=POLICY_MESSAGE),
+    )
+
+
+@callback(
+    Output(SUMMARY, "children"),
+    Output(SPLITS, "figure"),
+    Output(SPLIT_OVER_TIME, "figure"),
+    Output(RATES, "figure"),
+    Output(QUALITY, "figure"),
+    Output({"type": POLICY_SHARE, "tier": ALL}, "value"),
+    Output(URL, "data"),
+    Input(DATES, "start_date"),
+    Input(DATES, "end_date"),
+    Input(FEATURE, "value"),
+    Input(POLICY_MESSAGE, "children"),
+    State({"type": POLICY_SHARE, "tier": ALL}, "id"),
+)
+def update(start_date, end_date, feature, _saved, share_ids):
+    project_id = auth.membership().project_id
+    within = filters.period_of(start_date, end_date)
+    search = filters.url_search(start=start_date, end=end_date, feature=feature)
+    current = _policy_now(project_id, feature) if feature else None
+    shares = [(current.get(i["tier"], 0.0) if current else None) for i in share_ids]
+    if not feature:
+        nothing = components.empty("No traffic in this period")
+        return [], nothing, nothing, nothing, nothing, shares, search
+    scope = metrics.Filters(feature=feature)
+    totals = data.routing_totals(project_id, within, scope)
+    series = data.routing_over_time(project_id, within, scope)
+    summary = [
+        components.key_figure("Requests", count(totals.requests)),
+        components.key_figure("Policy deviation", pct(totals.policy_deviation)),
+        components.key_figure("Fallback rate", pct(totals.fallback_rate)),
+        components.key_figure("Escalation rate", pct(totals.escalation_rate)),
+        components.key_figure("Failover rate", pct(totals.failover_rate)),
+        components.key_figure("Mean quality", pct(totals.mean_quality, 0)),
+    ]
+    marks = data.read(
+        dashboard_queries.alert_overlay, project_id=project_id, feature=feature, within=within
+    )
+    return (
+        summary,
+        _splits_figure(totals),
+        _split_over_time_figure(series),
+        _rates_figure(series, marks),
+        _quality_figure(totals),
+        shares,
+        search,
+    )
+
+
+def _policy_now(project_id: int, feature: str) -> dict[str, float] | None:
+    now = datetime.now(UTC)
+    history = data.read(policies.policy_history, project_id=project_id, feature=feature)
+    in_force = [p for p in history if p["effective_from"] <= now]
+    return in_force[-1]["split"] if in_force else None
+
+
+def _splits_figure(totals: metrics.RoutingMetrics) -> go.Figure:
+    splits = {
+        "policy": totals.policy_split or {},
+        "intended": totals.intended_split,
+        "served": totals.served_split,
+    }
+    fig = components.figure(percent=True)
+    for tier in components.tier_order(*splits.values()):
+        fig.add_bar(
+            x=list(splits),
+            y=[split.get(tier, 0.0) for split in splits.values()],
+            name=tier,
+            marker_color=components.TIER_COLORS.get(tier),
+            text=[pct(split.get(tier, 0.0), 0) for split in splits.values()],
+        )
+    fig.update_layout(barmode="stack", hovermode="closest")
+    return fig
+
+
+def _split_over_time_figure(series) -> go.Figure:
+    fig = components.figure(percent=True)
+    x = [p.start for p in series]
+    for tier in components.tier_order(*(p.served_counts for p in series)):
+        fig.add_scatter(
+            x=x,
+            y=[p.served_split.get(tier, 0.0) if p.served_counts else None for p in series],
+            name=tier,
+            stackgroup="served",
+            line={"color": components.TIER_COLORS.get(tier)},
+        )
+    fig.update_layout(yaxis={"range": [0, 1]})
+    return fig
+
+
+def _rates_figure(series, marks: dashboard_queries.AlertOverlay) -> go.Figure:
+    fig = components.figure(percent=True)
+    x = [p.start for p in series]
+    for (metric, label), color in zip(RATE_NAMES.items(), components.PALETTE, strict=False):
+        fig.add_scatter(
+            x=x, y=[getattr(p, metric) for p in series], name=label, line={"color": color}
+        )
+        for threshold in marks.thresholds.get(metric, []):
+            fig.add_hline(
+                y=threshold,
+                line={"dash": "dash", "color": color, "width": 1},
+                annotation_text=f"{label} alert at {pct(threshold, 0)}",
+                annotation_position="top left",
+            )
+    for fired in marks.fired:
+        fig.add_vrect(
+            x0=fired.start,
+            x1=fired.end or series[-1].end,
+            fillcolor="#c62828",
+            opacity=0.12,
+            line_width=0,
+            annotation_text=f"alert: {fired.rule}",
+            annotation_position="top left",
+        )
+    return fig
+
+
+def _quality_figure(totals: metrics.RoutingMetrics) -> go.Figure:
+    routes = [m for m in totals.by_model if m.mean_quality is not None]
+    if not routes:
+        return components.empty("No quality scores in this period")
+    fig = components.figure(y_title="mean quality")
+    fig.add_bar(
+        x=[f"{m.tier} · {m.model}" for m in routes],
+        y=[m.mean_quality for m in routes],
+        marker_color=[components.TIER_COLORS.get(m.tier, "#607d8b") for m in routes],
+        text=[f"{m.mean_quality:.2f} (n={m.quality_count})" for m in routes],
+    )
+    fig.update_layout(yaxis={"range": [0, 1]}, hovermode="closest")
+    return fig
+
+
+@callback(
+    Output(POLICY_MESSAGE, "children"),
+    Input(POLICY_SAVE, "n_clicks"),
+    State(FEATURE, "value"),
+    State({"type": POLICY_SHARE, "tier": ALL}, "value"),
+    State({"type": POLICY_SHARE, "tier": ALL}, "id"),
+    State(POLICY_FROM, "value"),
+    prevent_initial_call=True,
+)
+def save_policy(_clicks, feature, values, ids, effective_from):
+    try:
+        project = auth.require_admin()
+    except auth.AccessDenied as refused:
+        return components.note(f"Not saved: {refused}.", "error")
+    if not feature:
+        return components.note("Not saved: choose a feature first.", "error")
+    split = {i["tier"]: float(v) for i, v in zip(ids, values, strict=True) if v}
+    try:
+        since = _parse_instant(effective_from)
+        saved_from = data.write(
+            policies.set_policy,
+            project_id=project.project_id,
+            feature=feature,
+            split=split,
+            effective_from=since,
+        )
+    except (ValueError, policies.InvalidPolicy) as error:
+        return components.note(f"Not saved: {error}", "error")
+    return components.note(f"Saved: {feature} from {saved_from:%Y-%m-%d %H:%M} UTC.", "ok")
+
+
+def _parse_instant(value: str | None) -> datetime | None:
+    if not value or not value.strip():
+        return None
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValueError(f"effective from: {value!r} is not a date or date-time") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+filters.sync_url(URL)

@@ -1,0 +1,158 @@
+"""Dashboard sign-in, sessions, CSRF and project isolation, through Flask's test client."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from app.db import transaction
+from app.services import users
+from tests.conftest import make_project
+
+PASSWORD = "correct-horse-battery"
+
+
+@pytest.fixture(scope="module")
+def app(database_url):
+    from dashboards.app import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.server.test_client()
+
+
+def make_login(email: str, **roles: str) -> None:
+    """roles: project name -> role."""
+    with transaction() as conn:
+        user_id = users.create_user(conn, email=email, password=PASSWORD)
+        for project_name, role in roles.items():
+            project_id = conn.exec_driver_sql(
+                "select id from projects where name = %(name)s", {"name": project_name}
+            ).scalar_one()
+            users.grant(conn, user_id=user_id, project_id=project_id, role=role)
+
+
+def csrf_of(client) -> str:
+    page = client.get("/login").text
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def sign_in(client, email: str, next_path: str = "/"):
+    return client.post(
+        "/login",
+        data={
+            "email": email,
+            "password": PASSWORD,
+            "csrf_token": csrf_of(client),
+            "next": next_path,
+        },
+    )
+
+
+def test_everything_but_the_login_page_needs_a_login(client):
+    for path in ("/", "/routing", "/exports/customers.csv", "/_dash-layout"):
+        answer = client.get(path)
+        assert answer.status_code == 302, path
+        assert answer.headers["Location"].startswith("/login?next=")
+    assert client.get("/login").status_code == 200
+
+
+def test_sign_in_sets_a_hardened_session_cookie_and_goes_back(client, database_url):
+    project = make_project()
+    make_login("cookie@example.com", **{project.name: "viewer"})
+    answer = sign_in(client, "Cookie@Example.com", next_path="/customers?start=2026-11-01")
+    assert answer.status_code == 302
+    assert answer.headers["Location"] == "/customers?start=2026-11-01"
+    cookie = next(
+        c for c in answer.headers.getlist("Set-Cookie") if c.startswith("routeledger_session=")
+    )
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert "Secure" not in cookie  # plain http on loopback
+    assert client.get("/").status_code == 200
+
+
+def test_secure_cookies_when_served_over_https(database_url, monkeypatch):
+    from app.settings import get_settings
+    from dashboards.app import create_app
+
+    monkeypatch.setenv("ROUTELEDGER_PUBLIC_URL", "https://routeledger.example.com")
+    get_settings.cache_clear()
+    try:
+        assert create_app().server.config["SESSION_COOKIE_SECURE"] is True
+    finally:
+        monkeypatch.delenv("ROUTELEDGER_PUBLIC_URL")
+        get_settings.cache_clear()
+
+
+def test_wrong_password_and_missing_csrf_token_are_refused(client, database_url):
+    project = make_project()
+    make_login("refused@example.com", **{project.name: "admin"})
+    token = csrf_of(client)
+    wrong = client.post(
+        "/login", data={"email": "refused@example.com", "password": "nope", "csrf_token": token}
+    )
+    assert wrong.status_code == 401 and "Wrong email or password" in wrong.text
+    forged = client.post("/login", data={"email": "refused@example.com", "password": PASSWORD})
+    assert forged.status_code == 403
+
+
+def test_no_redirect_to_another_site_after_sign_in(client, database_url):
+    project = make_project()
+    make_login("redirect@example.com", **{project.name: "viewer"})
+    for target in ("//evil.example.com/", "https://evil.example.com/", "javascript:alert(1)"):
+        answer = sign_in(client, "redirect@example.com", next_path=target)
+        assert answer.headers["Location"] == "/", target
+        client.post("/logout", data={"csrf_token": csrf_of(client)})
+
+
+def test_dash_callbacks_need_the_csrf_header(client, database_url):
+    project = make_project()
+    make_login("callbacks@example.com", **{project.name: "viewer"})
+    sign_in(client, "callbacks@example.com")
+    body = {"output": "x.children", "outputs": {"id": "x", "property": "children"},
+            "inputs": [], "changedPropIds": []}  # fmt: skip
+    assert client.post("/_dash-update-component", json=body).status_code == 403
+    cookie = client.get_cookie("_csrf_token")
+    assert cookie is not None and not cookie.http_only
+    answer = client.post(
+        "/_dash-update-component", json=body, headers={"X-CSRFToken": cookie.value}
+    )
+    assert answer.status_code != 403
+
+
+def test_a_viewer_never_sees_another_projects_data(client, database_url):
+    mine, theirs = make_project(), make_project()
+    make_login("isolated@example.com", **{mine.name: "viewer"})
+    sign_in(client, "isolated@example.com")
+    layout = client.get(f"/_dash-layout?project={theirs.name}").text
+    assert mine.name in layout and theirs.name not in layout
+    export = client.get(f"/exports/customers.csv?project={theirs.name}")
+    assert export.status_code == 200
+    assert mine.name in export.headers["Content-Disposition"]
+    assert theirs.name not in export.headers["Content-Disposition"]
+
+
+def test_the_project_switcher_offers_the_users_projects(client, database_url):
+    first, second, other = make_project(), make_project(), make_project()
+    make_login("switcher@example.com", **{first.name: "admin", second.name: "viewer"})
+    sign_in(client, "switcher@example.com")
+    client.get(f"/?project={second.name}")
+    layout = client.get("/_dash-layout").text
+    assert first.name in layout and second.name in layout and other.name not in layout
+    assert "switcher@example.com · viewer" in layout
+    client.get(f"/?project={first.name}")
+    assert "switcher@example.com · admin" in client.get("/_dash-layout").text
+
+
+def test_sign_out_needs_the_token_and_ends_the_session(client, database_url):
+    project = make_project()
+    make_login("signout@example.com", **{project.name: "viewer"})
+    sign_in(client, "signout@example.com")
+    assert client.post("/logout").status_code == 403
+    token = client.get_cookie("_csrf_token").value
+    assert client.post("/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/").status_code == 302

@@ -1,0 +1,242 @@
+"""The dashboard in headless Chromium, over the demo's traffic: sign in, every page with data
+and no console error, a filter, the policy editor, an export against its page, and a viewer
+refused. Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import time
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
+
+from app.services import demo
+from tests.conftest import ARTIFACTS
+
+ADMIN = demo.DEMO_LOGINS["admin"]
+VIEWER = demo.DEMO_LOGINS["viewer"]
+
+# Drift results and fired alerts come from the workers' jobs (issue 4): until those exist,
+# these two pages are checked for what they show without them.
+JOBS = {name: importlib.util.find_spec(f"app.services.{name}") for name in ("drift", "alerts")}
+
+# path -> a CSS selector that only matches once the page shows data
+PAGES = {
+    "/": "#overview-spend .trace",
+    "/routing": "#routing-splits .trace",
+    "/customers": "#customers-table td[data-dash-column='requests']",
+    "/customers/globex": "#customer-money .trace",
+    "/models": "#models-table td[data-dash-column='attempts']",
+    "/experiments": "#experiments-arms .trace",
+    "/drift": "#drift-psi .trace" if JOBS["drift"] else "#drift-psi .annotation-text",
+    "/alerts": "#alerts-table td[data-dash-column='rule']"
+    if JOBS["alerts"]
+    else "#alerts-rules td[data-dash-column='name']",
+    "/prices": "#prices-catalog td[data-dash-column='model']",
+    "/exports": "#exports-total-cost",
+}
+
+
+@pytest.fixture
+def site(browser, live_dashboard, demo_project):
+    browser.get_log("browser")  # start each test with an empty console
+    return live_dashboard.url
+
+
+def wait_for(browser, selector: str, timeout: float = 20):
+    try:
+        return WebDriverWait(browser, timeout).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, selector) or False
+        )[0]
+    except TimeoutException:
+        shot(browser, "timeout")
+        raise AssertionError(f"{selector} did not appear on {browser.current_url}") from None
+
+
+def wait_until(condition, timeout: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def shot(browser, name: str) -> None:
+    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
+
+
+def console_errors(browser) -> list[str]:
+    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def sign_in(browser, site: str, login: tuple[str, str]) -> None:
+    browser.delete_all_cookies()
+    browser.get(f"{site}/login")
+    browser.find_element(By.ID, "email").send_keys(login[0])
+    browser.find_element(By.ID, "password").send_keys(login[1])
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(browser, "#whoami")
+
+
+def choose(browser, dropdown_id: str, value: str) -> None:
+    """Picks an option of a Dash dropdown (a button opening a list of options)."""
+    browser.find_element(By.ID, dropdown_id).click()
+    wait_for(browser, f"[role=option] input[value='{value}']").find_element(
+        By.XPATH, "./ancestor::*[@role='option']"
+    ).click()
+
+
+def open_page(browser, site: str, path: str) -> None:
+    browser.get(site + path)
+    wait_for(browser, PAGES[path.split("?")[0]])
+    # Let the remaining callbacks of the page finish.
+    wait_until(
+        lambda: not browser.find_elements(By.CSS_SELECTOR, "[data-dash-is-loading='true']"),
+        what="callbacks to finish",
+    )
+
+
+def test_sign_in_refuses_a_wrong_password(browser, site):
+    browser.delete_all_cookies()
+    browser.get(f"{site}/routing")
+    assert urlsplit(browser.current_url).path == "/login"
+    browser.find_element(By.ID, "email").send_keys(ADMIN[0])
+    browser.find_element(By.ID, "password").send_keys("not-the-password")
+    browser.find_element(By.ID, "sign-in").click()
+    assert "Wrong email or password" in wait_for(browser, ".error").text
+    shot(browser, "login-refused")
+
+
+def test_every_page_renders_with_data_and_no_console_error(browser, site):
+    sign_in(browser, site, ADMIN)
+    for path in PAGES:
+        open_page(browser, site, path)
+        name = path.strip("/").replace("/", "-") or "overview"
+        shot(browser, name)
+        assert console_errors(browser) == [], path
+    # The demo's story is on the pages: a negative margin, an unpriced model, an alert.
+    browser.get(f"{site}/customers")
+    negative = wait_for(browser, "#customers-table td[data-dash-column='margin_usd']")
+    assert "-" in negative.text or "−" in negative.text
+    browser.get(f"{site}/models")
+    assert demo.UNPRICED_MODEL in wait_for(browser, "#unpriced-models").text
+
+
+def text_of(browser, element_id: str) -> str:
+    """The element's text now (key figures are re-rendered, so found again each time)."""
+    found = browser.find_elements(By.ID, element_id)
+    try:
+        return found[0].text if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def test_a_filter_changes_a_figure_and_the_url(browser, site):
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, "/")
+    everything = text_of(browser, "kf-requests")
+    choose(browser, "overview-feature", "summarize")
+    filtered = wait_until(
+        lambda: (text := text_of(browser, "kf-requests")) not in ("", everything) and text,
+        what="the requests figure to change",
+    )
+    assert int(filtered.replace(",", "")) < int(everything.replace(",", ""))
+    wait_until(lambda: "feature=summarize" in browser.current_url, what="the URL")
+    browser.get(browser.current_url)  # the link shows what its sender saw
+    wait_until(
+        lambda: text_of(browser, "kf-requests") == filtered,
+        what="the shared link to show the filtered figure",
+    )
+    assert "summarize" in text_of(browser, "overview-feature")
+    assert console_errors(browser) == []
+
+
+def _share_input(browser, tier: str):
+    return browser.find_element(
+        By.CSS_SELECTOR, f"[id*='routing-policy-share'][id*='\"tier\":\"{tier}\"']"
+    )
+
+
+def test_the_policy_editor_saves(browser, site, demo_project):
+    from app.db import connection
+    from app.services import policies, projects
+
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, "/routing?feature=summarize")
+    shares = {"cheap": "0.6", "standard": "0.3", "premium": "0.1"}
+    wait_until(lambda: _share_input(browser, "cheap").get_attribute("value"), what="shares")
+    for tier, share in shares.items():
+        field = _share_input(browser, tier)
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(share)
+    browser.find_element(By.ID, "routing-policy-save").click()
+    assert "Saved" in wait_for(browser, "#routing-policy-message .note-ok").text
+    shot(browser, "policy-saved")
+    with connection() as conn:
+        project_id = projects.project_id_by_name(conn, name=demo_project.project)
+        latest = policies.policy_history(conn, project_id=project_id, feature="summarize")[-1]
+    assert latest["split"] == {tier: float(v) for tier, v in shares.items()}
+    assert console_errors(browser) == []
+
+
+def test_an_export_downloads_a_csv_whose_totals_match_the_page(browser, site):
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, "/exports")
+    shown_cost = wait_until(
+        lambda: (
+            browser.find_element(By.ID, "exports-total-cost").text.startswith("$")
+            and browser.find_element(By.ID, "exports-total-cost").text
+        ),
+        what="the total cost",
+    )
+    shown_revenue = browser.find_element(By.ID, "exports-total-revenue").text
+    link = browser.find_element(By.ID, "exports-customers-link")
+    query = parse_qs(urlsplit(link.get_attribute("href")).query)
+    assert query["granularity"] == ["day"]
+    for old in browser.downloads.glob("*.csv"):
+        old.unlink()
+    link.click()
+    csv_file = wait_until(
+        lambda: [p for p in browser.downloads.glob("*.csv")], what="the download"
+    )[0]
+    wait_until(lambda: not list(browser.downloads.glob("*.crdownload")), what="the download")
+    rows = list(csv.DictReader(io.StringIO(csv_file.read_text(encoding="utf-8"))))
+    assert rows, "the export is empty"
+    cost = sum(Decimal(r["cost_usd"]) for r in rows)
+    revenue = sum(Decimal(r["revenue_usd"]) for r in rows)
+    assert f"${cost.quantize(Decimal('0.01')):,}" == shown_cost
+    assert f"${revenue.quantize(Decimal('0.01')):,}" == shown_revenue
+    assert console_errors(browser) == []
+
+
+def test_a_viewer_is_refused_an_admin_action(browser, site, demo_project):
+    from app.db import connection
+    from app.services import policies, projects
+
+    sign_in(browser, site, VIEWER)
+    assert "viewer" in browser.find_element(By.ID, "whoami").text
+    open_page(browser, site, "/routing?feature=support-chat")
+    save = browser.find_element(By.ID, "routing-policy-save")
+    assert not save.is_enabled()
+    with connection() as conn:
+        project_id = projects.project_id_by_name(conn, name=demo_project.project)
+        before = policies.policy_history(conn, project_id=project_id, feature="support-chat")
+    # Past the disabled button (as a hand-made request would be): the server refuses.
+    browser.execute_script(
+        "window.dash_clientside.set_props('routing-policy-save', {n_clicks: 1});"
+    )
+    refused = wait_for(browser, "#routing-policy-message .note-error").text
+    assert "only admins" in refused
+    shot(browser, "viewer-refused")
+    with connection() as conn:
+        after = policies.policy_history(conn, project_id=project_id, feature="support-chat")
+    assert after == before
