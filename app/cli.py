@@ -107,6 +107,8 @@ def up(demo: bool) -> None:
         supervisor = Supervisor(
             [
                 Child("api", ["api", "--host", host, "--port", str(port)]),
+                Child("worker", ["worker"]),
+                Child("beat", ["beat"]),
                 Child("dashboard", ["dashboard", "--host", host, "--port", str(dashboard_port)]),
             ]
         )
@@ -529,6 +531,52 @@ def demo_command(endpoint: str | None, days: int, requests_per_hour: int) -> Non
         days=days,
         requests_per_hour=requests_per_hour,
     )
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=2, show_default=True, help="worker processes")
+@click.option("--queues", default="celery", show_default=True, help="comma-separated")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(concurrency: int, queues: str, loglevel: str) -> None:
+    """A Celery worker: rollups, margins, drift, alerts, emails and re-pricing."""
+    from workers.celery_app import celery_app
+
+    celery_app.worker_main(
+        [
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--queues={queues}",
+            f"--loglevel={loglevel}",
+            "--without-gossip",
+        ]
+    )
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True)
+def beat(loglevel: str) -> None:
+    """The Celery beat: queues every job on its schedule (run one per deployment)."""
+    from workers.celery_app import celery_app
+
+    get_settings().routeledger_data_dir.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", f"--loglevel={loglevel}"])
+
+
+@main.group()
+def jobs() -> None:
+    """The periodic jobs, run by hand."""
+
+
+@jobs.command("run")
+@click.argument("name")
+def jobs_run(name: str) -> None:
+    """Run job NAME now, in this process, and print its summary as JSON."""
+    from app.db import get_engine
+    from app.services.jobs import JOBS, run_job
+
+    if name not in JOBS:
+        raise click.BadParameter(f"one of {', '.join(JOBS)}", param_hint="NAME")
+    click.echo(json.dumps(run_job(get_engine(), name), default=str))
 
 
 if __name__ == "__main__":

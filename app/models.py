@@ -269,6 +269,290 @@ revenue_records = Table(
 PARTITIONED_TABLES = ("requests", "attempts")
 
 
+# --- rollups and the jobs that keep them (issue 4) -------------------------------------
+
+# Hours whose rollups (or whatever the job derives) must be recomputed from raw rows.
+dirty_hours = Table(
+    "dirty_hours",
+    metadata,
+    Column("job", Text, nullable=False),
+    Column("project_id", BigInteger, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("job", "project_id", "hour"),
+)
+
+# How far a job has consumed the stream of newly received rows.
+job_watermarks = Table(
+    "job_watermarks",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("watermark", DateTime(timezone=True), nullable=False),
+)
+
+ROLLUP_DIMENSIONS = (
+    "feature",
+    "customer_id",
+    "intended_tier",
+    "served_tier",
+    "served_model",
+    "experiment_name",
+    "experiment_arm",
+)
+
+rollup_hourly = Table(
+    "rollup_hourly",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("intended_tier", Text, nullable=False),
+    Column("served_tier", Text),
+    Column("served_model", Text),
+    Column("experiment_name", Text),
+    Column("experiment_arm", Text),
+    Column("requests", BigInteger, nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("fallbacks", BigInteger, nullable=False),
+    Column("escalations", BigInteger, nullable=False),
+    Column("failovers", BigInteger, nullable=False),
+    Column("failed", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cache_read_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    # Sum of the known request costs; unpriced_requests says how many are incomplete.
+    Column("cost_usd", Numeric, nullable=False),
+    Column("unpriced_requests", BigInteger, nullable=False),
+    # Sum of the known baseline costs; baseline_unknown counts the requests without one.
+    Column("baseline_cost_usd", Numeric, nullable=False),
+    Column("baseline_unknown", BigInteger, nullable=False),
+    Column("revenue_usd", Numeric, nullable=False),
+    Column("quality_sum", Float, nullable=False),
+    Column("quality_count", BigInteger, nullable=False),
+    # Sparse latency histogram: bucket numbers (see app.services.rollups) and their counts.
+    Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
+    Column("latency_counts", ARRAY(BigInteger), nullable=False),
+    Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Also the index of the (project_id, hour) range queries.
+    UniqueConstraint(
+        "project_id",
+        "hour",
+        *ROLLUP_DIMENSIONS,
+        name="uq_rollup_hourly_key",
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+
+# Attempts per model and tier, for the per-model figures (cost, attempts).
+rollup_models_hourly = Table(
+    "rollup_models_hourly",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("experiment_name", Text),
+    Column("experiment_arm", Text),
+    Column("model", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("cost_usd", Numeric, nullable=False),
+    Column("unpriced_attempts", BigInteger, nullable=False),
+    UniqueConstraint(
+        "project_id",
+        "hour",
+        "feature",
+        "customer_id",
+        "experiment_name",
+        "experiment_arm",
+        "model",
+        "tier",
+        name="uq_rollup_models_hourly_key",
+        postgresql_nulls_not_distinct=True,
+    ),
+)
+
+customer_margins = Table(
+    "customer_margins",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("granularity", Text, nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Numeric, nullable=False),
+    Column("revenue_usd", Numeric, nullable=False),
+    Column("margin_usd", Numeric, nullable=False),
+    Column("margin_pct", Numeric),
+    Column("unpriced_requests", BigInteger, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "granularity", "period_start", "customer_id"),
+    CheckConstraint("granularity in ('day','month')", name="known_granularity"),
+)
+
+drift_results = Table(
+    "drift_results",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("dimension", Text, nullable=False),
+    # The current window is [window_end - 24 h, window_end), the reference the 7 days before.
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("psi", Float, nullable=False),
+    Column("current_count", BigInteger, nullable=False),
+    Column("reference_count", BigInteger, nullable=False),
+    Column("current_distribution", JSONB, nullable=False),
+    Column("reference_distribution", JSONB, nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "feature", "dimension", "window_end"),
+    CheckConstraint("dimension in ('tier','confidence','input_tokens')", name="known_dimension"),
+)
+
+ALERT_METRICS = (
+    "escalation_rate",
+    "fallback_rate",
+    "failover_rate",
+    "cost_per_request",
+    "spend",
+    "negative_margin",
+    "drift_psi",
+    "unpriced_requests",
+    "policy_deviation",
+)
+
+alert_rules = Table(
+    "alert_rules",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("metric", Text, nullable=False),
+    # {} (the project) or one of {"feature": ...}, {"customer_id": ...}, {"model": ...}.
+    Column("scope", JSONB, nullable=False),
+    Column("window_minutes", Integer, nullable=False),
+    Column("threshold", Numeric),
+    Column("baseline_multiplier", Numeric),
+    Column("min_requests", Integer, nullable=False),
+    Column("cooldown_minutes", Integer, nullable=False),
+    Column("recipients", ARRAY(Text), nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    _created_at(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "metric in (" + ",".join(f"'{m}'" for m in ALERT_METRICS) + ")", name="known_metric"
+    ),
+    CheckConstraint(
+        "threshold is not null or baseline_multiplier is not null", name="has_condition"
+    ),
+    CheckConstraint(
+        "window_minutes > 0 and min_requests >= 0 and cooldown_minutes > 0", name="positive"
+    ),
+    Index("ix_alert_rules_project_id", "project_id"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("rule_id", BigInteger, ForeignKey("alert_rules.id", ondelete="CASCADE"), nullable=False),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("state", Text, nullable=False),
+    Column("fired_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    # The figures when it fired, and the latest ones while it fires.
+    Column("value", Float, nullable=False),
+    Column("limit_value", Float, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("window_start", DateTime(timezone=True), nullable=False),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("last_value", Float, nullable=False),
+    Column("last_evaluated_at", DateTime(timezone=True), nullable=False),
+    # Which emails have been queued (in the same transaction as the change of state).
+    Column("fired_notified_at", DateTime(timezone=True)),
+    Column("last_reminder_at", DateTime(timezone=True)),
+    Column("resolved_notified_at", DateTime(timezone=True)),
+    CheckConstraint("state in ('firing','resolved')", name="known_state"),
+    Index("ix_alerts_project_id", "project_id", "fired_at"),
+    # One open alert per rule, whatever races.
+    Index(
+        "uq_alerts_one_firing_per_rule",
+        "rule_id",
+        unique=True,
+        postgresql_where="state = 'firing'",
+    ),
+)
+
+email_outbox = Table(
+    "email_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE")),
+    # What this email is for: the same key is queued once (alert 7 fired, digest of a day).
+    Column("dedupe_key", Text, nullable=False, unique=True),
+    Column("kind", Text, nullable=False),
+    Column("recipients", ARRAY(Text), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text_body", Text, nullable=False),
+    Column("html_body", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    _created_at(),
+    Column("sent_at", DateTime(timezone=True)),
+    CheckConstraint("status in ('pending','sent')", name="known_status"),
+    Index("ix_email_outbox_pending", "next_attempt_at", postgresql_where="status = 'pending'"),
+)
+
+repricings = Table(
+    "repricings",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    # 'unpriced': requests that had no price got one; 'correction': an explicit re-pricing.
+    Column("kind", Text, nullable=False),
+    Column("model", Text),
+    Column("range_start", DateTime(timezone=True)),
+    Column("range_end", DateTime(timezone=True)),
+    Column("reason", Text),
+    Column("attempts_changed", BigInteger, nullable=False),
+    Column("requests_changed", BigInteger, nullable=False),
+    Column("cost_before_usd", Numeric, nullable=False),
+    Column("cost_after_usd", Numeric, nullable=False),
+    _created_at(),
+    CheckConstraint("kind in ('unpriced','correction')", name="known_kind"),
+)
+
+repriced_attempts = Table(
+    "repriced_attempts",
+    metadata,
+    Column(
+        "repricing_id", BigInteger, ForeignKey("repricings.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("position", SmallInteger, nullable=False),
+    Column("old_cost_usd", Numeric),
+    Column("new_cost_usd", Numeric),
+    Column("old_price_id", BigInteger),
+    Column("new_price_id", BigInteger),
+    PrimaryKeyConstraint("repricing_id", "ts", "request_id", "position"),
+)
+
+# Indexes on the partitioned event tables (created on every partition).
+Index("ix_requests_received_at", requests.c.received_at)
+Index(
+    "ix_requests_unpriced",
+    requests.c.project_id,
+    requests.c.ts,
+    postgresql_where="is_unpriced or baseline_cost_usd is null",
+)
+
+
 # --- dashboard logins (issue 6) ----------------------------------------------------------
 
 DASHBOARD_ROLES = ("viewer", "admin")

@@ -239,3 +239,64 @@ class ErrorBody(BaseModel):
 
 
 PolicyOut.model_rebuild()
+
+
+# --- metrics (issue 4) ---------------------------------------------------------------------
+
+MoneyText = Annotated[str, Field(description="USD as a decimal string, full precision")]
+
+
+class ModelFiguresOut(BaseModel):
+    model: str
+    tier: str
+    attempts: int = Field(description="attempts on this model and tier")
+    served: int = Field(description="requests this model and tier served")
+    cost_usd: MoneyText = Field(description="sum of the known costs of its attempts")
+    unpriced_attempts: int
+    mean_quality: float | None
+
+
+class RoutingMetricsOut(BaseModel):
+    start: datetime
+    end: datetime
+    requests: int
+    attempts: int
+    failed: int
+    fallback_rate: float | None
+    escalation_rate: float | None
+    failover_rate: float | None
+    intended_split: dict[str, float]
+    served_split: dict[str, float] = Field(description="over requests that did not fail")
+    policy_split: dict[str, float] | None = Field(
+        description="request-weighted policies in force, per feature and hour"
+    )
+    policy_deviation: float | None
+    cost_usd: MoneyText
+    cost_is_lower_bound: bool = Field(description="true while some requests are unpriced")
+    baseline_cost_usd: MoneyText | None
+    savings_usd: MoneyText | None = Field(description="null while a baseline cost is unknown")
+    savings_pct: float | None
+    unpriced_requests: int
+    baseline_unknown_requests: int
+    input_tokens: int
+    output_tokens: int
+    mean_quality: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    by_model: list[ModelFiguresOut]
+
+
+class CustomerOut(BaseModel):
+    customer_id: str
+    requests: int
+    cost_usd: MoneyText
+    revenue_usd: MoneyText
+    margin_usd: MoneyText
+    margin_pct: float | None = Field(description="margin / revenue; null when revenue is 0")
+    unpriced_requests: int
+
+
+class CustomersOut(BaseModel):
+    start: datetime
+    end: datetime
+    customers: list[CustomerOut] = Field(description="negative margins first")

@@ -1,0 +1,323 @@
+"""Rollup-based metrics equal a direct computation over the raw rows (hypothesis), rollups
+are idempotent and re-roll only the hours they must."""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg.rows import dict_row
+
+from app.services.ingest import Batch, ingest_batch
+from app.services.metrics import Filters, Period, routing_metrics, shares, total_variation
+from app.services.policies import set_policy
+from app.services.pricing import add_prices
+from app.services.rollups import LATENCY_BOUNDS_MS, floor_hour, latency_quantile, run_rollup
+from tests.conftest import make_project
+
+HOURS = 5
+NOW_HOUR = floor_hour(datetime.now(UTC))
+FIRST_HOUR = NOW_HOUR - timedelta(hours=HOURS + 1)
+EPOCH_PRICE = "2000-01-01T00:00:00Z"
+
+attempts_st = st.fixed_dictionaries(
+    {
+        "model": st.sampled_from(["acme-small", "acme-large", "mystery-model"]),
+        "tier": st.sampled_from(["cheap", "standard", "premium"]),
+        "input_tokens": st.integers(0, 5000),
+        "output_tokens": st.integers(0, 2000),
+        "status": st.sampled_from(["ok", "ok", "error", "timeout", "rejected"]),
+    },
+    optional={
+        "cache_read_tokens": st.integers(0, 1000),
+        "cost_usd": st.decimals("0", "0.5", places=7).map(str),
+        "latency_ms": st.floats(0, 100_000, allow_nan=False),
+    },
+)
+
+event_st = st.fixed_dictionaries(
+    {
+        "offset_seconds": st.integers(0, HOURS * 3600 - 1),
+        "customer_id": st.sampled_from(["acme", "globex", "initech"]),
+        "feature": st.sampled_from(["chat", "search"]),
+        "attempts": st.lists(attempts_st, min_size=1, max_size=3),
+    },
+    optional={
+        "intended_tier": st.sampled_from(["cheap", "standard", "premium"]),
+        "experiment": st.sampled_from(
+            [{"name": "router-v4", "arm": "control"}, {"name": "router-v4", "arm": "treatment"}]
+        ),
+        "quality": st.floats(0, 1).map(lambda s: {"score": s}),
+        "revenue_usd": st.decimals("0", "0.1", places=6).map(str),
+    },
+)
+
+filters_st = st.one_of(
+    st.just(Filters()),
+    st.builds(Filters, feature=st.sampled_from(["chat", "search"])),
+    st.builds(Filters, customer_id=st.sampled_from(["acme", "globex"])),
+    st.builds(Filters, experiment=st.just("router-v4"), arm=st.sampled_from(["treatment", None])),
+)
+
+
+def to_event(spec: dict) -> dict:
+    spec = dict(spec)
+    at = FIRST_HOUR + timedelta(seconds=spec.pop("offset_seconds"))
+    return {"request_id": str(uuid.uuid4()), "timestamp": at.isoformat(), **spec}
+
+
+def ingest(engine, project_id: int, events: list[dict]) -> None:
+    result = ingest_batch(engine, project_id=project_id, batch=Batch(events))
+    assert not result.errors, result.errors
+
+
+def priced_project(engine):
+    project = make_project(baseline_model="acme-large")
+    with engine.begin() as conn:
+        add_prices(
+            conn,
+            project_id=project.id,
+            prices=[
+                {"model": "acme-small", "input_per_mtok": "0.25", "output_per_mtok": "1.25",
+                 "effective_from": EPOCH_PRICE},
+                {"model": "acme-large", "input_per_mtok": "3", "output_per_mtok": "15",
+                 "cache_read_per_mtok": "0.3", "effective_from": EPOCH_PRICE},
+            ],
+        )  # fmt: skip
+    return project
+
+
+def raw_rows(database_url: str, project_id: int) -> tuple[list[dict], list[dict]]:
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        requests = conn.execute(
+            "select * from requests where project_id = %s", (project_id,)
+        ).fetchall()
+        attempts = conn.execute(
+            "select a.*, r.feature, r.customer_id, r.experiment_name, r.experiment_arm "
+            "from attempts a join requests r using (project_id, ts, request_id) "
+            "where a.project_id = %s",
+            (project_id,),
+        ).fetchall()
+    return requests, attempts
+
+
+def selected(row: dict, filters: Filters, within: Period) -> bool:
+    return (
+        within.start <= row["ts"] < within.end
+        and filters.feature in (None, row["feature"])
+        and filters.customer_id in (None, row["customer_id"])
+        and filters.experiment in (None, row["experiment_name"])
+        and filters.arm in (None, row["experiment_arm"])
+    )
+
+
+def direct_policy(rows: list[dict], policy_from: datetime, split: dict) -> tuple:
+    """The chat policy applies to chat requests of hours starting at or after policy_from."""
+    covered = [r for r in rows if r["feature"] == "chat" and floor_hour(r["ts"]) >= policy_from]
+    if not covered:
+        return None, None
+    intended = shares(Counter(r["intended_tier"] for r in covered))
+    return split, total_variation(intended, split)
+
+
+def direct_latency(rows: list[dict], q: float) -> float | None:
+    # width_bucket's rule: the number of bounds at or below the value.
+    histogram = Counter(
+        bisect.bisect_right(LATENCY_BOUNDS_MS, r["latency_ms"])
+        for r in rows
+        if r["latency_ms"] is not None
+    )
+    return latency_quantile(histogram, q)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    specs=st.lists(event_st, min_size=1, max_size=40),
+    filters=filters_st,
+    first=st.integers(0, HOURS - 1),
+    length=st.integers(1, HOURS + 1),
+)
+def test_rollup_metrics_equal_direct_computation(
+    engine, database_url, specs, filters, first, length
+):
+    project = priced_project(engine)
+    policy_from = FIRST_HOUR + timedelta(hours=2)
+    split = {"cheap": 0.7, "standard": 0.2, "premium": 0.1}
+    with engine.begin() as conn:
+        set_policy(
+            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
+        )
+    ingest(engine, project.id, [to_event(s) for s in specs])
+    run_rollup(engine)
+
+    within = Period(
+        FIRST_HOUR + timedelta(hours=first), FIRST_HOUR + timedelta(hours=first + length)
+    )
+    with engine.connect() as conn:
+        got = routing_metrics(conn, project_id=project.id, within=within, filters=filters)
+
+    requests, attempts = raw_rows(database_url, project.id)
+    rows = [r for r in requests if selected(r, filters, within)]
+    tries = [a for a in attempts if selected(a, filters, within)]
+    assert got.requests == len(rows)
+    assert got.attempts == sum(r["attempt_count"] for r in rows) == len(tries)
+    assert got.fallbacks == sum(r["is_fallback"] for r in rows)
+    assert got.escalations == sum(r["is_escalation"] for r in rows)
+    assert got.failovers == sum(r["is_failover"] for r in rows)
+    assert got.failed == sum(r["is_failed"] for r in rows)
+    assert got.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
+    assert got.unpriced_requests == sum(r["is_unpriced"] for r in rows)
+    known_baselines = [r["baseline_cost_usd"] for r in rows if r["baseline_cost_usd"] is not None]
+    assert got.baseline_cost_usd == sum(known_baselines, Decimal(0))
+    assert got.baseline_unknown == len(rows) - len(known_baselines)
+    if rows and got.baseline_known:
+        assert got.savings_usd == got.baseline_cost_usd - got.cost_usd
+    assert got.revenue_usd == sum((r["revenue_usd"] or Decimal(0) for r in rows), Decimal(0))
+    assert got.intended_split == pytest.approx(shares(Counter(r["intended_tier"] for r in rows)))
+    served = Counter(r["served_tier"] for r in rows if not r["is_failed"])
+    assert got.served_split == pytest.approx(shares(served))
+    if rows:
+        assert got.escalation_rate == pytest.approx(got.escalations / len(rows))
+    scores = [r["quality_score"] for r in rows if r["quality_score"] is not None]
+    assert got.mean_quality == (pytest.approx(sum(scores) / len(scores)) if scores else None)
+
+    policy, deviation = direct_policy(rows, policy_from, split)
+    assert got.policy_split == (pytest.approx(policy) if policy else None)
+    assert got.policy_deviation == (pytest.approx(deviation) if deviation is not None else None)
+    assert got.latency_p50_ms == pytest.approx(direct_latency(rows, 0.5))
+    assert got.latency_p95_ms == pytest.approx(direct_latency(rows, 0.95))
+
+    by_model = {(m.model, m.tier): m for m in got.by_model}
+    assert set(by_model) == {(a["model"], a["tier"]) for a in tries} | {
+        (r["served_model"], r["served_tier"]) for r in rows if not r["is_failed"]
+    }
+    for (model, tier), figures in by_model.items():
+        mine = [a for a in tries if (a["model"], a["tier"]) == (model, tier)]
+        assert figures.attempts == len(mine)
+        assert figures.cost_usd == sum((a["cost_usd"] or Decimal(0) for a in mine), Decimal(0))
+        assert figures.unpriced_attempts == sum(a["cost_usd"] is None for a in mine)
+        assert figures.served == sum(
+            1 for r in rows if (r["served_model"], r["served_tier"]) == (model, tier)
+        )
+
+
+def rollup_snapshot(database_url: str, project_id: int) -> list[tuple]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "select hour, feature, customer_id, intended_tier, served_tier, served_model, "
+            "requests, cost_usd, latency_buckets, latency_counts, rolled_at "
+            "from rollup_hourly where project_id = %s order by 1, 2, 3, 4, 5, 6",
+            (project_id,),
+        ).fetchall()
+
+
+def spread_events(count: int) -> list[dict]:
+    return [
+        to_event(
+            {
+                "offset_seconds": (i * 3600 + 60) % (HOURS * 3600),
+                "customer_id": "acme",
+                "feature": "chat",
+                "attempts": [
+                    {
+                        "model": "acme-small",
+                        "tier": "cheap",
+                        "input_tokens": 10,
+                        "output_tokens": 5,
+                        "status": "ok",
+                        "latency_ms": 100.0 + i,
+                    }
+                ],
+            }
+        )  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def test_rerunning_the_rollup_changes_nothing(engine, database_url):
+    project = priced_project(engine)
+    ingest(engine, project.id, spread_events(HOURS))
+    run_rollup(engine)
+    first = [row[:-1] for row in rollup_snapshot(database_url, project.id)]
+    assert len(first) == HOURS
+    run_rollup(engine)  # re-rolls the hours received within the lookback: the same rows
+    assert [row[:-1] for row in rollup_snapshot(database_url, project.id)] == first
+
+
+def received_long_ago(database_url: str, project_id: int) -> None:
+    """As if the project's requests had been received well before the rollup's lookback."""
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "update requests set received_at = received_at - interval '1 hour' "
+            "where project_id = %s",
+            (project_id,),
+        )
+
+
+def test_a_late_event_re_rolls_only_its_hour(engine, database_url):
+    project = priced_project(engine)
+    ingest(engine, project.id, spread_events(HOURS))
+    run_rollup(engine)
+    received_long_ago(database_url, project.id)
+    before = {row[0]: row for row in rollup_snapshot(database_url, project.id)}
+    late = spread_events(1)  # the first hour again
+    ingest(engine, project.id, late)
+    run_rollup(engine)
+    after = {row[0]: row for row in rollup_snapshot(database_url, project.id)}
+    late_hour = floor_hour(datetime.fromisoformat(late[0]["timestamp"]))
+    assert after[late_hour][6] == before[late_hour][6] + 1
+    assert {h: r for h, r in after.items() if h != late_hour} == {
+        h: r for h, r in before.items() if h != late_hour
+    }
+
+
+def test_late_feedback_re_rolls_its_hour(engine, database_url):
+    from app.services.feedback import record_feedback
+
+    project = priced_project(engine)
+    events = spread_events(2)
+    ingest(engine, project.id, events)
+    run_rollup(engine)
+    within = Period(FIRST_HOUR, NOW_HOUR)
+    with engine.begin() as conn:
+        record_feedback(
+            conn,
+            project_id=project.id,
+            batch=Batch([{"request_id": events[1]["request_id"], "score": 0.25}]),
+        )
+    run_rollup(engine)
+    with engine.connect() as conn:
+        assert routing_metrics(conn, project_id=project.id, within=within).mean_quality == 0.25
+
+
+def test_two_rollups_at_once_give_the_result_of_one(engine, database_url):
+    project = priced_project(engine)
+    ingest(engine, project.id, spread_events(HOURS * 3))
+    runs = [threading.Thread(target=run_rollup, args=(engine,)) for _ in range(3)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    racing = [row[:-1] for row in rollup_snapshot(database_url, project.id)]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("delete from rollup_hourly where project_id = %s", (project.id,))
+        conn.execute(
+            "insert into dirty_hours (job, project_id, hour) "
+            "select 'rollup', %s, h from generate_series(%s::timestamptz, %s, '1 hour') h",
+            (project.id, FIRST_HOUR, NOW_HOUR),
+        )
+    run_rollup(engine)
+    assert [row[:-1] for row in rollup_snapshot(database_url, project.id)] == racing
+    assert sum(row[6] for row in racing) == HOURS * 3

@@ -1,0 +1,120 @@
+"""Real Celery workers, on the local Redis and on the database broker, run the jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from celery import Celery
+
+from app.db import sqlalchemy_url
+from app.services.ingest import Batch, ingest_batch
+from tests.conftest import REPO, make_project
+from tests.events import event
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+@contextmanager
+def running_worker(
+    database_url: str, broker_url: str | None, queue: str, tmp_path
+) -> Iterator[None]:
+    """A `routeledger worker` on its own queue (other test sessions may share the broker);
+    stopped, and waited for, when the block ends."""
+    env = {**os.environ, "DATABASE_URL": database_url, "ROUTELEDGER_DATA_DIR": str(tmp_path)}
+    env.pop("CELERY_BROKER_URL", None)
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    log = (tmp_path / "worker.log").open("ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker", "--concurrency", "1", "--queues", queue],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def rollup_requests(database_url: str, project_id: int) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "select coalesce(sum(requests), 0) from rollup_hourly where project_id = %s",
+            (project_id,),
+        ).fetchone()[0]
+
+
+def wait_for(condition, timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def ingest_some(engine, project_id: int, count: int = 3) -> None:
+    result = ingest_batch(
+        engine, project_id=project_id, batch=Batch([event() for _ in range(count)])
+    )
+    assert result.accepted == count
+
+
+@pytest.mark.parametrize("broker", ["redis", "database"])
+def test_a_worker_runs_the_rollup_task(engine, database_url, tmp_path, broker):
+    broker_url = REDIS_URL if broker == "redis" else None
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    project = make_project()
+    ingest_some(engine, project.id)
+    with running_worker(database_url, broker_url, queue, tmp_path):
+        client = Celery(broker=broker_url or "sqla+" + sqlalchemy_url(database_url))
+        client.send_task("workers.tasks.rollup", queue=queue)
+        done = wait_for(lambda: rollup_requests(database_url, project.id) == 3)
+        client.close()
+    assert done, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_jobs_run_prints_the_summary(engine, database_url):
+    project = make_project()
+    ingest_some(engine, project.id, count=2)
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "run", "rollup"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert summary["projects"] >= 1
+    assert rollup_requests(database_url, project.id) == 2
+
+
+def test_an_unknown_job_is_refused(database_url):
+    completed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "jobs", "run", "nonsense"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 2 and "rollup" in completed.stderr
