@@ -569,14 +569,62 @@ def jobs() -> None:
 
 @jobs.command("run")
 @click.argument("name")
-def jobs_run(name: str) -> None:
-    """Run job NAME now, in this process, and print its summary as JSON."""
+@click.option("--project", "project_name", help="reprice correction: the project")
+@click.option("--model", help="reprice correction: the model whose prices were wrong")
+@click.option("--start", help="reprice correction: from this UTC instant (ISO 8601)")
+@click.option("--end", help="reprice correction: until this UTC instant, excluded")
+@click.option("--reason", help="reprice correction: why, kept in the audit record")
+def jobs_run(
+    name: str,
+    project_name: str | None,
+    model: str | None,
+    start: str | None,
+    end: str | None,
+    reason: str | None,
+) -> None:
+    """Run job NAME now, in this process, and print its summary as JSON.
+
+    `reprice` alone prices the requests that had no price; with --project, --model,
+    --start and --end it prices that model's attempts in that range again, with an audit."""
     from app.db import get_engine
     from app.services.jobs import JOBS, run_job
 
     if name not in JOBS:
         raise click.BadParameter(f"one of {', '.join(JOBS)}", param_hint="NAME")
-    click.echo(json.dumps(run_job(get_engine(), name), default=str))
+    correction = (project_name, model, start, end)
+    if any(correction) and (name != "reprice" or not all(correction)):
+        raise click.UsageError("a correction is `reprice` with --project, --model, --start, --end")
+    if not any(correction):
+        click.echo(json.dumps(run_job(get_engine(), name), default=str))
+        return
+    from dataclasses import asdict
+
+    from app.db import connection
+    from app.services.projects import ProjectNotFound, project_id_by_name
+    from app.services.reprice import correct_prices
+
+    try:
+        with connection() as conn:
+            project_id = project_id_by_name(conn, name=project_name)
+    except ProjectNotFound as error:
+        raise click.ClickException(str(error)) from None
+    change = correct_prices(
+        get_engine(),
+        project_id=project_id,
+        model=model,
+        start=_utc_instant(start),
+        end=_utc_instant(end),
+        reason=reason,
+    )
+    click.echo(json.dumps(asdict(change), default=str))
+
+
+def _utc_instant(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not ISO 8601") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 if __name__ == "__main__":

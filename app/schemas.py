@@ -19,6 +19,8 @@ from pydantic import (
     StrictStr,
 )
 
+from app.models import ALERT_METRICS
+
 MAX_STRING = 200
 MAX_ATTEMPTS = 20
 MAX_BATCH_EVENTS = 1000
@@ -300,3 +302,73 @@ class CustomersOut(BaseModel):
     start: datetime
     end: datetime
     customers: list[CustomerOut] = Field(description="negative margins first")
+
+
+# --- alert rules and alerts (issue 4) ----------------------------------------------------------
+
+AlertMetric = Literal[ALERT_METRICS]
+EmailAddress = Annotated[StrictStr, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=MAX_STRING)]
+
+
+class AlertScope(Strict):
+    """Empty: the whole project; otherwise one feature, customer or (served) model."""
+
+    feature: RequiredText | None = None
+    customer_id: RequiredText | None = None
+    model: RequiredText | None = None
+
+
+class AlertRuleChanges(Strict):
+    name: RequiredText | None = None
+    metric: AlertMetric | None = None
+    scope: AlertScope | None = None
+    window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
+    threshold: Annotated[StrictFloat | StrictInt, Field(ge=0)] | None = None
+    baseline_multiplier: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    min_requests: Annotated[StrictInt, Field(ge=0)] | None = None
+    cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
+    recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)] | None = None
+    enabled: bool | None = None
+
+
+class AlertRuleIn(AlertRuleChanges):
+    name: RequiredText
+    metric: AlertMetric
+    scope: AlertScope = AlertScope()
+    window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = 15
+    min_requests: Annotated[StrictInt, Field(ge=0)] = 0
+    cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = 60
+    recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)]
+    enabled: bool = True
+
+
+class AlertRuleOut(BaseModel):
+    id: int
+    name: str
+    metric: str
+    scope: dict[str, str]
+    window_minutes: int
+    threshold: float | None
+    baseline_multiplier: float | None
+    min_requests: int
+    cooldown_minutes: int
+    recipients: list[str]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AlertOut(BaseModel):
+    id: int
+    rule_id: int
+    rule_name: str
+    metric: str
+    state: Literal["firing", "resolved"]
+    fired_at: datetime
+    resolved_at: datetime | None
+    value: float = Field(description="the value when it fired")
+    limit_value: float = Field(description="the limit it was above")
+    last_value: float
+    requests: int
+    window_start: datetime
+    window_end: datetime

@@ -30,3 +30,8 @@ def _job_task(name: str):
 
 rollup = _job_task("rollup")
 margins = _job_task("margins")
+alerts = _job_task("alerts")
+send_emails = _job_task("emails")
+reprice = _job_task("reprice")
+drift = _job_task("drift")
+digest = _job_task("digest")

@@ -11,12 +11,22 @@ from dataclasses import asdict, is_dataclass
 
 from sqlalchemy import Engine
 
+from app.services.alerts import run_alerts
+from app.services.digest import queue_digests
+from app.services.drift import run_drift
+from app.services.emails import send_pending
 from app.services.margins import run_margins
+from app.services.reprice import run_reprice
 from app.services.rollups import run_rollup
 
 JOBS: dict[str, Callable] = {
     "rollup": run_rollup,
     "margins": run_margins,
+    "alerts": run_alerts,
+    "emails": send_pending,
+    "reprice": run_reprice,
+    "drift": run_drift,
+    "digest": queue_digests,
 }
 
 

@@ -1,0 +1,493 @@
+"""Alert rules, their evaluation every minute, and the alerts they raise.
+
+An alert goes firing, then resolved. One email when it fires, a reminder after each
+cooldown while it still fires, one when it resolves. A rule is evaluated with its row locked
+(FOR UPDATE), and the alert's change of state, its notification bookkeeping and the queued
+email (under a dedupe key) commit together, so neither two racing evaluations nor a worker
+restart sends an email twice. A rule that fires again within its cooldown of resolving
+reopens that alert quietly instead of starting a storm; its reminder comes after the cooldown.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Engine, delete, insert, select, text, update
+
+from app.models import alert_rules, alerts
+from app.services.emails import dashboard_url, queue_email, report_email
+from app.services.metrics import (
+    MONEY_CONTEXT,
+    CustomerFigures,
+    Period,
+    add_record_revenue,
+    revenue_records,
+    shares,
+    total_variation,
+)
+from app.services.policies import policy_at
+
+RATE_METRICS = {
+    "escalation_rate": "escalations",
+    "fallback_rate": "fallbacks",
+    "failover_rate": "failovers",
+}
+# Metrics whose value over the reference window, scaled or not, makes a baseline.
+BASELINE_METRICS = {*RATE_METRICS, "cost_per_request", "spend", "unpriced_requests"}
+# Totals over a window: compared with a baseline scaled to the window's length.
+EXTENSIVE_METRICS = {"spend", "unpriced_requests"}
+REFERENCE_WINDOW = timedelta(days=7)
+SCOPE_COLUMNS = {"feature": "feature", "customer_id": "customer_id", "model": "served_model"}
+
+
+class InvalidRule(ValueError):
+    pass
+
+
+class RuleNotFound(LookupError):
+    pass
+
+
+# --- rules -----------------------------------------------------------------------------------
+
+
+def check_rule(rule: dict) -> dict:
+    if rule.get("threshold") is None and rule.get("baseline_multiplier") is None:
+        raise InvalidRule("threshold: give a threshold, a baseline_multiplier or both")
+    if rule.get("baseline_multiplier") is not None and rule["metric"] not in BASELINE_METRICS:
+        raise InvalidRule(
+            f"baseline_multiplier: {rule['metric']} has no baseline; "
+            f"use it with {', '.join(sorted(BASELINE_METRICS))}"
+        )
+    if len(rule["scope"]) > 1:
+        raise InvalidRule("scope: at most one of feature, customer_id, model")
+    return rule
+
+
+def create_rule(conn: Connection, *, project_id: int, rule: dict) -> dict:
+    check_rule(rule)
+    rule_id = conn.execute(
+        insert(alert_rules).values(project_id=project_id, **rule).returning(alert_rules.c.id)
+    ).scalar_one()
+    return get_rule(conn, project_id=project_id, rule_id=rule_id)
+
+
+def get_rule(conn: Connection, *, project_id: int, rule_id: int) -> dict:
+    row = conn.execute(
+        select(alert_rules).where(
+            alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id
+        )
+    ).first()
+    if row is None:
+        raise RuleNotFound(f"no alert rule {rule_id} in this project")
+    return dict(row._mapping)
+
+
+def list_rules(conn: Connection, *, project_id: int) -> list[dict]:
+    rows = conn.execute(
+        select(alert_rules).where(alert_rules.c.project_id == project_id).order_by(alert_rules.c.id)
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+def update_rule(conn: Connection, *, project_id: int, rule_id: int, changes: dict) -> dict:
+    current = get_rule(conn, project_id=project_id, rule_id=rule_id)
+    check_rule({**current, **changes})
+    conn.execute(
+        update(alert_rules)
+        .where(alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id)
+        .values(**changes, updated_at=text("now()"))
+    )
+    return get_rule(conn, project_id=project_id, rule_id=rule_id)
+
+
+def delete_rule(conn: Connection, *, project_id: int, rule_id: int) -> None:
+    """Deletes a rule and its alerts."""
+    result = conn.execute(
+        delete(alert_rules).where(
+            alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id
+        )
+    )
+    if result.rowcount != 1:
+        raise RuleNotFound(f"no alert rule {rule_id} in this project")
+
+
+def list_alerts(
+    conn: Connection, *, project_id: int, state: str | None = None, limit: int = 200
+) -> list[dict]:
+    query = (
+        select(alerts, alert_rules.c.name.label("rule_name"), alert_rules.c.metric)
+        .join(alert_rules, alert_rules.c.id == alerts.c.rule_id)
+        .where(alerts.c.project_id == project_id)
+        .order_by(alerts.c.fired_at.desc(), alerts.c.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(alerts.c.state == state)
+    return [dict(row._mapping) for row in conn.execute(query)]
+
+
+# --- measuring a rule ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Measurement:
+    value: float | None
+    requests: int
+    reference: float | None = None
+
+
+def _scope_sql(scope: dict) -> tuple[str, dict]:
+    clauses, params = [], {}
+    for key, value in scope.items():
+        clauses.append(f"{SCOPE_COLUMNS[key]} = :scope_{key}")
+        params[f"scope_{key}"] = value
+    return "".join(f" and {c}" for c in clauses), params
+
+
+def window_totals(conn: Connection, *, project_id: int, scope: dict, within: Period) -> Any:
+    """Counts and cost of the scope's requests in the window, from the raw rows (alerts look
+    at minutes, the rollups at hours)."""
+    scope_sql, params = _scope_sql(scope)
+    return conn.execute(
+        text(
+            f"""
+            select count(*) as requests,
+                   count(*) filter (where is_escalation) as escalations,
+                   count(*) filter (where is_fallback) as fallbacks,
+                   count(*) filter (where is_failover) as failovers,
+                   count(*) filter (where is_unpriced) as unpriced_requests,
+                   coalesce(sum(cost_usd), 0) as cost_usd
+            from requests
+            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
+            """
+        ),
+        {"project_id": project_id, "start": within.start, "end": within.end, **params},
+    ).one()
+
+
+def _value(metric: str, totals: Any) -> float | None:
+    if metric in RATE_METRICS:
+        return getattr(totals, RATE_METRICS[metric]) / totals.requests if totals.requests else None
+    if metric == "cost_per_request":
+        return float(totals.cost_usd) / totals.requests if totals.requests else None
+    if metric == "spend":
+        return float(totals.cost_usd)
+    return float(totals.unpriced_requests)
+
+
+def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Period) -> Measurement:
+    """The largest cost − revenue of a customer of the scope over the window."""
+    scope_sql, params = _scope_sql(scope)
+    figures: dict[str, CustomerFigures] = {}
+    for row in conn.execute(
+        text(
+            f"""
+            select customer_id, count(*) as requests, coalesce(sum(cost_usd), 0) as cost_usd,
+                   coalesce(sum(revenue_usd), 0) as revenue_usd
+            from requests
+            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
+            group by customer_id
+            """
+        ),
+        {"project_id": project_id, "start": within.start, "end": within.end, **params},
+    ):
+        figures[row.customer_id] = CustomerFigures(
+            customer_id=row.customer_id,
+            requests=row.requests,
+            cost_usd=row.cost_usd,
+            request_revenue_usd=row.revenue_usd,
+        )
+    records = revenue_records(
+        conn, project_id=project_id, within=within, customer_id=scope.get("customer_id")
+    )
+    add_record_revenue(figures, [r for r in records if r.customer_id in figures], within=within)
+    if not figures:
+        return Measurement(None, 0)
+    worst = min(figures.values(), key=lambda c: c.margin_usd)
+    return Measurement(float(MONEY_CONTEXT.minus(worst.margin_usd)), worst.requests)
+
+
+def _policy_deviation(
+    conn: Connection, *, project_id: int, scope: dict, within: Period
+) -> Measurement:
+    """The intended split of the window against the policies in force at its end, weighted
+    by each feature's requests; features without a policy are left out."""
+    scope_sql, params = _scope_sql(scope)
+    rows = conn.execute(
+        text(
+            f"""
+            select feature, intended_tier, count(*) as requests from requests
+            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
+            group by feature, intended_tier
+            """
+        ),
+        {"project_id": project_id, "start": within.start, "end": within.end, **params},
+    ).all()
+    policies = {
+        feature: policy_at(conn, project_id=project_id, feature=feature, at=within.end)
+        for feature in {row.feature for row in rows}
+    }
+    covered = [row for row in rows if policies[row.feature] is not None]
+    total = sum(row.requests for row in covered)
+    if not total:
+        return Measurement(None, 0)
+    intended: dict[str, int] = {}
+    expected: dict[str, float] = {}
+    for row in covered:
+        intended[row.intended_tier] = intended.get(row.intended_tier, 0) + row.requests
+    for feature in {row.feature for row in covered}:
+        weight = sum(row.requests for row in covered if row.feature == feature) / total
+        for tier, share in policies[feature]["split"].items():
+            expected[tier] = expected.get(tier, 0.0) + share * weight
+    return Measurement(total_variation(shares(intended), expected), total)
+
+
+def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> Measurement:
+    """The largest PSI among the latest drift results (of the scope's feature)."""
+    query = """
+        select distinct on (feature, dimension) psi, current_count from drift_results
+        where project_id = :project_id and window_end > :since
+    """
+    params: dict = {"project_id": project_id, "since": now - timedelta(hours=2)}
+    if "feature" in scope:
+        query += " and feature = :feature"
+        params["feature"] = scope["feature"]
+    query += " order by feature, dimension, window_end desc"
+    rows = conn.execute(text(query), params).all()
+    if not rows:
+        return Measurement(None, 0)
+    worst = max(rows, key=lambda r: r.psi)
+    return Measurement(worst.psi, worst.current_count)
+
+
+def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
+    project_id, scope, metric = rule["project_id"], rule["scope"], rule["metric"]
+    window = timedelta(minutes=rule["window_minutes"])
+    within = Period(now - window, now)
+    if metric == "negative_margin":
+        return _worst_loss(conn, project_id=project_id, scope=scope, within=within)
+    if metric == "policy_deviation":
+        return _policy_deviation(conn, project_id=project_id, scope=scope, within=within)
+    if metric == "drift_psi":
+        return _drift(conn, project_id=project_id, scope=scope, now=now)
+    totals = window_totals(conn, project_id=project_id, scope=scope, within=within)
+    reference = None
+    if rule["baseline_multiplier"] is not None:
+        before = Period(within.start - REFERENCE_WINDOW, within.start)
+        past = window_totals(conn, project_id=project_id, scope=scope, within=before)
+        reference = _value(metric, past)
+        if reference is not None and metric in EXTENSIVE_METRICS:
+            reference *= window / REFERENCE_WINDOW
+    return Measurement(_value(metric, totals), totals.requests, reference)
+
+
+def exceeded_limit(rule: dict, found: Measurement) -> float | None:
+    """The limit the value is above (the lower one when both are), or None: not firing."""
+    if found.value is None or found.requests < rule["min_requests"]:
+        return None
+    limits = []
+    if rule["threshold"] is not None:
+        limits.append(float(rule["threshold"]))
+    if rule["baseline_multiplier"] is not None and found.reference is not None:
+        limits.append(float(rule["baseline_multiplier"]) * found.reference)
+    above = [limit for limit in limits if found.value > limit]
+    return min(above) if above else None
+
+
+# --- evaluation and state -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertsRun:
+    evaluated: int
+    fired: int
+    reminded: int
+    resolved: int
+
+
+def run_alerts(engine: Engine, *, now: datetime | None = None) -> AlertsRun:
+    """Evaluates every enabled rule once, each in its own transaction."""
+    with engine.connect() as conn:
+        rule_ids = (
+            conn.execute(
+                select(alert_rules.c.id).where(alert_rules.c.enabled).order_by(alert_rules.c.id)
+            )
+            .scalars()
+            .all()
+        )
+    outcomes = []
+    for rule_id in rule_ids:
+        with engine.begin() as conn:
+            outcomes.append(evaluate_rule(conn, rule_id=rule_id, now=now))
+    return AlertsRun(
+        evaluated=len(rule_ids),
+        fired=outcomes.count("fired"),
+        reminded=outcomes.count("reminded"),
+        resolved=outcomes.count("resolved"),
+    )
+
+
+def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None) -> str | None:
+    """Evaluates one rule and moves its alert on; returns what happened, if anything."""
+    row = conn.execute(
+        select(alert_rules)
+        .where(alert_rules.c.id == rule_id, alert_rules.c.enabled)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None  # deleted or disabled since it was listed
+    rule = dict(row._mapping)
+    now = now or conn.execute(text("select now()")).scalar_one()
+    found = measure(conn, rule=rule, now=now)
+    limit = exceeded_limit(rule, found)
+    open_alert = conn.execute(
+        select(alerts).where(alerts.c.rule_id == rule_id, alerts.c.state == "firing")
+    ).first()
+    cooldown = timedelta(minutes=rule["cooldown_minutes"])
+    window = Period(now - timedelta(minutes=rule["window_minutes"]), now)
+
+    if limit is None:
+        if open_alert is None:
+            return None
+        conn.execute(
+            update(alerts)
+            .where(alerts.c.id == open_alert.id)
+            .values(
+                state="resolved",
+                resolved_at=now,
+                resolved_notified_at=now,
+                last_value=found.value if found.value is not None else open_alert.last_value,
+                last_evaluated_at=now,
+            )
+        )
+        _notify(conn, rule, open_alert.id, "resolved", found, open_alert.limit_value, window)
+        return "resolved"
+
+    figures = {"last_value": found.value, "last_evaluated_at": now}
+    if open_alert is None:
+        recent = conn.execute(
+            select(alerts)
+            .where(alerts.c.rule_id == rule_id, alerts.c.resolved_at > now - cooldown)
+            .order_by(alerts.c.resolved_at.desc())
+            .limit(1)
+        ).first()
+        if recent is not None:  # flapping: reopen quietly, the reminder clock goes on
+            conn.execute(
+                update(alerts)
+                .where(alerts.c.id == recent.id)
+                .values(state="firing", resolved_at=None, **figures)
+            )
+            return "reopened"
+        alert_id = conn.execute(
+            insert(alerts)
+            .values(
+                rule_id=rule_id,
+                project_id=rule["project_id"],
+                state="firing",
+                fired_at=now,
+                value=found.value,
+                limit_value=limit,
+                requests=found.requests,
+                window_start=window.start,
+                window_end=window.end,
+                fired_notified_at=now,
+                **figures,
+            )
+            .returning(alerts.c.id)
+        ).scalar_one()
+        _notify(conn, rule, alert_id, "fired", found, limit, window)
+        return "fired"
+
+    last_email = open_alert.last_reminder_at or open_alert.fired_notified_at
+    if now - last_email >= cooldown:
+        conn.execute(
+            update(alerts)
+            .where(alerts.c.id == open_alert.id)
+            .values(last_reminder_at=now, **figures)
+        )
+        _notify(conn, rule, open_alert.id, f"reminder {now.isoformat()}", found, limit, window)
+        return "reminded"
+    conn.execute(update(alerts).where(alerts.c.id == open_alert.id).values(**figures))
+    return None
+
+
+# --- the emails ----------------------------------------------------------------------------------
+
+
+def scope_text(scope: dict) -> str:
+    if not scope:
+        return "the whole project"
+    ((key, value),) = scope.items()
+    return f"{key.replace('_id', '')} {value}"
+
+
+def figure_text(metric: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "no data"
+    if metric.endswith("_rate"):
+        return f"{value:.2%}"
+    if metric in ("spend", "cost_per_request", "negative_margin"):
+        return f"${Decimal(repr(value)):.6f}"
+    if metric == "unpriced_requests":
+        return f"{value:.0f}"
+    return f"{value:.4f}"
+
+
+def _notify(
+    conn: Connection,
+    rule: dict,
+    alert_id: int,
+    event: str,
+    found: Measurement,
+    limit: float,
+    window: Period,
+) -> None:
+    kind = event.split()[0]
+    metric = rule["metric"]
+    state = {"fired": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[kind]
+    subject = (
+        f"[RouteLedger] {state}: {rule['name']} — {metric} {figure_text(metric, found.value)}"
+        f" ({scope_text(rule['scope'])})"
+    )
+    link = dashboard_url(f"/alerts?rule={rule['id']}")
+    lines = [
+        ("Rule", rule["name"]),
+        ("Metric", metric),
+        ("Scope", scope_text(rule["scope"])),
+        ("Value", figure_text(metric, found.value)),
+        ("Limit", f"above {figure_text(metric, limit)}"),
+        ("Threshold", figure_text(metric, _float(rule["threshold"]))),
+        ("Baseline", _baseline_text(rule, found)),
+        ("Requests in window", str(found.requests)),
+        ("Window", f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC"),
+    ]
+    verb = {"fired": "fired", "reminder": "is still firing", "resolved": "has resolved"}[kind]
+    queue_email(
+        conn,
+        project_id=rule["project_id"],
+        dedupe_key=f"alert:{alert_id}:{event}",
+        email=report_email(
+            kind=f"alert_{kind}",
+            recipients=list(rule["recipients"]),
+            subject=subject,
+            intro=f"Alert rule {rule['name']!r} {verb}.",
+            lines=lines,
+            link=link,
+        ),
+    )
+
+
+def _float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _baseline_text(rule: dict, found: Measurement) -> str:
+    if rule["baseline_multiplier"] is None:
+        return "none"
+    reference = figure_text(rule["metric"], found.reference)
+    return f"{rule['baseline_multiplier']} × {reference} (the previous 7 days)"

@@ -1,0 +1,96 @@
+"""The daily digest per project: yesterday's spend, savings, rates against policy, the
+customers with the worst margins and the alerts still firing.
+
+Sent to everyone on the project's alert rules, once per project and day (dedupe key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, text
+
+from app.services.alerts import list_alerts
+from app.services.emails import dashboard_url, queue_email, report_email
+from app.services.margins import day_of
+from app.services.metrics import Period, customer_metrics, money_text, routing_metrics
+
+WORST_CUSTOMERS = 5
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def _usd(value) -> str:
+    return "unknown" if value is None else f"${value:,.2f}"
+
+
+def digest_lines(conn: Connection, *, project_id: int, within: Period) -> list[tuple[str, str]]:
+    routing = routing_metrics(conn, project_id=project_id, within=within)
+    spend = _usd(routing.cost_usd) + (
+        " (lower bound: unpriced requests)" if routing.unpriced_requests else ""
+    )
+    lines = [
+        ("Requests", f"{routing.requests:,}"),
+        ("Spend", spend),
+        ("Savings", f"{_usd(routing.savings_usd)} ({_percent(routing.savings_pct)})"),
+        ("Escalation rate", _percent(routing.escalation_rate)),
+        ("Fallback rate", _percent(routing.fallback_rate)),
+        ("Failover rate", _percent(routing.failover_rate)),
+        ("Intended split", _split(routing.intended_split)),
+        ("Policy split", _split(routing.policy_split) if routing.policy_split else "no policy"),
+        ("Policy deviation", _percent(routing.policy_deviation)),
+        ("Unpriced requests", str(routing.unpriced_requests)),
+    ]
+    worst = customer_metrics(conn, project_id=project_id, within=within)[:WORST_CUSTOMERS]
+    for customer in worst:
+        lines.append(
+            (f"Margin of {customer.customer_id}", f"${money_text(round(customer.margin_usd, 2))}")
+        )
+    firing = list_alerts(conn, project_id=project_id, state="firing")
+    lines.append(("Firing alerts", ", ".join(a["rule_name"] for a in firing) or "none"))
+    return lines
+
+
+def _split(split: dict[str, float]) -> str:
+    return ", ".join(f"{tier} {share:.0%}" for tier, share in split.items()) or "no requests"
+
+
+@dataclass(frozen=True)
+class DigestRun:
+    queued: int
+
+
+def queue_digests(engine: Engine, *, now: datetime | None = None) -> DigestRun:
+    """Queues yesterday's digest of every project whose alert rules name recipients."""
+    queued = 0
+    with engine.connect() as conn:
+        now = now or conn.execute(text("select now()")).scalar_one()
+        targets = conn.execute(
+            text(
+                "select r.project_id, p.name, array_agg(distinct x) as recipients "
+                "from alert_rules r join projects p on p.id = r.project_id, "
+                "unnest(r.recipients) as x where r.enabled group by 1, 2 order by 1"
+            )
+        ).all()
+    day = day_of(now) - timedelta(days=1)
+    within = Period(day, day + timedelta(days=1))
+    for target in targets:
+        with engine.begin() as conn:
+            subject = f"[RouteLedger] {target.name}: daily digest for {day:%Y-%m-%d}"
+            queued += queue_email(
+                conn,
+                project_id=target.project_id,
+                dedupe_key=f"digest:{target.project_id}:{day:%Y-%m-%d}",
+                email=report_email(
+                    kind="digest",
+                    recipients=list(target.recipients),
+                    subject=subject,
+                    intro=f"Yesterday ({day:%Y-%m-%d}, UTC) in {target.name}.",
+                    lines=digest_lines(conn, project_id=target.project_id, within=within),
+                    link=dashboard_url(f"/?start={day:%Y-%m-%d}"),
+                ),
+            )
+    return DigestRun(queued=queued)

@@ -1,0 +1,275 @@
+"""Alert rules end to end: ingest, rollup, evaluation, and the emails a real SMTP server
+(aiosmtpd) receives; the outbox folder when SMTP is unset; retries while SMTP is down."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import threading
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+
+from app.services.alerts import run_alerts
+from app.services.emails import send_pending
+from app.services.ingest import Batch, ingest_batch
+from app.services.rollups import run_rollup
+from app.settings import get_settings
+from tests.conftest import free_port, make_project
+from tests.events import attempt, event
+from tests.test_ingest_api import auth
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it receives, parsed."""
+
+    def __init__(self) -> None:
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(
+            email.message_from_bytes(envelope.content, policy=email.policy.default)
+        )
+        return "250 OK"
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.messages if address in m["To"]]
+
+
+def use_settings(monkeypatch, **values: str) -> None:
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def smtp_server(monkeypatch):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    use_settings(monkeypatch, SMTP_URL=f"smtp://127.0.0.1:{controller.port}")
+    yield inbox
+    controller.stop()
+    monkeypatch.delenv("SMTP_URL")
+    get_settings.cache_clear()
+
+
+def recipient() -> str:
+    return f"pm-{uuid.uuid4().hex[:8]}@example.com"
+
+
+def minutes_ago(minutes: float) -> str:
+    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat()
+
+
+def traffic(count: int, *, escalated: bool) -> list[dict]:
+    served = attempt(tier="premium", model="acme-large") if escalated else attempt()
+    return [
+        event(served, intended_tier="cheap", timestamp=minutes_ago(1 + i % 10))
+        for i in range(count)
+    ]
+
+
+def ingest(engine, project_id: int, events: list[dict]) -> None:
+    assert ingest_batch(engine, project_id=project_id, batch=Batch(events)).accepted == len(events)
+
+
+def test_an_escalation_spike_fires_once_and_resolves_once(engine, http, smtp_server):
+    project = make_project()
+    pm = recipient()
+    rule = {
+        "name": "escalation spike",
+        "metric": "escalation_rate",
+        "scope": {"feature": "support-chat"},
+        "window_minutes": 15,
+        "threshold": 0.15,
+        "baseline_multiplier": 2.0,
+        "min_requests": 50,
+        "cooldown_minutes": 60,
+        "recipients": [pm],
+    }
+    created = http.post("/v1/alert-rules", json=rule, headers=auth(project.admin_key))
+    assert created.status_code == 201, created.text
+
+    ingest(engine, project.id, traffic(60, escalated=False))
+    run_rollup(engine)
+    run_alerts(engine)
+    assert http.get("/v1/alerts", headers=auth(project.read_key)).json() == []
+
+    ingest(engine, project.id, traffic(40, escalated=True))  # 40 of 100: a spike
+    run_rollup(engine)
+    racing = [threading.Thread(target=run_alerts, args=(engine,)) for _ in range(3)]
+    for evaluation in racing:
+        evaluation.start()
+    for evaluation in racing:
+        evaluation.join()
+    run_alerts(engine)  # a later minute, still firing, within the cooldown: no email
+    send_pending(engine)
+    send_pending(engine)
+    assert len(smtp_server.to(pm)) == 1
+    fired = smtp_server.to(pm)[0]
+    assert "FIRING" in fired["Subject"] and "escalation spike" in fired["Subject"]
+    text = fired.get_body(("plain",)).get_content()
+    assert "Value: 40.00%" in text and "Limit: above 15.00%" in text
+    assert "Requests in window: 100" in text and "Window:" in text
+    assert "http://127.0.0.1:8050/alerts?rule=" in text
+    assert "<table>" in fired.get_body(("html",)).get_content()
+    firing = http.get("/v1/alerts?state=firing", headers=auth(project.read_key)).json()
+    assert len(firing) == 1 and firing[0]["value"] == pytest.approx(0.4)
+
+    ingest(engine, project.id, traffic(200, escalated=False))  # 40 of 300: recovered
+    run_rollup(engine)
+    run_alerts(engine)
+    run_alerts(engine)
+    send_pending(engine)
+    messages = smtp_server.to(pm)
+    assert len(messages) == 2 and "RESOLVED" in messages[1]["Subject"]
+    alerts = http.get("/v1/alerts", headers=auth(project.read_key)).json()
+    assert [a["state"] for a in alerts] == ["resolved"]
+
+
+def project_with_rule(**rule) -> tuple:
+    """A new project with one alert rule (window 60 min, cooldown 60 min unless given),
+    and the rule's recipient."""
+    from app.db import transaction
+    from app.services.alerts import create_rule
+
+    project = make_project()
+    pm = recipient()
+    defaults = {"scope": {}, "window_minutes": 60, "baseline_multiplier": None,
+                "min_requests": 0, "cooldown_minutes": 60, "recipients": [pm]}  # fmt: skip
+    with transaction() as conn:
+        create_rule(conn, project_id=project.id, rule={**defaults, **rule})
+    return project, pm
+
+
+def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_server):
+    project, pm = project_with_rule(
+        name="any failover", metric="failover_rate", window_minutes=120, threshold=0,
+        min_requests=1, cooldown_minutes=5,
+    )  # fmt: skip
+    ingest(
+        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
+    )
+    now = datetime.now(UTC)
+    for minutes in (0, 1, 4, 6, 7, 12):  # fires at 0, reminders at 6 and 12
+        run_alerts(engine, now=now + timedelta(minutes=minutes))
+    send_pending(engine)
+    subjects = [m["Subject"] for m in smtp_server.to(pm)]
+    assert [s.split(":")[0] for s in subjects] == [
+        "[RouteLedger] FIRING",
+        "[RouteLedger] STILL FIRING",
+        "[RouteLedger] STILL FIRING",
+    ]
+
+
+def pending_rows(database_url: str, address: str) -> list[tuple]:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "select status, attempts, next_attempt_at > now() from email_outbox "
+            "where %s = any(recipients)",
+            (address,),
+        ).fetchall()
+
+
+def queue_test_email(engine, address: str) -> None:
+    from app.services.emails import Email, queue_email
+
+    with engine.begin() as conn:
+        queued = Email("test", [address], "hello", "plain text", "<p>html</p>")
+        assert queue_email(conn, project_id=None, dedupe_key=f"test:{address}", email=queued)
+        assert not queue_email(conn, project_id=None, dedupe_key=f"test:{address}", email=queued)
+
+
+def test_mail_waits_while_smtp_is_down_and_goes_once_it_is_back(engine, database_url, monkeypatch):
+    address = recipient()
+    queue_test_email(engine, address)
+    down_port = free_port()
+    use_settings(monkeypatch, SMTP_URL=f"smtp://127.0.0.1:{down_port}")
+    assert send_pending(engine).failed >= 1
+    assert pending_rows(database_url, address) == [("pending", 1, True)]
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=down_port)
+    controller.start()
+    try:
+        with psycopg.connect(database_url) as conn:  # as if the backoff had passed
+            conn.execute(
+                "update email_outbox set next_attempt_at = now() where %s = any(recipients)",
+                (address,),
+            )
+        send_pending(engine)
+        send_pending(engine)
+    finally:
+        controller.stop()
+        get_settings.cache_clear()
+    assert len(inbox.to(address)) == 1
+    assert pending_rows(database_url, address) == [("sent", 2, False)]
+
+
+def test_without_smtp_mail_is_written_to_the_outbox_folder(engine, monkeypatch, tmp_path):
+    monkeypatch.delenv("SMTP_URL", raising=False)
+    use_settings(monkeypatch, ROUTELEDGER_DATA_DIR=str(tmp_path))
+    address = recipient()
+    queue_test_email(engine, address)
+    try:
+        send_pending(engine)
+    finally:
+        get_settings.cache_clear()
+    files = list((tmp_path / "outbox").glob("*.eml"))
+    parsed = [email.message_from_bytes(f.read_bytes(), policy=email.policy.default) for f in files]
+    mine = [m for m in parsed if address in m["To"]]
+    assert len(mine) == 1 and mine[0].get_body(("plain",)).get_content().strip() == "plain text"
+    assert os.path.getsize(files[0]) > 0
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        ({"metric": "drift_psi", "baseline_multiplier": 2}, "baseline_multiplier"),
+        ({"metric": "spend"}, "threshold"),
+        ({"metric": "spend", "threshold": 1, "scope": {"feature": "a", "model": "b"}}, "scope"),
+        ({"metric": "latency", "threshold": 1}, "metric"),
+    ],
+)
+def test_invalid_rules_are_refused(http, live_api, body, problem):
+    rule = {"name": "r", "recipients": ["a@example.com"], **body}
+    response = http.post("/v1/alert-rules", json=rule, headers=auth(live_api.admin_key))
+    assert response.status_code == 422 and problem in response.text
+
+
+def test_rules_can_be_listed_changed_and_deleted(http, live_api):
+    rule = {"name": "spend", "metric": "spend", "threshold": 10, "recipients": ["a@example.com"]}
+    created = http.post("/v1/alert-rules", json=rule, headers=auth(live_api.admin_key)).json()
+    path = f"/v1/alert-rules/{created['id']}"
+    changed = http.patch(path, json={"threshold": 20, "enabled": False},
+                         headers=auth(live_api.admin_key))  # fmt: skip
+    assert changed.status_code == 200 and changed.json()["threshold"] == 20
+    assert not changed.json()["enabled"]
+    listed = http.get("/v1/alert-rules", headers=auth(live_api.read_key)).json()
+    assert created["id"] in [r["id"] for r in listed]
+    assert (
+        http.post("/v1/alert-rules", json=rule, headers=auth(live_api.read_key)).status_code == 403
+    )
+    assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 204
+    assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 404
+
+
+def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
+    from app.services.digest import queue_digests
+
+    project, pm = project_with_rule(name="spend", metric="spend", threshold=1000)
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    ingest(engine, project.id, [event(attempt(), timestamp=yesterday.isoformat())])
+    run_rollup(engine)
+    queue_digests(engine)
+    queue_digests(engine)
+    send_pending(engine)
+    digests = smtp_server.to(pm)
+    assert len(digests) == 1 and "daily digest" in digests[0]["Subject"]
+    text = digests[0].get_body(("plain",)).get_content()
+    assert "Requests: 1" in text and "Margin of acme" in text and "Firing alerts: none" in text

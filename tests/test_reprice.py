@@ -1,0 +1,98 @@
+"""Re-pricing: unpriced requests get a price once one exists; an explicit correction
+re-prices a model's range with an audit record; the rollups follow."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import psycopg
+
+from app.services.ingest import Batch, ingest_batch
+from app.services.metrics import Period, routing_metrics
+from app.services.pricing import add_prices
+from app.services.reprice import correct_prices, run_reprice
+from app.services.rollups import floor_hour, run_rollup
+from tests.conftest import make_project
+from tests.events import attempt, event
+
+HOUR = floor_hour(datetime.now(UTC)) - timedelta(hours=2)
+WITHIN = Period(HOUR, HOUR + timedelta(hours=1))
+
+
+def price(engine, project_id: int, model: str, input_price: str, since: datetime) -> None:
+    with engine.begin() as conn:
+        add_prices(
+            conn,
+            project_id=project_id,
+            prices=[{"model": model, "input_per_mtok": input_price, "output_per_mtok": "0",
+                     "effective_from": since}],
+        )  # fmt: skip
+
+
+def metrics(engine, project_id: int):
+    run_rollup(engine)
+    with engine.connect() as conn:
+        return routing_metrics(conn, project_id=project_id, within=WITHIN)
+
+
+def test_unpriced_requests_are_priced_once_a_price_exists(engine):
+    project = make_project(baseline_model="novel-model")
+    events = [
+        event(attempt(model="novel-model", input_tokens=1_000_000), timestamp=HOUR.isoformat())
+        for _ in range(3)
+    ]
+    ingest_batch(engine, project_id=project.id, batch=Batch(events))
+    before = metrics(engine, project.id)
+    assert before.unpriced_requests == 3 and before.baseline_unknown == 3
+    run_reprice(engine)  # no price yet: nothing to do for this project
+    assert metrics(engine, project.id).unpriced_requests == 3
+
+    price(engine, project.id, "novel-model", "2", HOUR - timedelta(days=1))
+    run_reprice(engine)
+    after = metrics(engine, project.id)
+    assert after.unpriced_requests == 0 and after.cost_usd == Decimal(6)
+    assert after.baseline_cost_usd == Decimal(6) and after.savings_usd == 0
+    with engine.connect() as conn:
+        audit = conn.exec_driver_sql(
+            "select kind, requests_changed from repricings where project_id = %s", (project.id,)
+        ).all()
+    assert audit == [("unpriced", 3)]
+
+
+def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
+    project = make_project(baseline_model=None)
+    price(engine, project.id, "acme-small", "1", HOUR - timedelta(days=1))
+    inside = event(attempt(input_tokens=1_000_000, output_tokens=0), timestamp=HOUR.isoformat())
+    client_cost = event(
+        attempt(input_tokens=1_000_000, output_tokens=0, cost_usd="0.5"),
+        timestamp=(HOUR + timedelta(minutes=1)).isoformat(),
+    )
+    outside = event(
+        attempt(input_tokens=1_000_000, output_tokens=0),
+        timestamp=(HOUR + timedelta(hours=1)).isoformat(),
+    )
+    ingest_batch(engine, project_id=project.id, batch=Batch([inside, client_cost, outside]))
+    assert metrics(engine, project.id).cost_usd == Decimal("1.5")
+
+    # The price was wrong since the start of HOUR: a corrected price and an explicit correction.
+    price(engine, project.id, "acme-small", "3", HOUR)
+    change = correct_prices(
+        engine, project_id=project.id, model="acme-small", start=HOUR,
+        end=HOUR + timedelta(hours=1), reason="contract price",
+    )  # fmt: skip
+    assert (change.attempts, change.requests) == (1, 1)
+    assert (change.cost_before, change.cost_after) == (Decimal(1), Decimal(3))
+    assert metrics(engine, project.id).cost_usd == Decimal("3.5")  # client cost untouched
+    with psycopg.connect(database_url) as conn:
+        audit = conn.execute(
+            "select r.kind, r.model, r.reason, a.old_cost_usd, a.new_cost_usd "
+            "from repricings r join repriced_attempts a on a.repricing_id = r.id "
+            "where r.project_id = %s",
+            (project.id,),
+        ).fetchall()
+        outside_cost = conn.execute(
+            "select cost_usd from requests where request_id = %s", (outside["request_id"],)
+        ).fetchone()[0]
+    assert audit == [("correction", "acme-small", "contract price", Decimal(1), Decimal(3))]
+    assert outside_cost == Decimal(1)  # outside the corrected range: unchanged
