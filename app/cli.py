@@ -627,5 +627,104 @@ def _utc_instant(value: str) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
+@main.group("export")
+def export_group() -> None:
+    """Finance CSV exports (the same files as GET /v1/exports/*.csv), with a progress bar."""
+
+
+def _export_options(command):
+    """--project, --start, --end and -o, shared by both exports."""
+    command = click.option(
+        "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path)
+    )(command)
+    command = click.option(
+        "--end", default=None, help="whole UTC hour or date; default: the next hour"
+    )(command)
+    command = click.option(
+        "--start", default=None, help="whole UTC hour or date; default: a day before --end"
+    )(command)
+    return click.option("--project", "project_name", required=True)(command)
+
+
+@export_group.command("customers")
+@_export_options
+@click.option("--granularity", type=click.Choice(["day", "month"]), default="month")
+def export_customers(
+    project_name: str, start: str | None, end: str | None, output: Path, granularity: str
+) -> None:
+    """Per customer and per day or month: requests, tokens, cost, revenue, margin."""
+    from app.services import exports
+
+    def export(conn, project_id, within):
+        total = len(exports.periods(within, granularity))
+        chunks = exports.customers_csv(
+            conn, project_id=project_id, within=within, granularity=granularity
+        )
+        return total, "periods", chunks
+
+    _export(project_name, start, end, output, export)
+
+
+@export_group.command("requests")
+@_export_options
+@click.option("--feature", default=None)
+@click.option("--customer-id", default=None)
+@click.option("--experiment", default=None)
+@click.option("--arm", default=None)
+def export_requests(
+    project_name: str,
+    start: str | None,
+    end: str | None,
+    output: Path,
+    feature: str | None,
+    customer_id: str | None,
+    experiment: str | None,
+    arm: str | None,
+) -> None:
+    """One row per request, oldest first."""
+    from app.services import exports
+    from app.services.metrics import Filters
+
+    filters = Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm)
+
+    def export(conn, project_id, within):
+        total = exports.count_requests(conn, project_id=project_id, within=within, filters=filters)
+        chunks = exports.requests_csv(conn, project_id=project_id, within=within, filters=filters)
+        return total, "rows", chunks
+
+    _export(project_name, start, end, output, export)
+
+
+def _export(project_name: str, start: str | None, end: str | None, output: Path, export) -> None:
+    """Writes an export to a file with a progress bar; `export(conn, project_id, within)`
+    gives the total, its unit and the chunks."""
+    from rich.progress import Progress
+
+    from app.db import connection
+    from app.services.metrics import InvalidPeriod, period
+    from app.services.projects import ProjectNotFound, project_id_by_name
+
+    try:
+        within = period(start, end)
+    except InvalidPeriod as error:
+        raise click.UsageError(str(error)) from None
+    with connection() as conn:
+        try:
+            project_id = project_id_by_name(conn, name=project_name)
+        except ProjectNotFound as error:
+            raise click.ClickException(str(error)) from None
+        total, unit, chunks = export(conn, project_id, within)
+        with output.open("wb") as f, Progress(console=console) as bar:
+            task = bar.add_task(output.name, total=total)
+            for chunk in chunks:
+                f.write(chunk.data)
+                bar.advance(task, chunk.done)
+    console.print(
+        f"{output}: {total} {unit}, "
+        f"{within.start:%Y-%m-%d %H:%M} to {within.end:%Y-%m-%d %H:%M} UTC",
+        soft_wrap=True,
+    )
+
+
 if __name__ == "__main__":
     main()

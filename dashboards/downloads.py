@@ -45,7 +45,7 @@ def _download(name: str, export) -> Response:
     def chunks():
         with connection() as conn:
             for chunk in export(conn, project.project_id, within):
-                yield chunk.text
+                yield chunk.data
 
     filename = f"{project.project_name}-{name}-{within.start:%Y-%m-%d}-to-{within.end:%Y-%m-%d}.csv"
     return Response(

@@ -1,0 +1,105 @@
+"""`routeledger replay --send`: the simulated GSM8K traffic, sent through the SDK to a real
+API, shows the replay's own figures through the metrics API and both exports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from app.services.replay import Policy, catalog_price_book, choose_route, load_eval, replay
+from app.services.rollups import run_rollup
+from tests.conftest import REPO, make_project
+from tests.test_replay import GPT4, GSM8K
+
+POLICIES = [
+    Policy("cascade"),
+    Policy("threshold", premium_share=0.3),
+    Policy("all-cheap"),
+    Policy("all-premium"),
+]
+
+
+def _replay_command(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "replay", str(GSM8K), *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+@pytest.mark.timeout(300)
+def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
+    live_api, engine, http, tmp_path
+):
+    project = make_project(baseline_model=GPT4)
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(3)
+    end = start + timedelta(days=2)
+    args = ["--start", f"{start:%Y-%m-%d}", "--days", "2", "--send", "--experiment", "gsm8k"]
+    env = {
+        "ROUTELEDGER_ENDPOINT": live_api.url,
+        "ROUTELEDGER_API_KEY": project.ingest_key,
+        "ROUTELEDGER_SPOOL_DIR": str(tmp_path),
+    }
+    sent = _replay_command(*args, env=env)
+    assert sent.returncode == 0, sent.stderr
+    assert "5276 stored, 0 already stored, 0 rejected" in sent.stderr
+    again = _replay_command(*args, "--policy", "cascade", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 stored, 1319 already stored" in again.stderr  # request ids are stable
+    run_rollup(engine)
+
+    prices = catalog_price_book()
+    evalset = load_eval(GSM8K)
+    route = choose_route(evalset, prices=prices, at=start)
+    runs, _ = replay(evalset, policies=POLICIES, route=route, prices=prices, start=start, days=2)
+    read = {"Authorization": f"Bearer {project.read_key}"}
+    period = {"start": start.isoformat(), "end": end.isoformat()}
+
+    for run in runs:
+        figures = http.get(
+            "/v1/metrics/routing",
+            params={**period, "experiment": "gsm8k", "arm": run.policy.name},
+            headers=read,
+        ).json()
+        assert figures["requests"] == 1319
+        assert figures["escalation_rate"] == pytest.approx(run.escalation_rate)
+        assert figures["served_split"].get("premium", 0) == pytest.approx(run.premium_share)
+        assert figures["mean_quality"] == pytest.approx(run.quality)
+        assert Decimal(figures["cost_usd"]) == run.cost_usd
+        assert figures["unpriced_requests"] == 0
+
+    export = http.get(
+        "/v1/exports/requests.csv", params={**period, "experiment": "gsm8k"}, headers=read
+    )
+    assert export.status_code == 200, export.text
+    by_arm: dict[str, list[dict]] = defaultdict(list)
+    for row in csv.DictReader(io.StringIO(export.text)):
+        by_arm[row["experiment_arm"]].append(row)
+    for run in runs:
+        rows = by_arm[run.policy.name]
+        assert len(rows) == 1319
+        assert sum(Decimal(r["cost_usd"]) for r in rows) == run.cost_usd
+        assert sum(r["is_escalation"] == "true" for r in rows) == sum(
+            r.escalated for r in run.requests
+        )
+        assert sum(float(r["quality_score"]) for r in rows) == pytest.approx(run.quality * 1319)
+
+    total = sum((run.cost_usd for run in runs), Decimal(0))
+    customers = http.get(
+        "/v1/exports/customers.csv", params={**period, "granularity": "day"}, headers=read
+    )
+    rows = list(csv.DictReader(io.StringIO(customers.text)))
+    assert {r["customer_id"] for r in rows} == {"replay"} and len(rows) == 2
+    assert sum(int(r["requests"]) for r in rows) == 4 * 1319
+    assert abs(sum(Decimal(r["cost_usd"]) for r in rows) - total) < Decimal("0.000002")
