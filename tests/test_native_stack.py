@@ -1,0 +1,92 @@
+"""The processes `routeledger up` starts, against the local PostgreSQL and Redis (the same
+set docker-compose runs): an event goes in through the API, the beat-scheduled worker rolls
+it up, and the dashboard shows it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import REPO, free_port, make_project
+from tests.events import attempt, batch, event
+from tests.test_dashboard_browser import open_page, sign_in, text_of, wait_until
+
+
+def _wait_ready(url: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{url} did not answer in time")
+
+
+@pytest.mark.timeout(420)
+def test_up_with_redis_ingests_rolls_up_and_shows_on_the_dashboard(database_url, browser, tmp_path):
+    api_port, dashboard_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/11",
+        "ROUTELEDGER_DATA_DIR": str(tmp_path),
+        "ROUTELEDGER_API_PORT": str(api_port),
+        "ROUTELEDGER_DASHBOARD_PORT": str(dashboard_port),
+    }
+    project = make_project()
+    login = (f"pm-{uuid.uuid4().hex[:6]}@example.com", "a long enough password")
+    created = subprocess.run(
+        [sys.executable, "-m", "app.cli", "user", "create", login[0], "--project", project.name,
+         "--role", "viewer", "--password", login[1]],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up"], cwd=REPO, env=env, stdout=log, stderr=log
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    dashboard = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.monotonic() + 120
+        _wait_ready(f"{api}/readyz", deadline)
+        _wait_ready(f"{dashboard}/login", deadline)
+
+        events = [event(attempt(model="gpt-4o-mini", provider="openai")) for _ in range(7)]
+        response = httpx.post(
+            f"{api}/v1/requests",
+            json=batch(*events),
+            headers={"Authorization": f"Bearer {project.ingest_key}"},
+        )
+        assert response.status_code == 200, response.text
+
+        # No job is run by hand: beat schedules the rollup, the worker runs it.
+        hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
+        end = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() + 3600))
+
+        def rolled_up() -> bool:
+            metrics = httpx.get(
+                f"{api}/v1/metrics/routing",
+                params={"start": hour, "end": end},
+                headers={"Authorization": f"Bearer {project.read_key}"},
+            )
+            return metrics.status_code == 200 and metrics.json()["requests"] == 7
+
+        wait_until(rolled_up, timeout=180, what="the worker to roll the events up")
+
+        sign_in(browser, dashboard, login)
+        open_page(browser, dashboard, "/")
+        assert text_of(browser, "kf-requests") == "7"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+        log.close()
+    assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
