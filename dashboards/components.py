@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 from dash import dash_table, dcc, html
+from dash.dash_table.Format import Format, Scheme, Symbol
 
+# Money in tables: numbers (so columns sort), shown in dollars and cents.
+MONEY = Format(precision=2, scheme=Scheme.fixed, group=True, symbol=Symbol.yes, symbol_prefix="$")
 TIER_COLORS = {"cheap": "#2e7d32", "standard": "#1565c0", "premium": "#6a1b9a"}
 PALETTE = ["#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037"]
 

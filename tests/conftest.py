@@ -243,7 +243,7 @@ def demo_project(live_api):
     """The demo's traffic, smaller, loaded through the SDK into the session's database."""
     from app.services import demo
 
-    plan = demo.plan_ending_now(requests_per_hour=12)
+    plan = demo.plan_ending_now(requests_per_hour=20)
     return demo.load(endpoint=live_api.url, plan=plan)
 
 

@@ -5,7 +5,6 @@ refused. Screenshots go to test-artifacts/."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import time
 from decimal import Decimal
@@ -23,10 +22,6 @@ from tests.conftest import ARTIFACTS
 ADMIN = demo.DEMO_LOGINS["admin"]
 VIEWER = demo.DEMO_LOGINS["viewer"]
 
-# Drift results and fired alerts come from the workers' jobs (issue 4): until those exist,
-# these two pages are checked for what they show without them.
-JOBS = {name: importlib.util.find_spec(f"app.services.{name}") for name in ("drift", "alerts")}
-
 # path -> a CSS selector that only matches once the page shows data
 PAGES = {
     "/": "#overview-spend .trace",
@@ -35,10 +30,8 @@ PAGES = {
     "/customers/globex": "#customer-money .trace",
     "/models": "#models-table td[data-dash-column='attempts']",
     "/experiments": "#experiments-arms .trace",
-    "/drift": "#drift-psi .trace" if JOBS["drift"] else "#drift-psi .annotation-text",
-    "/alerts": "#alerts-table td[data-dash-column='rule']"
-    if JOBS["alerts"]
-    else "#alerts-rules td[data-dash-column='name']",
+    "/drift": "#drift-psi .trace",
+    "/alerts": "#alerts-table td[data-dash-column='rule']",
     "/prices": "#prices-catalog td[data-dash-column='model']",
     "/exports": "#exports-total-cost",
 }
@@ -123,12 +116,16 @@ def test_every_page_renders_with_data_and_no_console_error(browser, site):
         name = path.strip("/").replace("/", "-") or "overview"
         shot(browser, name)
         assert console_errors(browser) == [], path
-    # The demo's story is on the pages: a negative margin, an unpriced model, an alert.
+    # The demo's story is on the pages: a negative margin, an unpriced model, an alert
+    # that fired and resolved.
     browser.get(f"{site}/customers")
     negative = wait_for(browser, "#customers-table td[data-dash-column='margin_usd']")
     assert "-" in negative.text or "−" in negative.text
     browser.get(f"{site}/models")
     assert demo.UNPRICED_MODEL in wait_for(browser, "#unpriced-models").text
+    browser.get(f"{site}/alerts")
+    assert demo.ALERT_RULE in wait_for(browser, "#alerts-table td[data-dash-column='rule']").text
+    assert "resolved" in browser.find_element(By.ID, "alerts-table").text
 
 
 def text_of(browser, element_id: str) -> str:

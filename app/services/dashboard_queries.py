@@ -9,16 +9,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, func, insert, select, text, update
+from sqlalchemy import Connection, select, text
 
-from app.models import ALERT_METRICS, alert_rules, alerts, drift_results
+from app.models import drift_results
 from app.services.metrics import (
     MONEY_CONTEXT,
     Filters,
     Period,
     RoutingMetrics,
-    prorated,
-    revenue_records,
 )
 from app.services.rollups import latency_quantile
 
@@ -61,64 +59,48 @@ def routing_series(
         series[start] = RoutingMetrics(start=start, end=start + width)
         start += width
     for row in rows:
-        point = series[row.bucket]
-        for name in (
-            "requests", "attempts", "fallbacks", "escalations", "failovers", "failed",
-            "unpriced_requests", "baseline_unknown", "quality_sum", "quality_count",
-        ):  # fmt: skip
-            setattr(point, name, getattr(point, name) + _plain(getattr(row, name)))
-        for name in ("cost_usd", "baseline_cost_usd", "revenue_usd"):
-            setattr(point, name, MONEY_CONTEXT.add(getattr(point, name), getattr(row, name)))
-        requests = int(row.requests)
-        point.intended_counts[row.intended_tier] = (
-            point.intended_counts.get(row.intended_tier, 0) + requests
-        )
-        if row.served_tier is not None:
-            point.served_counts[row.served_tier] = (
-                point.served_counts.get(row.served_tier, 0) + requests
-            )
+        _add(series[row.bucket], row)
     return list(series.values())
+
+
+_COUNTS = (
+    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed",
+    "unpriced_requests", "baseline_unknown", "quality_sum", "quality_count",
+)  # fmt: skip
+_MONEY = ("cost_usd", "baseline_cost_usd", "revenue_usd")
+
+
+def _add(into: RoutingMetrics, part) -> None:
+    """Adds the sums of `part` (a row of sums or another RoutingMetrics) into `into`."""
+    for name in _COUNTS:
+        setattr(into, name, getattr(into, name) + _plain(getattr(part, name)))
+    for name in _MONEY:
+        setattr(into, name, MONEY_CONTEXT.add(getattr(into, name), getattr(part, name)))
+    if isinstance(part, RoutingMetrics):
+        tiers = [
+            (into.intended_counts, part.intended_counts),
+            (into.served_counts, part.served_counts),
+        ]
+    else:
+        requests = {part.intended_tier: int(part.requests)}
+        served = {part.served_tier: int(part.requests)} if part.served_tier else {}
+        tiers = [(into.intended_counts, requests), (into.served_counts, served)]
+    for counts, more in tiers:
+        for tier, n in more.items():
+            counts[tier] = counts.get(tier, 0) + n
+
+
+def total_of(series: list[RoutingMetrics]) -> RoutingMetrics:
+    """The figures of the whole series' period, from its buckets (no query)."""
+    total = RoutingMetrics(start=series[0].start, end=series[-1].end)
+    for point in series:
+        _add(total, point)
+    return total
 
 
 def _plain(value: Decimal | float) -> int | float:
     """sum() of a bigint column comes back as numeric: counts as int, sums of floats as float."""
     return int(value) if isinstance(value, Decimal) else value
-
-
-@dataclass(frozen=True)
-class RevenuePoint:
-    start: datetime
-    end: datetime
-    revenue_usd: Decimal
-
-
-def customer_revenue_series(
-    conn: Connection, *, project_id: int, customer_id: str, within: Period, bucket_hours: int = 1
-) -> list[RevenuePoint]:
-    """A customer's revenue per time bucket: per-request revenue plus its revenue records
-    prorated into each bucket (the same rule as the customer metrics)."""
-    buckets = routing_series(
-        conn,
-        project_id=project_id,
-        within=within,
-        filters=Filters(customer_id=customer_id),
-        bucket_hours=bucket_hours,
-    )
-    records = revenue_records(conn, project_id=project_id, within=within, customer_id=customer_id)
-    points = []
-    for bucket in buckets:
-        revenue = bucket.revenue_usd
-        for record in records:
-            revenue = MONEY_CONTEXT.add(
-                revenue,
-                prorated(
-                    record.amount_usd,
-                    record=(record.period_start, record.period_end),
-                    within=(bucket.start, bucket.end),
-                ),
-            )
-        points.append(RevenuePoint(bucket.start, bucket.end, revenue))
-    return points
 
 
 def served_model_latency(
@@ -174,156 +156,6 @@ def filter_values(conn: Connection, *, project_id: int, within: Period) -> Filte
         customers=tuple(row.customers or ()),
         experiments=tuple(row.experiments or ()),
     )
-
-
-@dataclass(frozen=True)
-class FiredAlert:
-    rule: str
-    metric: str
-    start: datetime
-    end: datetime | None  # None while it fires
-
-
-@dataclass(frozen=True)
-class AlertOverlay:
-    """What a chart of a feature's rates draws: thresholds of the enabled rules scoped to
-    the feature (or to the whole project), and the alerts of those rules in the period."""
-
-    thresholds: dict[str, list[float]]
-    fired: list[FiredAlert]
-
-
-def alert_overlay(
-    conn: Connection, *, project_id: int, feature: str, within: Period
-) -> AlertOverlay:
-    scoped = (
-        "(r.scope = '{}'::jsonb or r.scope = jsonb_build_object('feature', cast(:feature as text)))"
-    )
-    params = {"project_id": project_id, "feature": feature}
-    thresholds: dict[str, list[float]] = {}
-    for row in conn.execute(
-        text(
-            f"""
-            select r.metric, r.threshold from alert_rules r
-            where r.project_id = :project_id and r.enabled and r.threshold is not null
-              and {scoped}
-            order by r.metric, r.threshold
-            """
-        ),
-        params,
-    ):
-        thresholds.setdefault(row.metric, []).append(float(row.threshold))
-    fired = [
-        FiredAlert(row.name, row.metric, row.fired_at, row.resolved_at)
-        for row in conn.execute(
-            text(
-                f"""
-                select r.name, r.metric, a.fired_at, a.resolved_at
-                from alerts a join alert_rules r on r.id = a.rule_id
-                where a.project_id = :project_id and {scoped}
-                  and a.fired_at < :end and (a.resolved_at is null or a.resolved_at > :start)
-                order by a.fired_at
-                """
-            ),
-            {**params, "start": within.start, "end": within.end},
-        )
-    ]
-    return AlertOverlay(thresholds=thresholds, fired=fired)
-
-
-# --- alert rules and alerts, as the dashboard's Alerts page lists and edits them -----------
-
-
-class InvalidAlertRule(ValueError):
-    pass
-
-
-def list_alert_rules(conn: Connection, *, project_id: int) -> list[dict]:
-    rows = conn.execute(
-        select(alert_rules).where(alert_rules.c.project_id == project_id).order_by(alert_rules.c.id)
-    )
-    return [dict(row._mapping) for row in rows]
-
-
-def create_alert_rule(
-    conn: Connection,
-    *,
-    project_id: int,
-    name: str,
-    metric: str,
-    feature: str | None,
-    window_minutes: int,
-    threshold: Decimal | None,
-    baseline_multiplier: Decimal | None,
-    min_requests: int,
-    cooldown_minutes: int,
-    recipients: list[str],
-) -> int:
-    if not name.strip():
-        raise InvalidAlertRule("name: required")
-    if metric not in ALERT_METRICS:
-        raise InvalidAlertRule(f"metric: one of {', '.join(ALERT_METRICS)}")
-    if threshold is None and baseline_multiplier is None:
-        raise InvalidAlertRule("threshold or baseline multiplier: give at least one")
-    if window_minutes <= 0 or cooldown_minutes <= 0 or min_requests < 0:
-        raise InvalidAlertRule("window and cooldown: positive minutes; min requests: 0 or more")
-    bad = [r for r in recipients if "@" not in r]
-    if bad:
-        raise InvalidAlertRule(f"recipients: {bad[0]!r} is not an email address")
-    return conn.execute(
-        insert(alert_rules)
-        .values(
-            project_id=project_id,
-            name=name.strip(),
-            metric=metric,
-            scope={"feature": feature} if feature else {},
-            window_minutes=window_minutes,
-            threshold=threshold,
-            baseline_multiplier=baseline_multiplier,
-            min_requests=min_requests,
-            cooldown_minutes=cooldown_minutes,
-            recipients=recipients,
-        )
-        .returning(alert_rules.c.id)
-    ).scalar_one()
-
-
-def set_alert_rule_enabled(
-    conn: Connection, *, project_id: int, rule_id: int, enabled: bool
-) -> bool:
-    """False when the project has no such rule."""
-    result = conn.execute(
-        update(alert_rules)
-        .where(alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id)
-        .values(enabled=enabled, updated_at=func.now())
-    )
-    return result.rowcount == 1
-
-
-def list_alerts(conn: Connection, *, project_id: int, within: Period) -> list[dict]:
-    """Alerts that fired in the period or were still firing during it, newest first."""
-    rows = conn.execute(
-        select(
-            alerts.c.id,
-            alerts.c.state,
-            alerts.c.fired_at,
-            alerts.c.resolved_at,
-            alerts.c.value,
-            alerts.c.limit_value,
-            alerts.c.requests,
-            alert_rules.c.name.label("rule"),
-            alert_rules.c.metric,
-            alert_rules.c.scope,
-        )
-        .join(alert_rules, alert_rules.c.id == alerts.c.rule_id)
-        .where(
-            alerts.c.project_id == project_id,
-            alerts.c.fired_at < within.end,
-            (alerts.c.resolved_at.is_(None)) | (alerts.c.resolved_at > within.start),
-        )
-        .order_by(alerts.c.fired_at.desc())
-    )
-    return [dict(row._mapping) for row in rows]
 
 
 # --- experiments: arms side by side, with 95% intervals ------------------------------------

@@ -25,7 +25,8 @@ from sqlalchemy import Connection, select
 from app.db import get_engine, transaction
 from app.models import revenue_records
 from app.schemas import RevenueRecordIn
-from app.services import dashboard_queries, policies, projects, revenue, rollups, users
+from app.services import alerts, policies, projects, revenue, users
+from app.services.jobs import JOBS, run_job
 
 DEMO_PROJECT = "demo"
 DEMO_BASELINE = ("claude-opus-4", "anthropic")
@@ -320,21 +321,22 @@ ALERT_RULE = "support-chat escalation spike"
 
 
 def _add_alert_rule(conn: Connection, *, project_id: int) -> None:
-    rules = dashboard_queries.list_alert_rules(conn, project_id=project_id)
-    if any(rule["name"] == ALERT_RULE for rule in rules):
+    if any(r["name"] == ALERT_RULE for r in alerts.list_rules(conn, project_id=project_id)):
         return
-    dashboard_queries.create_alert_rule(
+    alerts.create_rule(
         conn,
         project_id=project_id,
-        name=ALERT_RULE,
-        metric="escalation_rate",
-        feature="support-chat",
-        window_minutes=60,
-        threshold=Decimal("0.2"),
-        baseline_multiplier=None,
-        min_requests=5,
-        cooldown_minutes=60,
-        recipients=["pm@example.com"],
+        rule={
+            "name": ALERT_RULE,
+            "metric": "escalation_rate",
+            "scope": {"feature": "support-chat"},
+            "window_minutes": 60,
+            "threshold": 0.2,
+            "baseline_multiplier": None,
+            "min_requests": 5,
+            "cooldown_minutes": 60,
+            "recipients": ["pm@example.com"],
+        },
     )
 
 
@@ -402,7 +404,20 @@ def load(*, endpoint: str, plan: DemoPlan, name: str = DEMO_PROJECT) -> DemoResu
     return DemoResult(project=name, requests=len(requests))
 
 
+# Jobs that judge a window ending "now": run hour by hour over the demo's last days, as the
+# beat would have, so the spike fires and resolves and drift has a history.
+REPLAYED_JOBS = ("drift", "alerts")
+REPLAYED_HOURS = 72
+
+
 def run_jobs(plan: DemoPlan) -> None:
-    """Rollups now; what depends on time is evaluated hour by hour over the demo's week."""
+    """What the workers would have done, done now, so the pages show the demo at once
+    (emails are left to the workers)."""
     engine = get_engine()
-    rollups.run_rollup(engine)
+    run_job(engine, "rollup")
+    run_job(engine, "margins")
+    hour = plan.end - timedelta(hours=REPLAYED_HOURS)
+    while hour <= plan.end:
+        for name in REPLAYED_JOBS:
+            JOBS[name](engine, now=hour)
+        hour += timedelta(hours=1)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-
 import dash
 from dash import Input, Output, State, callback, ctx, dcc, html
+from pydantic import ValidationError
 
 from app.models import ALERT_METRICS
-from app.services import dashboard_queries
+from app.schemas import AlertRuleIn
+from app.services import alerts, dashboard_queries
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, number
 
@@ -38,8 +38,8 @@ RULE_MESSAGE = "alerts-rule-message"
 
 ALERT_COLUMNS = [
     {"id": name, "name": name.replace("_", " ")}
-    for name in ("state", "rule", "metric", "scope", "fired_at", "resolved_at", "value",
-                 "limit", "requests")
+    for name in ("state", "rule", "metric", "fired_at", "resolved_at", "value", "limit",
+                 "requests")
 ]  # fmt: skip
 RULE_COLUMNS = [
     {"id": name, "name": name.replace("_", " ")}
@@ -155,8 +155,15 @@ def _rule_editor(project, features: list[str]) -> html.Section:
 def update(start_date, end_date, _changed):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
-    fired = data.read(dashboard_queries.list_alerts, project_id=project_id, within=within)
-    rules = data.read(dashboard_queries.list_alert_rules, project_id=project_id)
+    fired, rules = data.together(
+        lambda: [
+            a
+            for a in data.read(alerts.list_alerts, project_id=project_id)
+            if a["fired_at"] < within.end
+            and (a["resolved_at"] is None or a["resolved_at"] > within.start)
+        ],
+        lambda: data.read(alerts.list_rules, project_id=project_id),
+    )
     summary = [
         components.key_figure(
             "Firing now", count(sum(a["state"] == "firing" for a in fired)), figure_id="firing"
@@ -167,9 +174,8 @@ def update(start_date, end_date, _changed):
     alert_rows = [
         {
             "state": a["state"],
-            "rule": a["rule"],
+            "rule": a["rule_name"],
             "metric": a["metric"],
-            "scope": _scope(a["scope"]),
             "fired_at": f"{a['fired_at']:%Y-%m-%d %H:%M}",
             "resolved_at": f"{a['resolved_at']:%Y-%m-%d %H:%M}" if a["resolved_at"] else "",
             "value": number(a["value"], 3),
@@ -181,7 +187,7 @@ def update(start_date, end_date, _changed):
     rule_rows = [
         {
             **{c["id"]: r[c["id"]] for c in RULE_COLUMNS},
-            "scope": _scope(r["scope"]),
+            "scope": alerts.scope_text(r["scope"]),
             "threshold": "" if r["threshold"] is None else str(r["threshold"]),
             "baseline_multiplier": ""
             if r["baseline_multiplier"] is None
@@ -194,10 +200,6 @@ def update(start_date, end_date, _changed):
     choices = [{"label": f"{r['id']}: {r['name']}", "value": r["id"]} for r in rules]
     search = filters.url_search(start=start_date, end=end_date)
     return summary, alert_rows, rule_rows, choices, search
-
-
-def _scope(scope: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in scope.items()) or "project"
 
 
 @callback(
@@ -222,39 +224,45 @@ def change_rules(_create, _enable, _disable, metric, feature, *values):
             return components.note("Choose a rule first.", "error")
         enabled = ctx.triggered_id == RULE_ENABLE
         data.write(
-            dashboard_queries.set_alert_rule_enabled,
+            alerts.update_rule,
             project_id=project.project_id,
             rule_id=rule_id,
-            enabled=enabled,
+            changes={"enabled": enabled},
         )
         return components.note(f"Rule {rule_id} {'enabled' if enabled else 'disabled'}.", "ok")
     given = dict(zip(RULE_FIELDS, fields, strict=True))
+    body = {
+        "name": given["name"],
+        "metric": metric,
+        "scope": {"feature": feature} if feature else {},
+        "window_minutes": given["window_minutes"],
+        "threshold": _number(given["threshold"]),
+        "baseline_multiplier": _number(given["baseline_multiplier"]),
+        "min_requests": given["min_requests"],
+        "cooldown_minutes": given["cooldown_minutes"],
+        "recipients": [r.strip() for r in str(given["recipients"] or "").split(",") if r.strip()],
+    }
     try:
-        rule_id = data.write(
-            dashboard_queries.create_alert_rule,
-            project_id=project.project_id,
-            name=str(given["name"] or ""),
-            metric=metric,
-            feature=feature,
-            window_minutes=int(given["window_minutes"] or 0),
-            threshold=_decimal(given["threshold"], "threshold"),
-            baseline_multiplier=_decimal(given["baseline_multiplier"], "baseline multiplier"),
-            min_requests=int(given["min_requests"] or 0),
-            cooldown_minutes=int(given["cooldown_minutes"] or 0),
-            recipients=[r.strip() for r in str(given["recipients"] or "").split(",") if r.strip()],
-        )
-    except dashboard_queries.InvalidAlertRule as error:
+        checked = AlertRuleIn.model_validate(body)
+        rule = {**checked.model_dump(), "scope": checked.scope.model_dump(exclude_none=True)}
+        created = data.write(alerts.create_rule, project_id=project.project_id, rule=rule)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        return components.note(f"Not saved: {problems}", "error")
+    except alerts.InvalidRule as error:
         return components.note(f"Not saved: {error}", "error")
-    return components.note(f"Rule {rule_id} created.", "ok")
+    return components.note(f"Rule {created['id']} created.", "ok")
 
 
-def _decimal(value, name: str) -> Decimal | None:
+def _number(value) -> float | str | None:
+    """A number typed in a text field; the text itself when it is not one (the validation
+    message then names the field)."""
     if value in (None, ""):
         return None
     try:
-        return Decimal(str(value).strip())
-    except InvalidOperation:
-        raise dashboard_queries.InvalidAlertRule(f"{name}: {value!r} is not a number") from None
+        return float(str(value).strip())
+    except ValueError:
+        return str(value)
 
 
 filters.sync_url(URL)

@@ -8,7 +8,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
-from app.services import dashboard_queries, metrics
+from app.services import metrics
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, pct, usd
 
@@ -61,21 +61,21 @@ def update(start_date, end_date, customer_id):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
     search = filters.url_search(start=start_date, end=end_date)
-    found = data.read(
-        metrics.customer_metrics, project_id=project_id, within=within, customer_id=customer_id
+    found, series, records = data.together(
+        lambda: data.read(
+            metrics.customer_metrics, project_id=project_id, within=within, customer_id=customer_id
+        ),
+        lambda: data.routing_over_time(
+            project_id, within, metrics.Filters(customer_id=customer_id)
+        ),
+        lambda: data.read(
+            metrics.revenue_records, project_id=project_id, within=within, customer_id=customer_id
+        ),
     )
     if not found:
         nothing = components.empty(f"No requests or revenue of {customer_id} in this period")
         return [], nothing, nothing, search
     customer = found[0]
-    series = data.routing_over_time(project_id, within, metrics.Filters(customer_id=customer_id))
-    revenue = data.read(
-        dashboard_queries.customer_revenue_series,
-        project_id=project_id,
-        customer_id=customer_id,
-        within=within,
-        bucket_hours=data.bucket_hours(within),
-    )
     summary = [
         components.key_figure("Requests", count(customer.requests)),
         components.key_figure("Cost", usd(customer.cost_usd)),
@@ -87,19 +87,34 @@ def update(start_date, end_date, customer_id):
         ),
         components.key_figure("Unpriced requests", count(customer.unpriced_requests)),
     ]
-    return summary, _money_figure(series, revenue), _mix_figure(series), search
+    return summary, _money_figure(series, _revenue(series, records)), _mix_figure(series), search
 
 
-def _money_figure(series, revenue) -> go.Figure:
+def _revenue(series, records) -> list[Decimal]:
+    """Each point's revenue: its per-request revenue and its share of the revenue records
+    (prorated as the customer metrics do)."""
+    return [
+        sum(
+            (
+                metrics.prorated(
+                    r.amount_usd, record=(r.period_start, r.period_end), within=(p.start, p.end)
+                )
+                for r in records
+            ),
+            p.revenue_usd,
+        )
+        for p in series
+    ]
+
+
+def _money_figure(series, revenue: list[Decimal]) -> go.Figure:
     x = [p.start for p in series]
     fig = components.figure(y_title="USD")
     fig.add_bar(x=x, y=[float(p.cost_usd) for p in series], name="cost", marker_color="#ef6c00")
-    fig.add_scatter(
-        x=x, y=[float(r.revenue_usd) for r in revenue], name="revenue", line={"color": "#2e7d32"}
-    )
+    fig.add_scatter(x=x, y=[float(r) for r in revenue], name="revenue", line={"color": "#2e7d32"})
     margin, running = [], Decimal(0)
     for point, earned in zip(series, revenue, strict=True):
-        running += earned.revenue_usd - point.cost_usd
+        running += earned - point.cost_usd
         margin.append(float(running))
     fig.add_scatter(x=x, y=margin, name="margin so far", line={"dash": "dot", "color": "#1d2733"})
     fig.update_layout(yaxis={"rangemode": "normal"})

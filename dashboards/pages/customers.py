@@ -6,10 +6,11 @@ from decimal import Decimal
 
 import dash
 from dash import Input, Output, callback, dash_table, html
-from dash.dash_table.Format import Format, Scheme, Symbol
+from dash.dash_table.Format import Format, Scheme
 
 from app.services import metrics
 from dashboards import auth, components, data, filters
+from dashboards.components import MONEY
 from dashboards.formatting import count, usd
 
 dash.register_page(
@@ -21,14 +22,13 @@ TOTALS = "customers-totals"
 TABLE = "customers-table"
 URL = "customers-url"
 
-_MONEY = Format(precision=2, scheme=Scheme.fixed, group=True, symbol=Symbol.yes, symbol_prefix="$")
 _PERCENT = Format(precision=1, scheme=Scheme.percentage)
 COLUMNS = [
     {"id": "customer", "name": "customer", "presentation": "markdown"},
     {"id": "requests", "name": "requests", "type": "numeric"},
-    {"id": "cost_usd", "name": "cost", "type": "numeric", "format": _MONEY},
-    {"id": "revenue_usd", "name": "revenue", "type": "numeric", "format": _MONEY},
-    {"id": "margin_usd", "name": "margin", "type": "numeric", "format": _MONEY},
+    {"id": "cost_usd", "name": "cost", "type": "numeric", "format": MONEY},
+    {"id": "revenue_usd", "name": "revenue", "type": "numeric", "format": MONEY},
+    {"id": "margin_usd", "name": "margin", "type": "numeric", "format": MONEY},
     {"id": "margin_pct", "name": "margin %", "type": "numeric", "format": _PERCENT},
     {"id": "unpriced_requests", "name": "unpriced requests", "type": "numeric"},
 ]

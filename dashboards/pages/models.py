@@ -10,7 +10,8 @@ from dash import Input, Output, callback, dcc, html
 
 from app.services import dashboard_queries, metrics
 from dashboards import auth, components, data, filters
-from dashboards.formatting import count, ms, number, usd
+from dashboards.components import MONEY
+from dashboards.formatting import count, ms, number
 
 dash.register_page(__name__, path="/models", name="Models", title="Models · RouteLedger", order=3)
 
@@ -26,7 +27,7 @@ COLUMNS = [
     {"id": "tier", "name": "tier"},
     {"id": "attempts", "name": "attempts", "type": "numeric"},
     {"id": "served", "name": "served", "type": "numeric"},
-    {"id": "cost", "name": "cost", "type": "text"},
+    {"id": "cost", "name": "cost", "type": "numeric", "format": MONEY},
     {"id": "p50", "name": "latency p50", "type": "text"},
     {"id": "p95", "name": "latency p95", "type": "text"},
     {"id": "quality", "name": "mean quality", "type": "text"},
@@ -87,12 +88,14 @@ def update(start_date, end_date, feature):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
     scope = metrics.Filters(feature=feature)
-    totals = data.routing_totals(project_id, within, scope)
-    latency = data.read(
-        dashboard_queries.served_model_latency,
-        project_id=project_id,
-        within=within,
-        filters=scope,
+    totals, latency = data.together(
+        lambda: data.routing_totals(project_id, within, scope),
+        lambda: data.read(
+            dashboard_queries.served_model_latency,
+            project_id=project_id,
+            within=within,
+            filters=scope,
+        ),
     )
     rows = []
     for m in totals.by_model:
@@ -103,7 +106,7 @@ def update(start_date, end_date, feature):
                 "tier": m.tier,
                 "attempts": m.attempts,
                 "served": m.served,
-                "cost": usd(m.cost_usd) + (" + unpriced" if m.unpriced_attempts else ""),
+                "cost": float(m.cost_usd),
                 "p50": ms(p50),
                 "p95": ms(p95),
                 "quality": number(m.mean_quality),

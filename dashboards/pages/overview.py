@@ -64,8 +64,8 @@ def update(start_date, end_date, feature):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
     scope = metrics.Filters(feature=feature)
-    totals = data.routing_totals(project_id, within, scope)
     series = data.routing_over_time(project_id, within, scope)
+    totals = dashboard_queries.total_of(series)
     key_figures = [
         components.key_figure(
             "Spend", usd(totals.cost_usd), "lower bound" if totals.unpriced_requests else ""

@@ -10,7 +10,7 @@ import dash
 import plotly.graph_objects as go
 from dash import ALL, Input, Output, State, callback, dcc, html
 
-from app.services import dashboard_queries, metrics, policies, projects
+from app.services import alerts, dashboard_queries, metrics, policies, projects
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, pct
 
@@ -163,8 +163,11 @@ def update(start_date, end_date, feature, _saved, share_ids):
         nothing = components.empty("No traffic in this period")
         return [], nothing, nothing, nothing, nothing, shares, search
     scope = metrics.Filters(feature=feature)
-    totals = data.routing_totals(project_id, within, scope)
-    series = data.routing_over_time(project_id, within, scope)
+    totals, series, marks = data.together(
+        lambda: data.routing_totals(project_id, within, scope),
+        lambda: data.routing_over_time(project_id, within, scope),
+        lambda: _alert_marks(project_id, feature, within),
+    )
     summary = [
         components.key_figure("Requests", count(totals.requests)),
         components.key_figure("Policy deviation", pct(totals.policy_deviation)),
@@ -173,9 +176,6 @@ def update(start_date, end_date, feature, _saved, share_ids):
         components.key_figure("Failover rate", pct(totals.failover_rate)),
         components.key_figure("Mean quality", pct(totals.mean_quality, 0)),
     ]
-    marks = data.read(
-        dashboard_queries.alert_overlay, project_id=project_id, feature=feature, within=within
-    )
     return (
         summary,
         _splits_figure(totals),
@@ -215,11 +215,11 @@ def _splits_figure(totals: metrics.RoutingMetrics) -> go.Figure:
 
 def _split_over_time_figure(series) -> go.Figure:
     fig = components.figure(percent=True)
-    x = [p.start for p in series]
-    for tier in components.tier_order(*(p.served_counts for p in series)):
+    served = [p for p in series if p.served_counts]  # an empty bucket has no split
+    for tier in components.tier_order(*(p.served_counts for p in served)):
         fig.add_scatter(
-            x=x,
-            y=[p.served_split.get(tier, 0.0) if p.served_counts else None for p in series],
+            x=[p.start for p in served],
+            y=[p.served_split.get(tier, 0.0) for p in served],
             name=tier,
             stackgroup="served",
             line={"color": components.TIER_COLORS.get(tier)},
@@ -228,28 +228,51 @@ def _split_over_time_figure(series) -> go.Figure:
     return fig
 
 
-def _rates_figure(series, marks: dashboard_queries.AlertOverlay) -> go.Figure:
+def _alert_marks(project_id: int, feature: str, within) -> tuple[dict[str, list[float]], list]:
+    """What the rates chart draws: the thresholds of the feature's (and the project's)
+    rules, metric by metric, and their alerts in the period."""
+    rules, fired = data.together(
+        lambda: data.read(alerts.list_rules, project_id=project_id),
+        lambda: data.read(alerts.list_alerts, project_id=project_id),
+    )
+    ours = {r["id"]: r for r in rules if r["scope"] in ({}, {"feature": feature})}
+    thresholds: dict[str, list[float]] = {}
+    for rule in ours.values():
+        if rule["enabled"] and rule["threshold"] is not None:
+            thresholds.setdefault(rule["metric"], []).append(float(rule["threshold"]))
+    shown = [
+        a
+        for a in fired
+        if a["rule_id"] in ours
+        and a["fired_at"] < within.end
+        and (a["resolved_at"] is None or a["resolved_at"] > within.start)
+    ]
+    return thresholds, shown
+
+
+def _rates_figure(series, marks: tuple[dict[str, list[float]], list]) -> go.Figure:
+    thresholds, fired_alerts = marks
     fig = components.figure(percent=True)
     x = [p.start for p in series]
     for (metric, label), color in zip(RATE_NAMES.items(), components.PALETTE, strict=False):
         fig.add_scatter(
             x=x, y=[getattr(p, metric) for p in series], name=label, line={"color": color}
         )
-        for threshold in marks.thresholds.get(metric, []):
+        for threshold in thresholds.get(metric, []):
             fig.add_hline(
                 y=threshold,
                 line={"dash": "dash", "color": color, "width": 1},
                 annotation_text=f"{label} alert at {pct(threshold, 0)}",
                 annotation_position="top left",
             )
-    for fired in marks.fired:
+    for fired in fired_alerts:
         fig.add_vrect(
-            x0=fired.start,
-            x1=fired.end or series[-1].end,
+            x0=fired["fired_at"],
+            x1=fired["resolved_at"] or series[-1].end,
             fillcolor="#c62828",
             opacity=0.12,
             line_width=0,
-            annotation_text=f"alert: {fired.rule}",
+            annotation_text=f"alert: {fired['rule_name']}",
             annotation_position="top left",
         )
     return fig
