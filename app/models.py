@@ -289,16 +289,6 @@ job_watermarks = Table(
     Column("watermark", DateTime(timezone=True), nullable=False),
 )
 
-ROLLUP_DIMENSIONS = (
-    "feature",
-    "customer_id",
-    "intended_tier",
-    "served_tier",
-    "served_model",
-    "experiment_name",
-    "experiment_arm",
-)
-
 rollup_hourly = Table(
     "rollup_hourly",
     metadata,
@@ -334,14 +324,9 @@ rollup_hourly = Table(
     Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
     Column("latency_counts", ARRAY(BigInteger), nullable=False),
     Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Also the index of the (project_id, hour) range queries.
-    UniqueConstraint(
-        "project_id",
-        "hour",
-        *ROLLUP_DIMENSIONS,
-        name="uq_rollup_hourly_key",
-        postgresql_nulls_not_distinct=True,
-    ),
+    # Rows are replaced hour by hour under the project's rollup lock, so no unique key is
+    # needed; a narrow index keeps inserting them cheap and serves the range queries.
+    Index("ix_rollup_hourly_project_hour", "project_id", "hour"),
 )
 
 # Attempts per model and tier, for the per-model figures (cost, attempts).
@@ -359,18 +344,7 @@ rollup_models_hourly = Table(
     Column("attempts", BigInteger, nullable=False),
     Column("cost_usd", Numeric, nullable=False),
     Column("unpriced_attempts", BigInteger, nullable=False),
-    UniqueConstraint(
-        "project_id",
-        "hour",
-        "feature",
-        "customer_id",
-        "experiment_name",
-        "experiment_arm",
-        "model",
-        "tier",
-        name="uq_rollup_models_hourly_key",
-        postgresql_nulls_not_distinct=True,
-    ),
+    Index("ix_rollup_models_hourly_project_hour", "project_id", "hour"),
 )
 
 customer_margins = Table(

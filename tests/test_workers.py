@@ -24,18 +24,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 @contextmanager
-def running_worker(
-    database_url: str, broker_url: str | None, queue: str, tmp_path
-) -> Iterator[None]:
-    """A `routeledger worker` on its own queue (other test sessions may share the broker);
-    stopped, and waited for, when the block ends."""
+def running(args: list[str], database_url: str, broker_url: str | None, tmp_path) -> Iterator[None]:
+    """A `routeledger ...` process; stopped, and waited for, when the block ends."""
     env = {**os.environ, "DATABASE_URL": database_url, "ROUTELEDGER_DATA_DIR": str(tmp_path)}
     env.pop("CELERY_BROKER_URL", None)
     if broker_url:
         env["CELERY_BROKER_URL"] = broker_url
-    log = (tmp_path / "worker.log").open("ab")
+    log = (tmp_path / f"{args[0]}.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker", "--concurrency", "1", "--queues", queue],
+        [sys.executable, "-m", "app.cli", *args],
         env=env,
         cwd=REPO,
         stdout=log,
@@ -83,12 +80,28 @@ def test_a_worker_runs_the_rollup_task(engine, database_url, tmp_path, broker):
     queue = f"test-{uuid.uuid4().hex[:8]}"
     project = make_project()
     ingest_some(engine, project.id)
-    with running_worker(database_url, broker_url, queue, tmp_path):
+    # Its own queue: other test sessions may share the Redis broker.
+    worker = ["worker", "--concurrency", "1", "--queues", queue]
+    with running(worker, database_url, broker_url, tmp_path):
         client = Celery(broker=broker_url or "sqla+" + sqlalchemy_url(database_url))
         client.send_task("workers.tasks.rollup", queue=queue)
         done = wait_for(lambda: rollup_requests(database_url, project.id) == 3)
         client.close()
     assert done, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_beat_and_a_worker_keep_the_rollups_within_a_minute_of_ingest(
+    engine, database_url, tmp_path
+):
+    project = make_project()
+    ingest_some(engine, project.id, count=4)
+    worker = ["worker", "--concurrency", "1"]
+    with (
+        running(worker, database_url, None, tmp_path),
+        running(["beat"], database_url, None, tmp_path),
+    ):
+        done = wait_for(lambda: rollup_requests(database_url, project.id) == 4, timeout=120)
+    assert done, (tmp_path / "beat.log").read_text()[-2000:]
 
 
 def test_jobs_run_prints_the_summary(engine, database_url):

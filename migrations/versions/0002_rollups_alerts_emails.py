@@ -5,8 +5,8 @@ Revises: 0001
 Create Date: 2026-11-22 05:36:28.969079
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0002"
@@ -94,19 +94,9 @@ def upgrade() -> None:
         sa.Column(
             "rolled_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
-        sa.UniqueConstraint(
-            "project_id",
-            "hour",
-            "feature",
-            "customer_id",
-            "intended_tier",
-            "served_tier",
-            "served_model",
-            "experiment_name",
-            "experiment_arm",
-            name="uq_rollup_hourly_key",
-            postgresql_nulls_not_distinct=True,
-        ),
+    )
+    op.create_index(
+        "ix_rollup_hourly_project_hour", "rollup_hourly", ["project_id", "hour"], unique=False
     )
     op.create_table(
         "rollup_models_hourly",
@@ -121,18 +111,12 @@ def upgrade() -> None:
         sa.Column("attempts", sa.BigInteger(), nullable=False),
         sa.Column("cost_usd", sa.Numeric(), nullable=False),
         sa.Column("unpriced_attempts", sa.BigInteger(), nullable=False),
-        sa.UniqueConstraint(
-            "project_id",
-            "hour",
-            "feature",
-            "customer_id",
-            "experiment_name",
-            "experiment_arm",
-            "model",
-            "tier",
-            name="uq_rollup_models_hourly_key",
-            postgresql_nulls_not_distinct=True,
-        ),
+    )
+    op.create_index(
+        "ix_rollup_models_hourly_project_hour",
+        "rollup_models_hourly",
+        ["project_id", "hour"],
+        unique=False,
     )
     op.create_table(
         "alert_rules",
@@ -161,7 +145,8 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.CheckConstraint(
-            "metric in ('escalation_rate','fallback_rate','failover_rate','cost_per_request','spend','negative_margin','drift_psi','unpriced_requests','policy_deviation')",
+            "metric in ('escalation_rate','fallback_rate','failover_rate','cost_per_request',"
+            "'spend','negative_margin','drift_psi','unpriced_requests','policy_deviation')",
             name=op.f("ck_alert_rules_known_metric"),
         ),
         sa.CheckConstraint(
@@ -381,7 +366,9 @@ def downgrade() -> None:
     op.drop_table("drift_results")
     op.drop_index("ix_alert_rules_project_id", table_name="alert_rules")
     op.drop_table("alert_rules")
+    op.drop_index("ix_rollup_models_hourly_project_hour", table_name="rollup_models_hourly")
     op.drop_table("rollup_models_hourly")
+    op.drop_index("ix_rollup_hourly_project_hour", table_name="rollup_hourly")
     op.drop_table("rollup_hourly")
     op.drop_table("job_watermarks")
     op.drop_table("dirty_hours")
