@@ -273,3 +273,46 @@ def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
     assert len(digests) == 1 and "daily digest" in digests[0]["Subject"]
     text = digests[0].get_body(("plain",)).get_content()
     assert "Requests: 1" in text and "Margin of acme" in text and "Firing alerts: none" in text
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("smtp://mail.test", ("mail.test", 25, "plain", None, None)),
+        (
+            "smtp://u%40x:p%2Fw@mail.test:2525?starttls=true",
+            ("mail.test", 2525, "starttls", "u@x", "p/w"),
+        ),
+        ("smtp+starttls://u:p@mail.test", ("mail.test", 587, "starttls", "u", "p")),
+        ("smtps://u:p@mail.test", ("mail.test", 465, "ssl", "u", "p")),
+    ],
+)
+def test_smtp_urls(url, expected):
+    from app.services.emails import smtp_target
+
+    target = smtp_target(url)
+    assert (target.host, target.port, target.security, target.username, target.password) == expected
+
+
+def test_smtp_with_login(engine, monkeypatch):
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"s3cret"
+        return AuthResult(success=ok)
+
+    inbox = Inbox()
+    controller = Controller(
+        inbox, hostname="127.0.0.1", port=free_port(), authenticator=authenticate,
+        auth_require_tls=False,
+    )  # fmt: skip
+    controller.start()
+    address = recipient()
+    try:
+        use_settings(monkeypatch, SMTP_URL=f"smtp://rl:s3cret@127.0.0.1:{controller.port}")
+        queue_test_email(engine, address)
+        send_pending(engine)
+    finally:
+        controller.stop()
+        get_settings.cache_clear()
+    assert len(inbox.to(address)) == 1

@@ -170,11 +170,12 @@ def send_pending(engine: Engine, *, limit: int = 100) -> SendRun:
             try:
                 deliver(row)
             except (OSError, smtplib.SMTPException) as error:
+                # From the clock, not the transaction's start: a delivery can take minutes.
                 failed += 1
                 conn.execute(
                     text(
                         "update email_outbox set attempts = attempts + 1, last_error = :error, "
-                        "next_attempt_at = now() + :delay where id = :id"
+                        "next_attempt_at = clock_timestamp() + :delay where id = :id"
                     ),
                     {
                         "id": row.id,
