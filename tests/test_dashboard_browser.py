@@ -8,7 +8,7 @@ import csv
 import io
 import time
 from decimal import Decimal
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -237,3 +237,16 @@ def test_a_viewer_is_refused_an_admin_action(browser, site, demo_project):
     with connection() as conn:
         after = policies.policy_history(conn, project_id=project_id, feature="support-chat")
     assert after == before
+
+
+def test_the_margin_table_filter_is_carried_in_the_url(browser, site):
+    sign_in(browser, site, VIEWER)
+    open_page(browser, site, "/customers?" + urlencode({"filter": "{margin_usd} < 0"}))
+    wait_until(
+        lambda: len(browser.find_elements(By.CSS_SELECTOR, "#customers-table tbody tr")) == 3,
+        what="the filtered table (header, filter row, one customer)",
+    )
+    assert "globex" in browser.find_element(By.ID, "customers-table").text
+    assert "acme" not in browser.find_element(By.ID, "customers-table").text
+    shot(browser, "customers-negative-margin")
+    assert console_errors(browser) == []

@@ -207,13 +207,15 @@ def experiment_arms(
 ) -> list[ArmFigures]:
     """Per arm of an experiment: requests, cost per request, escalation rate and mean
     quality, with 95% intervals (from the requests themselves: intervals need spreads,
-    which the rollups do not keep)."""
+    which the rollups do not keep). Means are exact; spreads, only used for the
+    intervals, are computed in double precision."""
     rows = conn.execute(
         text(
             """
             select experiment_arm as arm, count(*) as requests,
                    count(*) filter (where is_escalation) as escalations,
-                   avg(cost_usd) as cost_mean, stddev_samp(cost_usd) as cost_sd,
+                   sum(cost_usd) / count(*) as cost_mean,
+                   stddev_samp(cost_usd::float8) as cost_sd,
                    count(*) filter (where is_unpriced) as unpriced,
                    count(quality_score) as quality_n, avg(quality_score) as quality_mean,
                    stddev_samp(quality_score) as quality_sd

@@ -34,6 +34,7 @@ RULE_CREATE = "alerts-rule-create"
 RULE_CHOICE = "alerts-rule-choice"
 RULE_ENABLE = "alerts-rule-enable"
 RULE_DISABLE = "alerts-rule-disable"
+RULE_DELETE = "alerts-rule-delete"
 RULE_MESSAGE = "alerts-rule-message"
 
 ALERT_COLUMNS = [
@@ -135,6 +136,7 @@ def _rule_editor(project, features: list[str]) -> html.Section:
                 ),
                 html.Button("Enable", id=RULE_ENABLE, className="button", disabled=not admin),
                 html.Button("Disable", id=RULE_DISABLE, className="button", disabled=not admin),
+                html.Button("Delete", id=RULE_DELETE, className="button", disabled=not admin),
             ],
             className="form-row",
         ),
@@ -207,29 +209,37 @@ def update(start_date, end_date, _changed):
     Input(RULE_CREATE, "n_clicks"),
     Input(RULE_ENABLE, "n_clicks"),
     Input(RULE_DISABLE, "n_clicks"),
+    Input(RULE_DELETE, "n_clicks"),
     State(RULE_METRIC, "value"),
     State(RULE_FEATURE, "value"),
     *[State(rule_field_id(name), "value") for name in RULE_FIELDS],
     State(RULE_CHOICE, "value"),
     prevent_initial_call=True,
 )
-def change_rules(_create, _enable, _disable, metric, feature, *values):
+def change_rules(_create, _enable, _disable, _delete, metric, feature, *values):
     *fields, rule_id = values
     try:
         project = auth.require_admin()
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
-    if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE):
-        if rule_id is None:
-            return components.note("Choose a rule first.", "error")
-        enabled = ctx.triggered_id == RULE_ENABLE
-        data.write(
-            alerts.update_rule,
-            project_id=project.project_id,
-            rule_id=rule_id,
-            changes={"enabled": enabled},
-        )
-        return components.note(f"Rule {rule_id} {'enabled' if enabled else 'disabled'}.", "ok")
+    if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE, RULE_DELETE) and rule_id is None:
+        return components.note("Choose a rule first.", "error")
+    try:
+        if ctx.triggered_id == RULE_DELETE:
+            data.write(alerts.delete_rule, project_id=project.project_id, rule_id=rule_id)
+            return components.note(f"Rule {rule_id} and its alerts deleted.", "ok")
+        if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE):
+            enabled = ctx.triggered_id == RULE_ENABLE
+            data.write(
+                alerts.update_rule,
+                project_id=project.project_id,
+                rule_id=rule_id,
+                changes={"enabled": enabled},
+            )
+            state = "enabled" if enabled else "disabled"
+            return components.note(f"Rule {rule_id} {state}.", "ok")
+    except alerts.RuleNotFound as error:
+        return components.note(f"Not saved: {error}.", "error")
     given = dict(zip(RULE_FIELDS, fields, strict=True))
     body = {
         "name": given["name"],

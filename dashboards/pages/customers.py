@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import quote
 
 import dash
 from dash import Input, Output, callback, dash_table, html
@@ -53,6 +54,7 @@ def layout(**query):
                     data=[],
                     sort_action="native",
                     filter_action="native",
+                    filter_query=query.get("filter", ""),
                     page_size=50,
                     markdown_options={"link_target": "_self"},
                     style_cell={"fontFamily": "inherit", "fontSize": 13, "padding": "4px 8px"},
@@ -77,14 +79,15 @@ def layout(**query):
     Output(URL, "data"),
     Input(DATES, "start_date"),
     Input(DATES, "end_date"),
+    Input(TABLE, "filter_query"),
 )
-def update(start_date, end_date):
+def update(start_date, end_date, table_filter):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
     customers = data.read(metrics.customer_metrics, project_id=project_id, within=within)
     rows = [
         {
-            "customer": f"[{c.customer_id}](/customers/{c.customer_id})",
+            "customer": _link(c.customer_id),
             "customer_id": c.customer_id,
             "requests": c.requests,
             "cost_usd": float(c.cost_usd),
@@ -107,7 +110,18 @@ def update(start_date, end_date):
             "Negative margin", count(len(losing)), ", ".join(losing[:4]) if losing else ""
         ),
     ]
-    return totals, rows, filters.url_search(start=start_date, end=end_date)
+    search = filters.url_search(start=start_date, end=end_date, filter=table_filter)
+    return totals, rows, search
+
+
+def _link(customer_id: str) -> str:
+    """A Markdown link to the customer's page; the id is data from the events, so it is
+    escaped in the label and quoted in the path (it can never make another kind of link)."""
+    label = "".join(f"\\{c}" if c in _MARKDOWN_SPECIAL else c for c in customer_id)
+    return f"[{label}](/customers/{quote(customer_id, safe='')})"
+
+
+_MARKDOWN_SPECIAL = set("\\`*_[]()<>!|~")
 
 
 filters.sync_url(URL)
