@@ -289,62 +289,102 @@ job_watermarks = Table(
     Column("watermark", DateTime(timezone=True), nullable=False),
 )
 
+
+def _request_figures() -> list[Column]:
+    """The summed figures of a request rollup row."""
+    counts = (
+        "requests", "attempts", "fallbacks", "escalations", "failovers", "failed",
+        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+    )  # fmt: skip
+    return [
+        *(Column(name, BigInteger, nullable=False) for name in counts),
+        # Sum of the known request costs; unpriced_requests says how many are incomplete.
+        Column("cost_usd", Numeric, nullable=False),
+        Column("unpriced_requests", BigInteger, nullable=False),
+        # Sum of the known baseline costs; baseline_unknown counts the requests without one.
+        Column("baseline_cost_usd", Numeric, nullable=False),
+        Column("baseline_unknown", BigInteger, nullable=False),
+        Column("revenue_usd", Numeric, nullable=False),
+        Column("quality_sum", Float, nullable=False),
+        Column("quality_count", BigInteger, nullable=False),
+        # Sparse latency histogram: bucket numbers (see app.services.rollups), their counts.
+        Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
+        Column("latency_counts", ARRAY(BigInteger), nullable=False),
+    ]
+
+
+def _routing_dimensions() -> list[Column]:
+    return [
+        Column("intended_tier", Text, nullable=False),
+        Column("served_tier", Text),
+        Column("served_model", Text),
+        Column("experiment_name", Text),
+        Column("experiment_arm", Text),
+    ]
+
+
+def _attempt_figures() -> list[Column]:
+    return [
+        Column("model", Text, nullable=False),
+        Column("tier", Text, nullable=False),
+        Column("attempts", BigInteger, nullable=False),
+        Column("cost_usd", Numeric, nullable=False),
+        Column("unpriced_attempts", BigInteger, nullable=False),
+    ]
+
+
+def _project_hour(table: str) -> list:
+    # Rows are replaced hour by hour under the project's rollup lock, so no unique key is
+    # needed; a narrow index keeps inserting them cheap and serves the range queries.
+    return [
+        Column("project_id", BigInteger, nullable=False),
+        Column("hour", DateTime(timezone=True), nullable=False),
+        Index(f"ix_{table}_project_hour", "project_id", "hour"),
+    ]
+
+
 rollup_hourly = Table(
     "rollup_hourly",
     metadata,
-    Column("project_id", BigInteger, nullable=False),
-    Column("hour", DateTime(timezone=True), nullable=False),
+    *_project_hour("rollup_hourly"),
     Column("feature", Text, nullable=False),
     Column("customer_id", Text, nullable=False),
-    Column("intended_tier", Text, nullable=False),
-    Column("served_tier", Text),
-    Column("served_model", Text),
-    Column("experiment_name", Text),
-    Column("experiment_arm", Text),
-    Column("requests", BigInteger, nullable=False),
-    Column("attempts", BigInteger, nullable=False),
-    Column("fallbacks", BigInteger, nullable=False),
-    Column("escalations", BigInteger, nullable=False),
-    Column("failovers", BigInteger, nullable=False),
-    Column("failed", BigInteger, nullable=False),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cache_read_tokens", BigInteger, nullable=False),
-    Column("cache_write_tokens", BigInteger, nullable=False),
-    # Sum of the known request costs; unpriced_requests says how many are incomplete.
-    Column("cost_usd", Numeric, nullable=False),
-    Column("unpriced_requests", BigInteger, nullable=False),
-    # Sum of the known baseline costs; baseline_unknown counts the requests without one.
-    Column("baseline_cost_usd", Numeric, nullable=False),
-    Column("baseline_unknown", BigInteger, nullable=False),
-    Column("revenue_usd", Numeric, nullable=False),
-    Column("quality_sum", Float, nullable=False),
-    Column("quality_count", BigInteger, nullable=False),
-    # Sparse latency histogram: bucket numbers (see app.services.rollups) and their counts.
-    Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
-    Column("latency_counts", ARRAY(BigInteger), nullable=False),
+    *_routing_dimensions(),
+    *_request_figures(),
     Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Rows are replaced hour by hour under the project's rollup lock, so no unique key is
-    # needed; a narrow index keeps inserting them cheap and serves the range queries.
-    Index("ix_rollup_hourly_project_hour", "project_id", "hour"),
 )
 
 # Attempts per model and tier, for the per-model figures (cost, attempts).
 rollup_models_hourly = Table(
     "rollup_models_hourly",
     metadata,
-    Column("project_id", BigInteger, nullable=False),
-    Column("hour", DateTime(timezone=True), nullable=False),
+    *_project_hour("rollup_models_hourly"),
     Column("feature", Text, nullable=False),
     Column("customer_id", Text, nullable=False),
     Column("experiment_name", Text),
     Column("experiment_arm", Text),
-    Column("model", Text, nullable=False),
-    Column("tier", Text, nullable=False),
-    Column("attempts", BigInteger, nullable=False),
-    Column("cost_usd", Numeric, nullable=False),
-    Column("unpriced_attempts", BigInteger, nullable=False),
-    Index("ix_rollup_models_hourly_project_hour", "project_id", "hour"),
+    *_attempt_figures(),
+)
+
+# The same two without the customer: what routing metrics read when no customer is asked
+# for, since the customer multiplies the rows by up to the number of customers.
+rollup_routing_hourly = Table(
+    "rollup_routing_hourly",
+    metadata,
+    *_project_hour("rollup_routing_hourly"),
+    Column("feature", Text, nullable=False),
+    *_routing_dimensions(),
+    *_request_figures(),
+)
+
+rollup_routing_models_hourly = Table(
+    "rollup_routing_models_hourly",
+    metadata,
+    *_project_hour("rollup_routing_models_hourly"),
+    Column("feature", Text, nullable=False),
+    Column("experiment_name", Text),
+    Column("experiment_arm", Text),
+    *_attempt_figures(),
 )
 
 customer_margins = Table(
@@ -556,11 +596,15 @@ memberships = Table(
     Index("ix_memberships_project_id", "project_id"),
 )
 
-# The Experiments page compares arms request by request (intervals need more than sums).
+# The Experiments page compares arms request by request (intervals need more than sums);
+# the index holds what it reads, so it alone answers.
 Index(
     "ix_requests_experiment",
     requests.c.project_id,
     requests.c.experiment_name,
     requests.c.ts,
+    postgresql_include=[
+        "experiment_arm", "is_escalation", "is_unpriced", "cost_usd", "quality_score"
+    ],
     postgresql_where="experiment_name is not null",
 )

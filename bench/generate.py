@@ -48,7 +48,8 @@ from (
         select *, least(intended_rank + fallback::int, 3) as served_rank,
                (array['cheap', 'standard', 'premium'])[intended_rank] as intended
         from (
-            select :start + ((:offset + i) * :span_us / :total) * interval '1 microsecond' as ts,
+            select :start + floor((:offset + i)::numeric * :span_us / :total)
+                            * interval '1 microsecond' as ts,
                    'customer-' || floor(pow(random(), 3) * 300)::int as customer_id,
                    (array['support-chat', 'search', 'summarize', 'code-review', 'agent',
                           'translate'])[1 + floor(random() * 6)::int] as feature,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -53,11 +54,15 @@ def main() -> None:
         started = time.perf_counter()
         run_rollup(engine)
         rolled = time.perf_counter() - started
+        print(f"generated in {generated:.0f} s, rolled up in {rolled:.0f} s", file=sys.stderr)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("vacuum analyze rollup_hourly, rollup_models_hourly")
             rollup_rows = conn.exec_driver_sql("select count(*) from rollup_hourly").scalar()
         timings: dict[str, list[float]] = {}
-        with api_server(url) as (api_url, _pid), httpx.Client(base_url=api_url) as client:
+        with (
+            api_server(url) as (api_url, _pid),
+            httpx.Client(base_url=api_url, timeout=300) as client,
+        ):
             headers = {"Authorization": f"Bearer {key}"}
             for window, days in WINDOWS.items():
                 period = {"start": (end - timedelta(days=days)).isoformat(), "end": end.isoformat()}

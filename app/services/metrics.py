@@ -67,6 +67,14 @@ class Filters:
     experiment: str | None = None
     arm: str | None = None
 
+    @property
+    def rollups(self) -> tuple[str, str]:
+        """The request and attempt rollup tables to read: the customer-free ones unless a
+        customer is asked for (they hold many times fewer rows)."""
+        if self.customer_id is None:
+            return "rollup_routing_hourly", "rollup_routing_models_hourly"
+        return "rollup_hourly", "rollup_models_hourly"
+
     def where(self, *, project_id: int, within: Period) -> tuple[str, dict]:
         clauses = ["project_id = :project_id", "hour >= :start", "hour < :end"]
         params = {"project_id": project_id, "start": within.start, "end": within.end}
@@ -213,6 +221,7 @@ def routing_metrics(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> RoutingMetrics:
     where, params = filters.where(project_id=project_id, within=within)
+    request_rollup, attempt_rollup = filters.rollups
     result = RoutingMetrics(start=within.start, end=within.end)
     by_model: dict[tuple[str, str], ModelFigures] = {}
     rows = conn.execute(
@@ -222,7 +231,7 @@ def routing_metrics(
                    grouping(served_tier) = 0 as by_served,
                    grouping(served_model) = 0 as by_model,
                    intended_tier, served_tier, served_model, {_TOTALS}
-            from rollup_hourly where {where}
+            from {request_rollup} where {where}
             group by grouping sets ((), (intended_tier), (served_tier),
                                     (served_model, served_tier))
             """
@@ -253,7 +262,7 @@ def routing_metrics(
             f"""
             select model, tier, sum(attempts)::bigint as attempts, sum(cost_usd) as cost_usd,
                    sum(unpriced_attempts)::bigint as unpriced_attempts
-            from rollup_models_hourly where {where} group by model, tier
+            from {attempt_rollup} where {where} group by model, tier
             """
         ),
         params,
@@ -266,19 +275,21 @@ def routing_metrics(
         figures.unpriced_attempts = row.unpriced_attempts
     result.by_model = [by_model[key] for key in sorted(by_model)]
 
-    result.policy_split, result.policy_deviation = _policy(conn, where=where, params=params)
-    histogram = latency_histogram(conn, where=where, params=params)
+    result.policy_split, result.policy_deviation = _policy(
+        conn, table=request_rollup, where=where, params=params
+    )
+    histogram = latency_histogram(conn, table=request_rollup, where=where, params=params)
     result.latency_p50_ms = latency_quantile(histogram, 0.5)
     result.latency_p95_ms = latency_quantile(histogram, 0.95)
     return result
 
 
-def latency_histogram(conn: Connection, *, where: str, params: dict) -> dict[int, int]:
+def latency_histogram(conn: Connection, *, table: str, where: str, params: dict) -> dict[int, int]:
     rows = conn.execute(
         text(
             f"""
             select bucket, sum(n)::bigint as n
-            from rollup_hourly, unnest(latency_buckets, latency_counts) as h(bucket, n)
+            from {table}, unnest(latency_buckets, latency_counts) as h(bucket, n)
             where {where} group by bucket
             """
         ),
@@ -288,7 +299,7 @@ def latency_histogram(conn: Connection, *, where: str, params: dict) -> dict[int
 
 
 def _policy(
-    conn: Connection, *, where: str, params: dict
+    conn: Connection, *, table: str, where: str, params: dict
 ) -> tuple[dict[str, float] | None, float | None]:
     """The policy split the requests should have had, and their distance from it.
 
@@ -306,7 +317,7 @@ def _policy(
                 from policies where project_id = :project_id
             )
             select p.split, r.intended_tier, sum(r.requests)::bigint as requests
-            from (select feature, hour, intended_tier, requests from rollup_hourly
+            from (select feature, hour, intended_tier, requests from {table}
                   where {where}) r
             join in_force p on p.feature = r.feature and r.hour >= p.since
                            and (p.until is null or r.hour < p.until)

@@ -152,14 +152,16 @@ _DIMENSIONS = (
 )
 
 # One pass over the hours' requests grouped by dimensions and latency bucket, then the
-# buckets folded into a sparse histogram per dimension group.
+# buckets folded into a sparse histogram per dimension group. The two arrays are built from
+# the same rows in the same order, so they stay aligned; no ORDER BY inside array_agg, which
+# would rule out hash aggregation.
 _ROLL_REQUESTS = text(
     f"""
     insert into rollup_hourly (project_id, hour, {_DIMENSIONS}, {", ".join(_SUMMED)},
                                latency_buckets, latency_counts)
     select project_id, hour, {_DIMENSIONS}, {", ".join(f"sum({c})" for c in _SUMMED)},
-        coalesce(array_agg(bucket order by bucket) filter (where bucket is not null), '{{}}'),
-        coalesce(array_agg(latency_count order by bucket) filter (where bucket is not null),
+        coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
+        coalesce(array_agg(latency_count) filter (where bucket is not null),
                  '{{}}')
     from (
         select project_id, date_bin('1 hour', ts, {_EPOCH}) as hour, {_DIMENSIONS},
@@ -191,6 +193,56 @@ _ROLL_ATTEMPTS = text(
 ).bindparams(_HOURS)
 
 
+_ROUTING_DIMENSIONS = (
+    "feature, intended_tier, served_tier, served_model, experiment_name, experiment_arm"
+)
+
+# The customer-free rollup, folded from the hours' rollup rows: each row's figures are
+# counted once (with its first latency bucket), its histogram merged bucket by bucket.
+_ROLL_ROUTING = text(
+    f"""
+    insert into rollup_routing_hourly (project_id, hour, {_ROUTING_DIMENSIONS},
+                                       {", ".join(_SUMMED)}, latency_buckets, latency_counts)
+    select project_id, hour, {_ROUTING_DIMENSIONS}, {", ".join(f"sum({c})" for c in _SUMMED)},
+        coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
+        coalesce(array_agg(latency_count) filter (where bucket is not null),
+                 '{{}}')
+    from (
+        select project_id, hour, {_ROUTING_DIMENSIONS}, h.bucket,
+            sum(h.n) as latency_count,
+            {", ".join(f"sum({c}) filter (where coalesce(h.k, 1) = 1) as {c}" for c in _SUMMED)}
+        from rollup_hourly
+        left join lateral unnest(latency_buckets, latency_counts) with ordinality
+            as h(bucket, n, k) on true
+        where project_id = :project_id and hour >= :low and hour < :high
+          and hour = any(:hours)
+        group by project_id, hour, {_ROUTING_DIMENSIONS}, h.bucket
+    ) by_bucket
+    group by project_id, hour, {_ROUTING_DIMENSIONS}
+    """
+).bindparams(_HOURS)
+
+_ROLL_ROUTING_MODELS = text(
+    """
+    insert into rollup_routing_models_hourly (project_id, hour, feature, experiment_name,
+                                              experiment_arm, model, tier, attempts, cost_usd,
+                                              unpriced_attempts)
+    select project_id, hour, feature, experiment_name, experiment_arm, model, tier,
+        sum(attempts), sum(cost_usd), sum(unpriced_attempts)
+    from rollup_models_hourly
+    where project_id = :project_id and hour >= :low and hour < :high and hour = any(:hours)
+    group by 1, 2, 3, 4, 5, 6, 7
+    """
+).bindparams(_HOURS)
+
+ROLLUP_TABLES = (
+    "rollup_hourly",
+    "rollup_models_hourly",
+    "rollup_routing_hourly",
+    "rollup_routing_models_hourly",
+)
+
+
 def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) -> None:
     """Recomputes the rollups of these hours of a project from raw rows."""
     params = {
@@ -203,10 +255,13 @@ def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) ->
     # Freshly ingested rows have no statistics yet: the planner then expects one row and
     # joins attempts to requests in a nested loop, quadratic in the hour's requests.
     conn.execute(text("set local enable_nestloop = off"))
+    # That setting prices every plan with a lateral unnest (always a nested loop) so high
+    # that PostgreSQL would JIT-compile it: half a second per statement for nothing.
+    conn.execute(text("set local jit = off"))
     conn.execute(text("set local plan_cache_mode = force_custom_plan"))
     # Room to group in memory: the default 4 MB sends these sorts to disk.
     conn.execute(text("set local work_mem = '64MB'"))
-    for table in ("rollup_hourly", "rollup_models_hourly"):
+    for table in ROLLUP_TABLES:
         conn.execute(
             text(
                 f"delete from {table} where project_id = :project_id and hour = any(:hours)"
@@ -215,6 +270,8 @@ def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) ->
         )
     conn.execute(_ROLL_REQUESTS, params)
     conn.execute(_ROLL_ATTEMPTS, params)
+    conn.execute(_ROLL_ROUTING, params)
+    conn.execute(_ROLL_ROUTING_MODELS, params)
     mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
 
 

@@ -343,9 +343,70 @@ def upgrade() -> None:
         unique=False,
         postgresql_where="is_unpriced or baseline_cost_usd is null",
     )
+    op.create_table(
+        "rollup_routing_hourly",
+        sa.Column("project_id", sa.BigInteger(), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("feature", sa.Text(), nullable=False),
+        sa.Column("intended_tier", sa.Text(), nullable=False),
+        sa.Column("served_tier", sa.Text(), nullable=True),
+        sa.Column("served_model", sa.Text(), nullable=True),
+        sa.Column("experiment_name", sa.Text(), nullable=True),
+        sa.Column("experiment_arm", sa.Text(), nullable=True),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("attempts", sa.BigInteger(), nullable=False),
+        sa.Column("fallbacks", sa.BigInteger(), nullable=False),
+        sa.Column("escalations", sa.BigInteger(), nullable=False),
+        sa.Column("failovers", sa.BigInteger(), nullable=False),
+        sa.Column("failed", sa.BigInteger(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_read_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", sa.Numeric(), nullable=False),
+        sa.Column("unpriced_requests", sa.BigInteger(), nullable=False),
+        sa.Column("baseline_cost_usd", sa.Numeric(), nullable=False),
+        sa.Column("baseline_unknown", sa.BigInteger(), nullable=False),
+        sa.Column("revenue_usd", sa.Numeric(), nullable=False),
+        sa.Column("quality_sum", sa.Float(), nullable=False),
+        sa.Column("quality_count", sa.BigInteger(), nullable=False),
+        sa.Column("latency_buckets", postgresql.ARRAY(sa.SmallInteger()), nullable=False),
+        sa.Column("latency_counts", postgresql.ARRAY(sa.BigInteger()), nullable=False),
+    )
+    op.create_index(
+        "ix_rollup_routing_hourly_project_hour",
+        "rollup_routing_hourly",
+        ["project_id", "hour"],
+        unique=False,
+    )
+    op.create_table(
+        "rollup_routing_models_hourly",
+        sa.Column("project_id", sa.BigInteger(), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("feature", sa.Text(), nullable=False),
+        sa.Column("experiment_name", sa.Text(), nullable=True),
+        sa.Column("experiment_arm", sa.Text(), nullable=True),
+        sa.Column("model", sa.Text(), nullable=False),
+        sa.Column("tier", sa.Text(), nullable=False),
+        sa.Column("attempts", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", sa.Numeric(), nullable=False),
+        sa.Column("unpriced_attempts", sa.BigInteger(), nullable=False),
+    )
+    op.create_index(
+        "ix_rollup_routing_models_hourly_project_hour",
+        "rollup_routing_models_hourly",
+        ["project_id", "hour"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        "ix_rollup_routing_models_hourly_project_hour", table_name="rollup_routing_models_hourly"
+    )
+    op.drop_table("rollup_routing_models_hourly")
+    op.drop_index("ix_rollup_routing_hourly_project_hour", table_name="rollup_routing_hourly")
+    op.drop_table("rollup_routing_hourly")
     op.drop_index(
         "ix_requests_unpriced",
         table_name="requests",
