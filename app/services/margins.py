@@ -14,14 +14,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from app.models import customer_margins
 from app.services.metrics import CustomerFigures, Period, customer_metrics
-from app.services.rollups import (
-    LOOKBACK,
-    MARGINS_JOB,
-    advance_watermark,
-    dirty_projects,
-    lock_project,
-    take_dirty_hours,
-)
+from app.services.rollups import LOOKBACK, MARGINS_JOB, advance_watermark, drain_dirty_hours
 
 DAYS_PER_TRANSACTION = 31
 
@@ -101,7 +94,16 @@ def _row(figures: CustomerFigures, *, project_id: int, granularity: str, within:
 @dataclass(frozen=True)
 class MarginsRun:
     projects: int
-    days: int
+    hours: int
+
+
+def recompute_hours(conn: Connection, project_id: int, hours: list[datetime]) -> None:
+    """Recomputes the days of these hours, and their months."""
+    days = sorted({day_of(h) for h in hours})
+    for day in days:
+        recompute(conn, project_id=project_id, granularity="day", start=day)
+    for month in sorted({month_of(d) for d in days}):
+        recompute(conn, project_id=project_id, granularity="month", start=month)
 
 
 def run_margins(engine: Engine, *, now: datetime | None = None) -> MarginsRun:
@@ -109,25 +111,10 @@ def run_margins(engine: Engine, *, now: datetime | None = None) -> MarginsRun:
         conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.margins.collect'))"))
         now = now or conn.execute(text("select now()")).scalar_one()
         _mark_revenue_days(conn, now=now)
-    with engine.connect() as conn:
-        projects = dirty_projects(conn, job=MARGINS_JOB)
-    days_done = 0
-    for project_id in projects:
-        while True:
-            with engine.begin() as conn:
-                lock_project(conn, job=MARGINS_JOB, project_id=project_id)
-                hours = take_dirty_hours(
-                    conn, job=MARGINS_JOB, project_id=project_id, limit=DAYS_PER_TRANSACTION * 24
-                )
-                if not hours:
-                    break
-                days = sorted({day_of(h) for h in hours})
-                for day in days:
-                    recompute(conn, project_id=project_id, granularity="day", start=day)
-                for month in sorted({month_of(d) for d in days}):
-                    recompute(conn, project_id=project_id, granularity="month", start=month)
-            days_done += len(days)
-    return MarginsRun(projects=len(projects), days=days_done)
+    projects, hours = drain_dirty_hours(
+        engine, job=MARGINS_JOB, limit=DAYS_PER_TRANSACTION * 24, work=recompute_hours
+    )
+    return MarginsRun(projects=projects, hours=hours)
 
 
 def stored_margins(

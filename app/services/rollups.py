@@ -11,7 +11,7 @@ one per project for rolling), so they give the same result as one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -281,26 +281,43 @@ class RollupRun:
     hours: int
 
 
+def drain_dirty_hours(
+    engine: Engine,
+    *,
+    job: str,
+    limit: int,
+    work: Callable[[Connection, int, list[datetime]], None],
+) -> tuple[int, int]:
+    """Hands every project's dirty hours of a job to `work`, up to `limit` at a time, each
+    batch in one transaction under the project's lock for the job (a failure puts the batch
+    back). Returns how many projects and hours were done."""
+    with engine.connect() as conn:
+        projects = dirty_projects(conn, job=job)
+    hours_done = 0
+    for project_id in projects:
+        while True:
+            with engine.begin() as conn:
+                lock_project(conn, job=job, project_id=project_id)
+                hours = take_dirty_hours(conn, job=job, project_id=project_id, limit=limit)
+                if not hours:
+                    break
+                work(conn, project_id, hours)
+            hours_done += len(hours)
+    return len(projects), hours_done
+
+
 def run_rollup(engine: Engine, *, now: datetime | None = None) -> RollupRun:
     """Rolls up everything received until `now` (default: the database's clock)."""
     with engine.begin() as conn:
         now = now or conn.execute(text("select now()")).scalar_one()
         collect_dirty_hours(conn, now=now)
-    with engine.connect() as conn:
-        projects = dirty_projects(conn, job=ROLLUP_JOB)
-    hours_rolled = 0
-    for project_id in projects:
-        while True:
-            with engine.begin() as conn:
-                lock_project(conn, job=ROLLUP_JOB, project_id=project_id)
-                hours = take_dirty_hours(
-                    conn, job=ROLLUP_JOB, project_id=project_id, limit=HOURS_PER_TRANSACTION
-                )
-                if not hours:
-                    break
-                reroll_hours(conn, project_id=project_id, hours=hours)
-            hours_rolled += len(hours)
-    return RollupRun(projects=len(projects), hours=hours_rolled)
+    projects, hours = drain_dirty_hours(
+        engine,
+        job=ROLLUP_JOB,
+        limit=HOURS_PER_TRANSACTION,
+        work=lambda conn, project_id, hours: reroll_hours(conn, project_id=project_id, hours=hours),
+    )
+    return RollupRun(projects=projects, hours=hours)
 
 
 # --- reading the latency histogram -----------------------------------------------------
