@@ -272,8 +272,9 @@ def _rates_figure(series, marks: tuple[dict[str, list[float]], list]) -> go.Figu
             fillcolor="#c62828",
             opacity=0.12,
             line_width=0,
-            annotation_text=f"alert: {fired['rule_name']}",
+            annotation_text="alert",
             annotation_position="top left",
+            annotation_hovertext=fired["rule_name"],
         )
     return fig
 

@@ -13,6 +13,9 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+# What the arms' figures need, kept in the index so it alone answers them.
+EXPERIMENT_COLUMNS = ["experiment_arm", "is_escalation", "is_unpriced", "cost_usd", "quality_score"]
+
 
 def upgrade() -> None:
     op.create_table(
@@ -62,6 +65,7 @@ def upgrade() -> None:
         "requests",
         ["project_id", "experiment_name", "ts"],
         unique=False,
+        postgresql_include=EXPERIMENT_COLUMNS,
         postgresql_where=sa.text("experiment_name is not null"),
     )
 
