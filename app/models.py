@@ -352,6 +352,8 @@ rollup_hourly = Table(
     *_routing_dimensions(),
     *_request_figures(),
     Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Routing metrics of one customer read this table by customer.
+    Index("ix_rollup_hourly_project_customer_hour", "project_id", "customer_id", "hour"),
 )
 
 # Attempts per model and tier, for the per-model figures (cost, attempts).
@@ -364,6 +366,7 @@ rollup_models_hourly = Table(
     Column("experiment_name", Text),
     Column("experiment_arm", Text),
     *_attempt_figures(),
+    Index("ix_rollup_models_hourly_project_customer_hour", "project_id", "customer_id", "hour"),
 )
 
 # The same two without the customer: what routing metrics read when no customer is asked
@@ -385,6 +388,20 @@ rollup_routing_models_hourly = Table(
     Column("experiment_name", Text),
     Column("experiment_arm", Text),
     *_attempt_figures(),
+)
+
+# Per customer and hour: what the customers' metrics and margins read.
+rollup_customers_hourly = Table(
+    "rollup_customers_hourly",
+    metadata,
+    *_project_hour("rollup_customers_hourly"),
+    Column("customer_id", Text, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("input_tokens", BigInteger, nullable=False),
+    Column("output_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Numeric, nullable=False),
+    Column("unpriced_requests", BigInteger, nullable=False),
+    Column("revenue_usd", Numeric, nullable=False),
 )
 
 customer_margins = Table(
@@ -604,7 +621,11 @@ Index(
     requests.c.experiment_name,
     requests.c.ts,
     postgresql_include=[
-        "experiment_arm", "is_escalation", "is_unpriced", "cost_usd", "quality_score"
+        "experiment_arm",
+        "is_escalation",
+        "is_unpriced",
+        "cost_usd",
+        "quality_score",
     ],
     postgresql_where="experiment_name is not null",
 )

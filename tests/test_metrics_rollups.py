@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
 from app.services.ingest import Batch, ingest_batch
-from app.services.metrics import Filters, Period, routing_metrics, shares, total_variation
+from app.services.metrics import (
+    Filters,
+    Period,
+    customer_metrics,
+    routing_metrics,
+    shares,
+    total_variation,
+)
 from app.services.policies import set_policy
 from app.services.pricing import add_prices
 from app.services.rollups import LATENCY_BOUNDS_MS, floor_hour, latency_quantile, run_rollup
@@ -211,6 +218,19 @@ def test_rollup_metrics_equal_direct_computation(
         assert figures.served == sum(
             1 for r in rows if (r["served_model"], r["served_tier"]) == (model, tier)
         )
+
+    with engine.connect() as conn:
+        customers = customer_metrics(conn, project_id=project.id, within=within)
+    in_period = [r for r in requests if within.start <= r["ts"] < within.end]
+    assert {c.customer_id: c.requests for c in customers} == Counter(
+        r["customer_id"] for r in in_period
+    )
+    for customer in customers:
+        mine = [r for r in in_period if r["customer_id"] == customer.customer_id]
+        assert customer.cost_usd == sum((r["cost_usd"] for r in mine), Decimal(0))
+        revenue = sum((r["revenue_usd"] or Decimal(0) for r in mine), Decimal(0))
+        assert customer.margin_usd == revenue - customer.cost_usd
+    assert [c.margin_usd for c in customers] == sorted(c.margin_usd for c in customers)
 
 
 def rollup_snapshot(database_url: str, project_id: int) -> list[tuple]:

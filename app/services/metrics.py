@@ -416,7 +416,7 @@ def customer_metrics(
                    sum(output_tokens)::bigint as output_tokens, sum(cost_usd) as cost_usd,
                    sum(revenue_usd) as revenue_usd,
                    sum(unpriced_requests)::bigint as unpriced_requests
-            from rollup_hourly where {where} group by customer_id
+            from rollup_customers_hourly where {where} group by customer_id
             """
         ),
         params,

@@ -235,11 +235,24 @@ _ROLL_ROUTING_MODELS = text(
     """
 ).bindparams(_HOURS)
 
+_ROLL_CUSTOMERS = text(
+    """
+    insert into rollup_customers_hourly (project_id, hour, customer_id, requests, input_tokens,
+                                         output_tokens, cost_usd, unpriced_requests, revenue_usd)
+    select project_id, hour, customer_id, sum(requests), sum(input_tokens), sum(output_tokens),
+        sum(cost_usd), sum(unpriced_requests), sum(revenue_usd)
+    from rollup_hourly
+    where project_id = :project_id and hour >= :low and hour < :high and hour = any(:hours)
+    group by 1, 2, 3
+    """
+).bindparams(_HOURS)
+
 ROLLUP_TABLES = (
     "rollup_hourly",
     "rollup_models_hourly",
     "rollup_routing_hourly",
     "rollup_routing_models_hourly",
+    "rollup_customers_hourly",
 )
 
 
@@ -272,6 +285,7 @@ def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) ->
     conn.execute(_ROLL_ATTEMPTS, params)
     conn.execute(_ROLL_ROUTING, params)
     conn.execute(_ROLL_ROUTING_MODELS, params)
+    conn.execute(_ROLL_CUSTOMERS, params)
     mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
 
 

@@ -398,9 +398,45 @@ def upgrade() -> None:
         ["project_id", "hour"],
         unique=False,
     )
+    op.create_table(
+        "rollup_customers_hourly",
+        sa.Column("project_id", sa.BigInteger(), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("customer_id", sa.Text(), nullable=False),
+        sa.Column("requests", sa.BigInteger(), nullable=False),
+        sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+        sa.Column("cost_usd", sa.Numeric(), nullable=False),
+        sa.Column("unpriced_requests", sa.BigInteger(), nullable=False),
+        sa.Column("revenue_usd", sa.Numeric(), nullable=False),
+    )
+    op.create_index(
+        "ix_rollup_customers_hourly_project_hour",
+        "rollup_customers_hourly",
+        ["project_id", "hour"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_rollup_hourly_project_customer_hour",
+        "rollup_hourly",
+        ["project_id", "customer_id", "hour"],
+        unique=False,
+    )
+    op.create_index(
+        "ix_rollup_models_hourly_project_customer_hour",
+        "rollup_models_hourly",
+        ["project_id", "customer_id", "hour"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index(
+        "ix_rollup_models_hourly_project_customer_hour", table_name="rollup_models_hourly"
+    )
+    op.drop_index("ix_rollup_hourly_project_customer_hour", table_name="rollup_hourly")
+    op.drop_index("ix_rollup_customers_hourly_project_hour", table_name="rollup_customers_hourly")
+    op.drop_table("rollup_customers_hourly")
     op.drop_index(
         "ix_rollup_routing_models_hourly_project_hour", table_name="rollup_routing_models_hourly"
     )
