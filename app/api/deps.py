@@ -7,10 +7,11 @@ import threading
 import time
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy import Connection
 
 from app.db import connection
+from app.services.metrics import InvalidPeriod, Period, period
 from app.services.projects import Caller, authenticate
 from app.settings import get_settings
 
@@ -82,3 +83,19 @@ def require_scope(scope: str):
 IngestCaller = Annotated[Caller, Depends(require_scope("ingest"))]
 ReadCaller = Annotated[Caller, Depends(require_scope("read"))]
 AdminCaller = Annotated[Caller, Depends(require_scope("admin"))]
+
+
+# Query parameters of the metrics and export calls.
+Bound = Annotated[
+    str | None,
+    Query(description="a whole UTC hour, ISO 8601; a bare date means its midnight"),
+]
+Name = Annotated[str | None, Query(max_length=200)]
+
+
+def period_param(start: str | None, end: str | None) -> Period:
+    """The [start, end) of a call, or a 422 that names the bad bound."""
+    try:
+        return period(start, end)
+    except InvalidPeriod as error:
+        raise HTTPException(422, str(error)) from None

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import ReadCaller
-from app.api.metrics import Bound, Name, _period
+from app.api.deps import Bound, Name, ReadCaller, period_param
 from app.db import connection
 from app.services import exports
 from app.services.metrics import Filters, Period
@@ -52,7 +51,7 @@ def export_customers(
 ) -> StreamingResponse:
     return _stream(
         "customers",
-        _period(start, end),
+        period_param(start, end),
         exports.customers_csv,
         project_id=caller.project_id,
         granularity=granularity,
@@ -76,7 +75,7 @@ def export_requests(
 ) -> StreamingResponse:
     return _stream(
         "requests",
-        _period(start, end),
+        period_param(start, end),
         exports.requests_csv,
         project_id=caller.project_id,
         filters=Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm),

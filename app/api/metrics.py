@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, HTTPException, Query
-
-from app.api.deps import Db, ReadCaller
+from app.api.deps import Bound, Db, Name, ReadCaller, period_param
 from app.schemas import CustomerOut, CustomersOut, ModelFiguresOut, RoutingMetricsOut
 from app.services import metrics
-from app.services.metrics import Filters, InvalidPeriod, money_text
+from app.services.metrics import Filters, money_text
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
-
-Bound = Annotated[
-    str | None,
-    Query(description="a whole UTC hour, ISO 8601; a bare date means its midnight"),
-]
-Name = Annotated[str | None, Query(max_length=200)]
-
-
-def _period(start: str | None, end: str | None) -> metrics.Period:
-    try:
-        return metrics.period(start, end)
-    except InvalidPeriod as error:
-        raise HTTPException(422, str(error)) from None
 
 
 @router.get("/routing", response_model=RoutingMetricsOut, summary="Rates, splits, cost, savings")
@@ -41,7 +26,7 @@ def get_routing(
     found = metrics.routing_metrics(
         conn,
         project_id=caller.project_id,
-        within=_period(start, end),
+        within=period_param(start, end),
         filters=Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm),
     )
     return RoutingMetricsOut(
@@ -96,7 +81,7 @@ def get_customers(
     end: Bound = None,
     customer_id: Name = None,
 ) -> CustomersOut:
-    within = _period(start, end)
+    within = period_param(start, end)
     found = metrics.customer_metrics(
         conn, project_id=caller.project_id, within=within, customer_id=customer_id
     )
