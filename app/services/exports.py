@@ -105,15 +105,9 @@ def _requests_where(*, project_id: int, within: Period, filters: Filters) -> tup
     """The WHERE clause (psycopg placeholders) and its parameters."""
     clauses = ["project_id = %(project_id)s", "ts >= %(start)s", "ts < %(end)s"]
     params = {"project_id": project_id, "start": within.start, "end": within.end}
-    for column, value in (
-        ("feature", filters.feature),
-        ("customer_id", filters.customer_id),
-        ("experiment_name", filters.experiment),
-        ("experiment_arm", filters.arm),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = %({column})s")
-            params[column] = value
+    for column, value in filters.columns().items():
+        clauses.append(f"{column} = %({column})s")
+        params[column] = value
     return " and ".join(clauses), params
 
 

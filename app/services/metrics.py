@@ -78,16 +78,20 @@ class Filters:
     def where(self, *, project_id: int, within: Period) -> tuple[str, dict]:
         clauses = ["project_id = :project_id", "hour >= :start", "hour < :end"]
         params = {"project_id": project_id, "start": within.start, "end": within.end}
-        for column, value in (
-            ("feature", self.feature),
-            ("customer_id", self.customer_id),
-            ("experiment_name", self.experiment),
-            ("experiment_arm", self.arm),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
+        for column, value in self.columns().items():
+            clauses.append(f"{column} = :{column}")
+            params[column] = value
         return " and ".join(clauses), params
+
+    def columns(self) -> dict[str, str]:
+        """The filtered columns (named alike in requests and rollups) and their values."""
+        pairs = {
+            "feature": self.feature,
+            "customer_id": self.customer_id,
+            "experiment_name": self.experiment,
+            "experiment_arm": self.arm,
+        }
+        return {column: value for column, value in pairs.items() if value is not None}
 
 
 def ratio(part, whole) -> float | None:
