@@ -35,6 +35,7 @@ def routing_series(
     """RoutingMetrics per time bucket of `bucket_hours` (every bucket, empty ones too), with
     the counts, costs and splits filled in; policy and latency are left out."""
     width = timedelta(hours=bucket_hours)
+    table = filters.rollups[0]
     where, params = filters.where(project_id=project_id, within=within)
     rows = conn.execute(
         text(
@@ -47,7 +48,7 @@ def routing_series(
                    sum(baseline_cost_usd) as baseline_cost_usd,
                    sum(baseline_unknown) as baseline_unknown, sum(revenue_usd) as revenue_usd,
                    sum(quality_sum) as quality_sum, sum(quality_count) as quality_count
-            from rollup_hourly where {where}
+            from {table} where {where}
             group by 1, 2, 3
             """
         ),
@@ -107,12 +108,13 @@ def served_model_latency(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> dict[str, tuple[float | None, float | None]]:
     """Latency p50 and p95 (ms) of the requests each model served."""
+    table = filters.rollups[0]
     where, params = filters.where(project_id=project_id, within=within)
     rows = conn.execute(
         text(
             f"""
             select served_model, bucket, sum(n) as n
-            from rollup_hourly, unnest(latency_buckets, latency_counts) as h(bucket, n)
+            from {table}, unnest(latency_buckets, latency_counts) as h(bucket, n)
             where {where} and served_model is not null
             group by served_model, bucket
             """
@@ -133,27 +135,25 @@ class FilterValues:
     """What the dashboard's filters offer for a period: the values present in it."""
 
     features: tuple[str, ...]
-    customers: tuple[str, ...]
     experiments: tuple[str, ...]
 
 
 def filter_values(conn: Connection, *, project_id: int, within: Period) -> FilterValues:
-    where, params = Filters().where(project_id=project_id, within=within)
+    scope = Filters()
+    where, params = scope.where(project_id=project_id, within=within)
     row = conn.execute(
         text(
             f"""
             select array_agg(distinct feature order by feature) as features,
-                   array_agg(distinct customer_id order by customer_id) as customers,
                    array_agg(distinct experiment_name order by experiment_name)
                        filter (where experiment_name is not null) as experiments
-            from rollup_hourly where {where}
+            from {scope.rollups[0]} where {where}
             """
         ),
         params,
     ).one()
     return FilterValues(
         features=tuple(row.features or ()),
-        customers=tuple(row.customers or ()),
         experiments=tuple(row.experiments or ()),
     )
 
