@@ -44,7 +44,8 @@ def read(service: Callable[..., Any], **kwargs: Any) -> Any:
 
 def together(*reads: Callable[[], Any]) -> list[Any]:
     """Runs several reads at once, each on its own connection, so a page waits for its
-    slowest query rather than for the sum of them."""
+    slowest query rather than for the sum of them. A read run here must not call
+    together() itself (it would wait on the pool it occupies)."""
     futures = [_pool.submit(one) for one in reads]
     return [future.result() for future in futures]
 
