@@ -283,7 +283,7 @@ def derive(
             )  # fmt: skip
         )
 
-    baseline_cost, baseline_price_id = _baseline(served, project=project, prices=prices, ts=ts)
+    baseline, baseline_price_id = baseline_cost(served, project=project, prices=prices, ts=ts)
     router = event.router
     experiment = event.experiment
     quality = event.quality
@@ -298,7 +298,7 @@ def derive(
         served is None,
         sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts),
         sum(a.cache_read_tokens for a in attempts), sum(a.cache_write_tokens for a in attempts),
-        latency_total, cost, unpriced, unpriced > 0, baseline_cost, baseline_price_id,
+        latency_total, cost, unpriced, unpriced > 0, baseline, baseline_price_id,
         quality.score if quality else None, quality.source if quality else None,
         event.revenue_usd,
         router.strategy if router else None, router.version if router else None,
@@ -309,7 +309,7 @@ def derive(
     return StoredRequest(request_row, attempt_rows)
 
 
-def _baseline(
+def baseline_cost(
     served, *, project: ProjectContext, prices: PriceBook, ts: datetime
 ) -> tuple[Decimal | None, int | None]:
     """The served attempt's tokens at the baseline model's price; 0 for a failed request,

@@ -16,7 +16,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, insert, text
 
 from app.models import repriced_attempts, repricings
-from app.services.ingest import ProjectContext, _baseline, load_project_context
+from app.services.ingest import ProjectContext, baseline_cost, load_project_context
 from app.services.pricing import PriceBook
 from app.services.rollups import ROLLUP_JOB, lock_project, mark_dirty
 
@@ -104,7 +104,7 @@ def reprice_requests(
         served = next((a for a in reversed(rows) if a.status == "ok"), None)
         baseline, baseline_price_id = request.baseline_cost_usd, request.baseline_price_id
         if baseline is None or model == project.baseline_model:
-            baseline, baseline_price_id = _baseline(
+            baseline, baseline_price_id = baseline_cost(
                 served, project=project, prices=prices, ts=request.ts
             )
         known = sum((c for c in costs if c is not None), Decimal(0))
