@@ -89,7 +89,17 @@ def layout(**query):
 def _rule_editor(project, features: list[str]) -> html.Section:
     admin = project.is_admin
     inputs = [
-        html.Label([label, dcc.Input(id=rule_field_id(name), type=kind, value=default)])
+        html.Label(
+            [
+                label,
+                dcc.Input(
+                    id=rule_field_id(name),
+                    type=kind,
+                    value=default,
+                    style={"width": "190px"} if kind == "text" else None,
+                ),
+            ]
+        )
         for name, (label, kind, default) in RULE_FIELDS.items()
     ]
     return components.card(
