@@ -126,7 +126,7 @@ class LiveApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 60) -> None:
         env = {**os.environ, "DATABASE_URL": self.database_url}
         self.process = subprocess.Popen(
             [
@@ -138,6 +138,8 @@ class LiveApi:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                "--log-level",
+                "info",  # so a failed start leaves a reason in the log
             ],
             env=env,
             cwd=REPO,
