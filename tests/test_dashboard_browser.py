@@ -250,3 +250,37 @@ def test_the_margin_table_filter_is_carried_in_the_url(browser, site):
     assert "acme" not in browser.find_element(By.ID, "customers-table").text
     shot(browser, "customers-negative-margin")
     assert console_errors(browser) == []
+
+
+def test_an_unpriced_model_is_priced_from_its_link(browser, site):
+    sign_in(browser, site, ADMIN)
+    browser.get(f"{site}/models")
+    wait_for(browser, "#unpriced-models a.add-price").click()
+    model_field = wait_for(browser, "#prices-model")
+    wait_until(lambda: model_field.get_attribute("value") == demo.UNPRICED_MODEL, what="prefill")
+    for field, value in (("prices-input-per-mtok", "0.5"), ("prices-output-per-mtok", "1.5")):
+        browser.find_element(By.ID, field).send_keys(value, Keys.TAB)
+    browser.find_element(By.ID, "prices-save").click()
+    assert "Saved" in wait_for(browser, "#prices-message .note-ok").text
+    wait_until(
+        lambda: demo.UNPRICED_MODEL in browser.find_element(By.ID, "prices-own").text,
+        what="the new price in the project's prices",
+    )
+    shot(browser, "price-added")
+    assert console_errors(browser) == []
+
+
+def test_an_admin_creates_an_alert_rule(browser, site):
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, "/alerts")
+    name = browser.find_element(By.ID, "alerts-rule-name")
+    name.send_keys(Keys.CONTROL, "a")
+    name.send_keys("summarize fallbacks", Keys.TAB)
+    choose(browser, "alerts-rule-feature", "summarize")
+    browser.find_element(By.ID, "alerts-rule-create").click()
+    assert "created" in wait_for(browser, "#alerts-rule-message .note-ok").text
+    wait_until(
+        lambda: "summarize fallbacks" in browser.find_element(By.ID, "alerts-rules").text,
+        what="the new rule in the rules table",
+    )
+    assert console_errors(browser) == []
