@@ -240,21 +240,11 @@ def derive(
     attempt_rows = []
     latency_total = None
     for position, attempt in enumerate(attempts):
-        price_id = None
         if attempt.cost_usd is not None:
-            attempt_cost, cost_source = attempt.cost_usd, "client"
+            attempt_cost, cost_source, price_id = attempt.cost_usd, "client", None
         else:
-            price = prices.price_at(attempt.model, attempt.provider, ts)
-            if price is None:
-                attempt_cost, cost_source = None, None
-            else:
-                attempt_cost = price.cost(
-                    input_tokens=attempt.input_tokens,
-                    output_tokens=attempt.output_tokens,
-                    cache_read_tokens=attempt.cache_read_tokens,
-                    cache_write_tokens=attempt.cache_write_tokens,
-                )
-                cost_source, price_id = "price", price.id
+            attempt_cost, price_id = prices.cost_at(attempt.model, attempt.provider, ts, attempt)
+            cost_source = "price" if price_id is not None else None
         if attempt_cost is None:
             unpriced += 1
         else:
@@ -318,16 +308,7 @@ def baseline_cost(
         return Decimal(0), None
     if project.baseline_model is None:
         return None, None
-    price = prices.price_at(project.baseline_model, project.baseline_provider, ts)
-    if price is None:
-        return None, None
-    cost = price.cost(
-        input_tokens=served.input_tokens,
-        output_tokens=served.output_tokens,
-        cache_read_tokens=served.cache_read_tokens,
-        cache_write_tokens=served.cache_write_tokens,
-    )
-    return cost, price.id
+    return prices.cost_at(project.baseline_model, project.baseline_provider, ts, served)
 
 
 # --- the whole batch -------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Protocol
 
 import genai_prices
 from genai_prices import data_snapshot
@@ -27,6 +28,15 @@ CATALOG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MILLION = Decimal(1_000_000)
 # Token counts up to 2**40 times prices with a dozen digits stay exact at this precision.
 _MONEY_CONTEXT = decimal.Context(prec=50)
+
+
+class TokenUsage(Protocol):
+    """An attempt's token counts: an ingested attempt or a stored one."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
 
 
 @dataclass(frozen=True)
@@ -137,6 +147,22 @@ class PriceBook:
         else the catalog's (exact model name first, then the catalog's own matching)."""
         own, catalog = self._candidates(model, normalize_provider(provider))
         return _in_force(own, at) or _in_force(catalog, at)
+
+    def cost_at(
+        self, model: str, provider: str | None, at: datetime, usage: TokenUsage
+    ) -> tuple[Decimal | None, int | None]:
+        """The cost of `usage` at the price in force and that price's id; (None, None) when
+        the model is unpriced."""
+        price = self.price_at(model, provider, at)
+        if price is None:
+            return None, None
+        cost = price.cost(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+        )
+        return cost, price.id
 
     def _candidates(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
         key = (model, provider)

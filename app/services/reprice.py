@@ -58,19 +58,6 @@ def _attempts_of(conn: Connection, *, project_id: int, keys: list[tuple]) -> dic
     return grouped
 
 
-def _price(prices: PriceBook, attempt) -> tuple[Decimal | None, int | None]:
-    price = prices.price_at(attempt.model, attempt.provider, attempt.ts)
-    if price is None:
-        return None, None
-    cost = price.cost(
-        input_tokens=attempt.input_tokens,
-        output_tokens=attempt.output_tokens,
-        cache_read_tokens=attempt.cache_read_tokens,
-        cache_write_tokens=attempt.cache_write_tokens,
-    )
-    return cost, price.id
-
-
 def reprice_requests(
     conn: Connection,
     *,
@@ -97,7 +84,9 @@ def reprice_requests(
             cost, price_id = attempt.cost_usd, attempt.price_id
             wanted = attempt.model == model if model else attempt.cost_usd is None
             if wanted and attempt.cost_source != "client":
-                cost, price_id = _price(prices, attempt)
+                cost, price_id = prices.cost_at(
+                    attempt.model, attempt.provider, attempt.ts, attempt
+                )
                 if (cost, price_id) != (attempt.cost_usd, attempt.price_id):
                     attempt_changes.append((attempt, cost, price_id))
             costs.append(cost)
