@@ -131,3 +131,12 @@ def test_an_unknown_job_is_refused(database_url):
         timeout=60,
     )
     assert completed.returncode == 2 and "rollup" in completed.stderr
+
+
+def test_every_scheduled_job_is_a_task_the_worker_knows(database_url):
+    import workers.tasks  # noqa: F401  (registers the tasks)
+    from workers.celery_app import beat_schedule, celery_app
+
+    scheduled = {entry["task"] for entry in beat_schedule().values()}
+    assert scheduled <= set(celery_app.tasks), scheduled - set(celery_app.tasks)
+    assert "workers.tasks.emails" in scheduled

@@ -42,7 +42,7 @@ def beat_schedule() -> dict:
     return {
         "rollup": every("rollup", ROLLUP_EVERY, ROLLUP_EVERY),
         "alerts": every("alerts", minute, minute),
-        "send-emails": every("send_emails", timedelta(seconds=20), minute),
+        "emails": every("emails", timedelta(seconds=20), minute),
         "margins": every("margins", 5 * minute, 5 * minute),
         "reprice": every("reprice", 10 * minute, 10 * minute),
         "drift": every("drift", crontab(minute=7), 60 * minute),
