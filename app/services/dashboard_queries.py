@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Connection, select, text
@@ -14,14 +14,12 @@ from sqlalchemy import Connection, select, text
 from app.models import drift_results
 from app.services.metrics import (
     MONEY_CONTEXT,
+    TOTALS_SQL,
     Filters,
     Period,
     RoutingMetrics,
 )
-from app.services.rollups import latency_quantile
-
-EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-_EPOCH = "timestamptz '2000-01-01 00:00:00+00'"
+from app.services.rollups import BIN_ORIGIN, BIN_ORIGIN_SQL, latency_quantile
 
 
 def routing_series(
@@ -40,14 +38,8 @@ def routing_series(
     rows = conn.execute(
         text(
             f"""
-            select date_bin(:width, hour, {_EPOCH}) as bucket, intended_tier, served_tier,
-                   sum(requests) as requests, sum(attempts) as attempts,
-                   sum(fallbacks) as fallbacks, sum(escalations) as escalations,
-                   sum(failovers) as failovers, sum(failed) as failed,
-                   sum(cost_usd) as cost_usd, sum(unpriced_requests) as unpriced_requests,
-                   sum(baseline_cost_usd) as baseline_cost_usd,
-                   sum(baseline_unknown) as baseline_unknown, sum(revenue_usd) as revenue_usd,
-                   sum(quality_sum) as quality_sum, sum(quality_count) as quality_count
+            select date_bin(:width, hour, {BIN_ORIGIN_SQL}) as bucket, intended_tier,
+                   served_tier, {TOTALS_SQL}
             from {table} where {where}
             group by 1, 2, 3
             """
@@ -55,7 +47,7 @@ def routing_series(
         {**params, "width": width},
     )
     series: dict[datetime, RoutingMetrics] = {}
-    start = EPOCH + (within.start - EPOCH) // width * width  # as date_bin puts it
+    start = BIN_ORIGIN + (within.start - BIN_ORIGIN) // width * width  # as date_bin puts it
     while start < within.end:
         series[start] = RoutingMetrics(start=start, end=start + width)
         start += width
@@ -65,8 +57,8 @@ def routing_series(
 
 
 _COUNTS = (
-    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed",
-    "unpriced_requests", "baseline_unknown", "quality_sum", "quality_count",
+    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
+    "output_tokens", "unpriced_requests", "baseline_unknown", "quality_sum", "quality_count",
 )  # fmt: skip
 _MONEY = ("cost_usd", "baseline_cost_usd", "revenue_usd")
 

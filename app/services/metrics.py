@@ -204,7 +204,7 @@ def total_variation(left: dict[str, float], right: dict[str, float]) -> float:
     return 0.5 * sum(abs(left.get(k, 0.0) - right.get(k, 0.0)) for k in set(left) | set(right))
 
 
-_TOTALS = """
+TOTALS_SQL = """
     sum(requests)::bigint as requests, sum(attempts)::bigint as attempts,
     sum(fallbacks)::bigint as fallbacks, sum(escalations)::bigint as escalations,
     sum(failovers)::bigint as failovers, sum(failed)::bigint as failed,
@@ -234,7 +234,7 @@ def routing_metrics(
             select grouping(intended_tier) = 0 as by_intended,
                    grouping(served_tier) = 0 as by_served,
                    grouping(served_model) = 0 as by_model,
-                   intended_tier, served_tier, served_model, {_TOTALS}
+                   intended_tier, served_tier, served_model, {TOTALS_SQL}
             from {request_rollup} where {where}
             group by grouping sets ((), (intended_tier), (served_tier),
                                     (served_model, served_tier))

@@ -33,7 +33,9 @@ MARGINS_JOB = "margins"
 LATENCY_BOUNDS_MS = tuple(2 ** (k / 4) for k in range(81))
 
 _HOURS = bindparam("hours", type_=ARRAY(DateTime(timezone=True)))
-_EPOCH = "timestamptz '2000-01-01 00:00:00+00'"
+# The origin of date_bin's hourly buckets, in Python and in SQL.
+BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
+BIN_ORIGIN_SQL = "timestamptz '2000-01-01 00:00:00+00'"
 
 
 def floor_hour(at: datetime) -> datetime:
@@ -84,10 +86,10 @@ def collect_dirty_hours(conn: Connection, *, now: datetime) -> None:
         text(
             f"""
             insert into dirty_hours (job, project_id, hour)
-            select distinct :job, project_id, date_bin('1 hour', ts, {_EPOCH})
+            select distinct :job, project_id, date_bin('1 hour', ts, {BIN_ORIGIN_SQL})
             from requests where received_at >= :since and received_at < :until
             union
-            select distinct :job, project_id, date_bin('1 hour', request_ts, {_EPOCH})
+            select distinct :job, project_id, date_bin('1 hour', request_ts, {BIN_ORIGIN_SQL})
             from feedback where received_at >= :since and received_at < :until
             on conflict do nothing
             """
@@ -164,11 +166,11 @@ _ROLL_REQUESTS = text(
         coalesce(array_agg(latency_count) filter (where bucket is not null),
                  '{{}}')
     from (
-        select project_id, date_bin('1 hour', ts, {_EPOCH}) as hour, {_DIMENSIONS},
+        select project_id, date_bin('1 hour', ts, {BIN_ORIGIN_SQL}) as hour, {_DIMENSIONS},
             width_bucket(latency_ms, cast(:bounds as float8[])) as bucket, {_REQUEST_SUMS}
         from requests
         where project_id = :project_id and ts >= :low and ts < :high
-          and date_bin('1 hour', ts, {_EPOCH}) = any(:hours)
+          and date_bin('1 hour', ts, {BIN_ORIGIN_SQL}) = any(:hours)
         group by project_id, hour, {_DIMENSIONS}, bucket
     ) by_bucket
     group by project_id, hour, {_DIMENSIONS}
@@ -180,14 +182,14 @@ _ROLL_ATTEMPTS = text(
     insert into rollup_models_hourly (project_id, hour, feature, customer_id, experiment_name,
                                       experiment_arm, model, tier, attempts, cost_usd,
                                       unpriced_attempts)
-    select a.project_id, date_bin('1 hour', a.ts, {_EPOCH}), r.feature, r.customer_id,
+    select a.project_id, date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}), r.feature, r.customer_id,
         r.experiment_name, r.experiment_arm, a.model, a.tier,
         count(*), coalesce(sum(a.cost_usd), 0), count(*) filter (where a.cost_usd is null)
     from attempts a
     join requests r using (project_id, ts, request_id)
     where a.project_id = :project_id and a.ts >= :low and a.ts < :high
       and r.project_id = :project_id and r.ts >= :low and r.ts < :high
-      and date_bin('1 hour', a.ts, {_EPOCH}) = any(:hours)
+      and date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}) = any(:hours)
     group by 1, 2, 3, 4, 5, 6, 7, 8
     """
 ).bindparams(_HOURS)
