@@ -318,8 +318,7 @@ def _routing_dimensions() -> list[Column]:
         Column("intended_tier", Text, nullable=False),
         Column("served_tier", Text),
         Column("served_model", Text),
-        Column("experiment_name", Text),
-        Column("experiment_arm", Text),
+        *_experiment(),
     ]
 
 
@@ -333,76 +332,85 @@ def _attempt_figures() -> list[Column]:
     ]
 
 
-def _project_hour(table: str) -> list:
-    # Rows are replaced hour by hour under the project's rollup lock, so no unique key is
-    # needed; a narrow index keeps inserting them cheap and serves the range queries.
+def _project_bin(table: str, bin_column: str) -> list:
+    # Rows are replaced bin by bin (an hour, or a day) under a lock on that bin, so no unique
+    # key is needed; a narrow index keeps inserting them cheap and serves the range queries.
     return [
         Column("project_id", BigInteger, nullable=False),
-        Column("hour", DateTime(timezone=True), nullable=False),
-        Index(f"ix_{table}_project_hour", "project_id", "hour"),
+        Column(bin_column, DateTime(timezone=True), nullable=False),
+        Index(f"ix_{table}_project_{bin_column}", "project_id", bin_column),
     ]
 
 
-rollup_hourly = Table(
-    "rollup_hourly",
-    metadata,
-    *_project_hour("rollup_hourly"),
-    Column("feature", Text, nullable=False),
-    Column("customer_id", Text, nullable=False),
-    *_routing_dimensions(),
-    *_request_figures(),
-    Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # Routing metrics of one customer read this table by customer.
-    Index("ix_rollup_hourly_project_customer_hour", "project_id", "customer_id", "hour"),
-)
+def _rollup_tables(name: str, *columns_of) -> tuple[Table, Table]:
+    """An hourly rollup table and its daily twin (the same rows folded by UTC day, for the
+    whole days of long periods). `columns_of` builds fresh columns for each table."""
+    hourly, daily = (
+        Table(
+            f"{name}_{grain}",
+            metadata,
+            *_project_bin(f"{name}_{grain}", bin_column),
+            *(column for build in columns_of for column in build()),
+        )
+        for grain, bin_column in (("hourly", "hour"), ("daily", "day"))
+    )
+    return hourly, daily
 
+
+def _feature() -> list:
+    return [Column("feature", Text, nullable=False)]
+
+
+def _customer() -> list:
+    return [Column("customer_id", Text, nullable=False)]
+
+
+def _experiment() -> list:
+    return [Column("experiment_name", Text), Column("experiment_arm", Text)]
+
+
+def _customer_figures() -> list:
+    return [
+        Column("requests", BigInteger, nullable=False),
+        Column("input_tokens", BigInteger, nullable=False),
+        Column("output_tokens", BigInteger, nullable=False),
+        Column("cost_usd", Numeric, nullable=False),
+        Column("unpriced_requests", BigInteger, nullable=False),
+        Column("revenue_usd", Numeric, nullable=False),
+    ]
+
+
+# Requests per hour, feature, customer, intended and served tier, served model and arm.
+rollup_hourly, rollup_daily = _rollup_tables(
+    "rollup", _feature, _customer, _routing_dimensions, _request_figures
+)
+# When each hour was last rolled: shows which hours a run re-rolled.
+rollup_hourly.append_column(
+    Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+)
 # Attempts per model and tier, for the per-model figures (cost, attempts).
-rollup_models_hourly = Table(
-    "rollup_models_hourly",
-    metadata,
-    *_project_hour("rollup_models_hourly"),
-    Column("feature", Text, nullable=False),
-    Column("customer_id", Text, nullable=False),
-    Column("experiment_name", Text),
-    Column("experiment_arm", Text),
-    *_attempt_figures(),
-    Index("ix_rollup_models_hourly_project_customer_hour", "project_id", "customer_id", "hour"),
+rollup_models_hourly, rollup_models_daily = _rollup_tables(
+    "rollup_models", _feature, _customer, _experiment, _attempt_figures
 )
-
 # The same two without the customer: what routing metrics read when no customer is asked
 # for, since the customer multiplies the rows by up to the number of customers.
-rollup_routing_hourly = Table(
-    "rollup_routing_hourly",
-    metadata,
-    *_project_hour("rollup_routing_hourly"),
-    Column("feature", Text, nullable=False),
-    *_routing_dimensions(),
-    *_request_figures(),
+rollup_routing_hourly, rollup_routing_daily = _rollup_tables(
+    "rollup_routing", _feature, _routing_dimensions, _request_figures
 )
-
-rollup_routing_models_hourly = Table(
-    "rollup_routing_models_hourly",
-    metadata,
-    *_project_hour("rollup_routing_models_hourly"),
-    Column("feature", Text, nullable=False),
-    Column("experiment_name", Text),
-    Column("experiment_arm", Text),
-    *_attempt_figures(),
+rollup_routing_models_hourly, rollup_routing_models_daily = _rollup_tables(
+    "rollup_routing_models", _feature, _experiment, _attempt_figures
 )
-
-# Per customer and hour: what the customers' metrics and margins read.
-rollup_customers_hourly = Table(
-    "rollup_customers_hourly",
-    metadata,
-    *_project_hour("rollup_customers_hourly"),
-    Column("customer_id", Text, nullable=False),
-    Column("requests", BigInteger, nullable=False),
-    Column("input_tokens", BigInteger, nullable=False),
-    Column("output_tokens", BigInteger, nullable=False),
-    Column("cost_usd", Numeric, nullable=False),
-    Column("unpriced_requests", BigInteger, nullable=False),
-    Column("revenue_usd", Numeric, nullable=False),
+# Per customer: what the customers' metrics and margins read.
+rollup_customers_hourly, rollup_customers_daily = _rollup_tables(
+    "rollup_customers", _customer, _customer_figures
 )
+# Routing metrics of one customer read these by customer.
+for _table, _bin in (
+    (rollup_hourly, "hour"), (rollup_daily, "day"),
+    (rollup_models_hourly, "hour"), (rollup_models_daily, "day"),
+):  # fmt: skip
+    Index(f"ix_{_table.name}_project_customer_{_bin}", _table.c.project_id,
+          _table.c.customer_id, _table.c[_bin])  # fmt: skip
 
 customer_margins = Table(
     "customer_margins",

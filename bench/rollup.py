@@ -48,6 +48,7 @@ def main() -> None:
                 "requests": args.rows,
                 "days": args.days,
                 "hours_rolled": run.hours,
+                "days_folded": run.days,
                 "generate_seconds": round(generated, 1),
                 "rollup_seconds": round(seconds, 2),
                 "requests_per_s": round(args.rows / seconds),

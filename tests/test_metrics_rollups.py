@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
+from app.services.dashboard_queries import routing_series, total_of
 from app.services.ingest import Batch, ingest_batch
 from app.services.metrics import (
     Filters,
@@ -27,7 +28,14 @@ from app.services.metrics import (
 )
 from app.services.policies import set_policy
 from app.services.pricing import add_prices
-from app.services.rollups import LATENCY_BOUNDS_MS, floor_hour, latency_quantile, run_rollup
+from app.services.rollups import (
+    LATENCY_BOUNDS_MS,
+    floor_day,
+    floor_hour,
+    latency_quantile,
+    reroll_hours,
+    run_rollup,
+)
 from tests.conftest import make_project
 
 HOURS = 5
@@ -75,9 +83,9 @@ filters_st = st.one_of(
 )
 
 
-def to_event(spec: dict) -> dict:
+def to_event(spec: dict, *, base: datetime = FIRST_HOUR) -> dict:
     spec = dict(spec)
-    at = FIRST_HOUR + timedelta(seconds=spec.pop("offset_seconds"))
+    at = base + timedelta(seconds=spec.pop("offset_seconds"))
     return {"request_id": str(uuid.uuid4()), "timestamp": at.isoformat(), **spec}
 
 
@@ -172,10 +180,20 @@ def test_rollup_metrics_equal_direct_computation(
     within = Period(
         FIRST_HOUR + timedelta(hours=first), FIRST_HOUR + timedelta(hours=first + length)
     )
-    with engine.connect() as conn:
-        got = routing_metrics(conn, project_id=project.id, within=within, filters=filters)
+    assert_metrics_equal_raw_rows(engine, database_url, project.id, within, filters,
+                                  policy=(policy_from, split))  # fmt: skip
 
-    requests, attempts = raw_rows(database_url, project.id)
+
+def assert_metrics_equal_raw_rows(
+    engine, database_url: str, project_id: int, within: Period, filters: Filters, *, policy
+) -> None:
+    """routing_metrics and customer_metrics over the rollups equal the same figures computed
+    from the raw rows; `policy` is the chat feature's (effective_from, split)."""
+    policy_from, split = policy
+    with engine.connect() as conn:
+        got = routing_metrics(conn, project_id=project_id, within=within, filters=filters)
+
+    requests, attempts = raw_rows(database_url, project_id)
     rows = [r for r in requests if selected(r, filters, within)]
     tries = [a for a in attempts if selected(a, filters, within)]
     assert got.requests == len(rows)
@@ -220,7 +238,7 @@ def test_rollup_metrics_equal_direct_computation(
         )
 
     with engine.connect() as conn:
-        customers = customer_metrics(conn, project_id=project.id, within=within)
+        customers = customer_metrics(conn, project_id=project_id, within=within)
     in_period = [r for r in requests if within.start <= r["ts"] < within.end]
     assert {c.customer_id: c.requests for c in customers} == Counter(
         r["customer_id"] for r in in_period
@@ -231,6 +249,134 @@ def test_rollup_metrics_equal_direct_computation(
         revenue = sum((r["revenue_usd"] or Decimal(0) for r in mine), Decimal(0))
         assert customer.margin_usd == revenue - customer.cost_usd
     assert [c.margin_usd for c in customers] == sorted(c.margin_usd for c in customers)
+
+
+# Several whole days before today: the daily rollups hold them once the rollup has run.
+DAYS = 4
+FIRST_DAY = floor_day(datetime.now(UTC)) - timedelta(days=DAYS)
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    specs=st.lists(
+        st.tuples(event_st, st.integers(0, DAYS * 86_400 - 1)).map(
+            lambda pair: {**pair[0], "offset_seconds": pair[1]}
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    filters=filters_st,
+    first=st.integers(0, DAYS * 24 - 1),
+    length=st.integers(1, DAYS * 24 + 30),
+    policy_hour=st.sampled_from([0, 24, 24 + 13, 48 + 7]),
+)
+def test_metrics_over_days_equal_direct_computation(
+    engine, database_url, specs, filters, first, length, policy_hour
+):
+    """Whole days come from the daily rollups, the hours around them from the hourly ones,
+    a day on which the policy changed after midnight hour by hour: the same figures."""
+    project = priced_project(engine)
+    policy_from = FIRST_DAY + timedelta(hours=policy_hour)
+    split = {"cheap": 0.5, "standard": 0.3, "premium": 0.2}
+    with engine.begin() as conn:
+        set_policy(
+            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
+        )
+    ingest(engine, project.id, [to_event(spec, base=FIRST_DAY) for spec in specs])
+    run_rollup(engine)
+
+    start = FIRST_DAY + timedelta(hours=first)
+    within = Period(start, start + timedelta(hours=length))
+    assert_metrics_equal_raw_rows(engine, database_url, project.id, within, filters,
+                                  policy=(policy_from, split))  # fmt: skip
+    requests, _ = raw_rows(database_url, project.id)
+    rows = [r for r in requests if selected(r, filters, within)]
+    with engine.connect() as conn:
+        daily = total_of(
+            routing_series(conn, project_id=project.id, within=within, filters=filters,
+                           bucket_hours=24)
+        )  # fmt: skip
+    assert daily.requests == len(rows)
+    assert daily.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
+
+
+def test_a_policy_taking_effect_during_a_day_applies_from_its_hour(engine, database_url):
+    project = priced_project(engine)
+    day = FIRST_DAY + timedelta(days=2)
+    policy_from = day + timedelta(hours=13)
+    split = {"cheap": 0.5, "standard": 0.3, "premium": 0.2}
+    with engine.begin() as conn:
+        set_policy(
+            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
+        )
+    events = spread_events(HOURS * 4)
+    for i, event in enumerate(events):
+        event["timestamp"] = (day + timedelta(hours=10 + i % 8, minutes=i)).isoformat()
+        event["intended_tier"] = ("cheap", "premium")[i % 2]
+    ingest(engine, project.id, events)
+    run_rollup(engine)
+    assert_metrics_equal_raw_rows(engine, database_url, project.id,
+                                  Period(day - timedelta(days=1), day + timedelta(days=2)),
+                                  Filters(), policy=(policy_from, split))  # fmt: skip
+
+
+def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
+    engine, database_url
+):
+    project = priced_project(engine)
+    day = FIRST_DAY + timedelta(days=1)
+    events = [{**event, "customer_id": "acme"} for event in spread_events(HOURS)]
+    for event in events:
+        event["timestamp"] = (
+            datetime.fromisoformat(event["timestamp"]) - FIRST_HOUR + day
+        ).isoformat()
+    ingest(engine, project.id, events)
+    run_rollup(engine)
+    within = Period(day, day + timedelta(days=1))
+
+    def requests_now() -> tuple[int, int]:
+        with engine.connect() as conn:
+            routing = routing_metrics(conn, project_id=project.id, within=within)
+            customers = customer_metrics(conn, project_id=project.id, within=within)
+        return routing.requests, sum(c.requests for c in customers)
+
+    assert requests_now() == (HOURS, HOURS)
+    late = {**spread_events(1)[0], "timestamp": (day + timedelta(hours=3)).isoformat()}
+    ingest(engine, project.id, [late])
+    # Only the hourly rollups re-rolled: the day waits for its fold, and is read by the hour.
+    with engine.begin() as conn:
+        reroll_hours(conn, project_id=project.id, hours=[day + timedelta(hours=3)])
+    assert requests_now() == (HOURS + 1, HOURS + 1)
+    with psycopg.connect(database_url) as conn:
+        folded = conn.execute(
+            "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
+        ).fetchone()[0]
+    assert folded == HOURS  # the daily rows are stale, and unread
+    run_rollup(engine)
+    assert requests_now() == (HOURS + 1, HOURS + 1)
+    with psycopg.connect(database_url) as conn:
+        folded = conn.execute(
+            "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
+        ).fetchone()[0]
+    assert folded == HOURS + 1
+
+
+def test_the_current_day_is_not_folded_before_it_is_over(engine, database_url):
+    project = priced_project(engine)
+    ingest(engine, project.id, spread_events(HOURS))
+    run_rollup(engine)
+    with psycopg.connect(database_url) as conn:
+        days = conn.execute(
+            "select distinct day from rollup_routing_daily where project_id = %s", (project.id,)
+        ).fetchall()
+    today = floor_day(datetime.now(UTC))
+    assert all(day < today for (day,) in days)
+    assert len(days) == len({floor_day(FIRST_HOUR + timedelta(hours=h)) for h in range(HOURS)}
+                            - {today})  # fmt: skip
 
 
 def rollup_snapshot(database_url: str, project_id: int) -> list[tuple]:

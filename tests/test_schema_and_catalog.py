@@ -46,6 +46,22 @@ def _tables(url: str) -> set[str]:
         return {r[0] for r in rows}
 
 
+def _schema_differences(url: str) -> list:
+    """What Alembic's autogenerate would change to make the database match app.models."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from app.models import metadata
+
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn), metadata)
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_to_head_and_downgrade_to_base(scratch_database):
     from app import migrate
     from app.services.partitions import forget_known_partitions
@@ -66,6 +82,7 @@ def test_upgrade_to_head_and_downgrade_to_base(scratch_database):
             "and conname <> 'alembic_version_pkc'"
         ).fetchall()
     assert unnamed == []  # every constraint follows the naming convention
+    assert _schema_differences(scratch_database) == []  # app.models describes the migrations
     migrate.downgrade("base")
     assert _tables(scratch_database) <= {"alembic_version"}
     migrate.upgrade()

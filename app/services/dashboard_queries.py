@@ -18,6 +18,7 @@ from app.services.metrics import (
     Filters,
     Period,
     RoutingMetrics,
+    coverage,
 )
 from app.services.rollups import BIN_ORIGIN, BIN_ORIGIN_SQL, latency_quantile
 
@@ -33,14 +34,15 @@ def routing_series(
     """RoutingMetrics per time bucket of `bucket_hours` (every bucket, empty ones too), with
     the counts, costs and splits filled in; policy and latency are left out."""
     width = timedelta(hours=bucket_hours)
-    table = filters.rollups[0]
-    where, params = filters.where(project_id=project_id, within=within)
+    # Daily rows fit whole buckets only when buckets are whole days (from UTC midnight).
+    cover = coverage(conn, project_id=project_id, within=within, daily=bucket_hours % 24 == 0)
+    source, params = filters.source(filters.rollups[0], project_id=project_id, cover=cover)
     rows = conn.execute(
         text(
             f"""
             select date_bin(:width, hour, {BIN_ORIGIN_SQL}) as bucket, intended_tier,
                    served_tier, {TOTALS_SQL}
-            from {table} where {where}
+            from {source} r
             group by 1, 2, 3
             """
         ),
@@ -100,14 +102,14 @@ def served_model_latency(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> dict[str, tuple[float | None, float | None]]:
     """Latency p50 and p95 (ms) of the requests each model served."""
-    table = filters.rollups[0]
-    where, params = filters.where(project_id=project_id, within=within)
+    cover = coverage(conn, project_id=project_id, within=within)
+    source, params = filters.source(filters.rollups[0], project_id=project_id, cover=cover)
     rows = conn.execute(
         text(
             f"""
             select served_model, bucket, sum(n) as n
-            from {table}, unnest(latency_buckets, latency_counts) as h(bucket, n)
-            where {where} and served_model is not null
+            from {source} r, unnest(latency_buckets, latency_counts) as h(bucket, n)
+            where served_model is not null
             group by served_model, bucket
             """
         ),
@@ -132,14 +134,15 @@ class FilterValues:
 
 def filter_values(conn: Connection, *, project_id: int, within: Period) -> FilterValues:
     scope = Filters()
-    where, params = scope.where(project_id=project_id, within=within)
+    cover = coverage(conn, project_id=project_id, within=within)
+    source, params = scope.source(scope.rollups[0], project_id=project_id, cover=cover)
     row = conn.execute(
         text(
             f"""
             select array_agg(distinct feature order by feature) as features,
                    array_agg(distinct experiment_name order by experiment_name)
                        filter (where experiment_name is not null) as experiments
-            from {scope.rollups[0]} where {where}
+            from {source} r
             """
         ),
         params,

@@ -14,7 +14,19 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
-from app.services.rollups import latency_quantile
+from app.services.rollups import (
+    ATTEMPTS,
+    BIN_ORIGIN_SQL,
+    CUSTOMERS,
+    DAY,
+    REQUESTS,
+    ROLLUP_DAILY_JOB,
+    ROUTING,
+    ROUTING_ATTEMPTS,
+    RollupTable,
+    floor_day,
+    latency_quantile,
+)
 
 MONEY_CONTEXT = decimal.Context(prec=50)
 
@@ -59,6 +71,62 @@ class Period:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """The rollup rows that make up a period, as half-open ranges: its whole days read from
+    the daily tables, every other hour from the hourly ones."""
+
+    hours: tuple[tuple[datetime, datetime], ...]
+    days: tuple[tuple[datetime, datetime], ...] = ()
+
+
+def coverage(conn: Connection, *, project_id: int, within: Period, daily: bool = True) -> Coverage:
+    """Reads whole days from the daily rollups except the days that must be read hour by
+    hour: a day whose daily rows are not folded yet (waiting for the rollup job, as the
+    current day does until it is over), and a day on which a policy took effect after
+    midnight (the policy rule goes hour by hour). `daily=False` reads hours only."""
+    first, last = floor_day(within.start), floor_day(within.end)
+    if first < within.start:
+        first += DAY
+    if not daily or first >= last:
+        return Coverage(hours=((within.start, within.end),))
+    by_hour = set(
+        conn.execute(
+            text(
+                f"""
+                select hour from dirty_hours
+                where job = :job and project_id = :project_id and hour >= :first and hour < :last
+                union
+                select date_bin('1 day', effective_from, {BIN_ORIGIN_SQL}) from policies
+                where project_id = :project_id and effective_from > :first
+                  and effective_from < :last
+                  and effective_from <> date_bin('1 day', effective_from, {BIN_ORIGIN_SQL})
+                """
+            ),
+            {"job": ROLLUP_DAILY_JOB, "project_id": project_id, "first": first, "last": last},
+        ).scalars()
+    )
+    hours: list[tuple[datetime, datetime]] = []
+    days: list[tuple[datetime, datetime]] = []
+    _extend(hours, within.start, first)
+    day = first
+    while day < last:
+        _extend(hours if day in by_hour else days, day, day + DAY)
+        day += DAY
+    _extend(hours, last, within.end)
+    return Coverage(hours=tuple(hours), days=tuple(days))
+
+
+def _extend(ranges: list[tuple[datetime, datetime]], start: datetime, end: datetime) -> None:
+    """Adds [start, end) to sorted ranges, merged with the last one when they touch."""
+    if start >= end:
+        return
+    if ranges and ranges[-1][1] == start:
+        ranges[-1] = (ranges[-1][0], end)
+    else:
+        ranges.append((start, end))
+
+
+@dataclass(frozen=True)
 class Filters:
     """Which requests: all of the project's, or one feature, customer, experiment (arm)."""
 
@@ -68,20 +136,36 @@ class Filters:
     arm: str | None = None
 
     @property
-    def rollups(self) -> tuple[str, str]:
-        """The request and attempt rollup tables to read: the customer-free ones unless a
-        customer is asked for (they hold many times fewer rows)."""
+    def rollups(self) -> tuple[RollupTable, RollupTable]:
+        """The request and attempt rollups to read: the customer-free ones unless a customer
+        is asked for (they hold many times fewer rows)."""
         if self.customer_id is None:
-            return "rollup_routing_hourly", "rollup_routing_models_hourly"
-        return "rollup_hourly", "rollup_models_hourly"
+            return ROUTING, ROUTING_ATTEMPTS
+        return REQUESTS, ATTEMPTS
 
-    def where(self, *, project_id: int, within: Period) -> tuple[str, dict]:
-        clauses = ["project_id = :project_id", "hour >= :start", "hour < :end"]
-        params = {"project_id": project_id, "start": within.start, "end": within.end}
-        for column, value in self.columns().items():
-            clauses.append(f"{column} = :{column}")
-            params[column] = value
-        return " and ".join(clauses), params
+    def source(self, table: RollupTable, *, project_id: int, cover: Coverage) -> tuple[str, dict]:
+        """A subquery of `table`'s rows that make up the covered period and pass the filters
+        (each row's bin start named `hour`, whether an hour or a day), and its parameters."""
+        params: dict = {"project_id": project_id, **self.columns()}
+        filtered = "".join(f" and {column} = :{column}" for column in self.columns())
+        selects = []
+        for grain, bin_column, ranges in (
+            ("hourly", "hour", cover.hours),
+            ("daily", "day", cover.days),
+        ):
+            spans = []
+            for i, (start, end) in enumerate(ranges):
+                params[f"{grain}_start_{i}"], params[f"{grain}_end_{i}"] = start, end
+                spans.append(
+                    f"{bin_column} >= :{grain}_start_{i} and {bin_column} < :{grain}_end_{i}"
+                )
+            if spans:
+                selects.append(
+                    f"select {bin_column} as hour, {', '.join(table.columns)} "
+                    f"from {table.name}_{grain} "
+                    f"where project_id = :project_id and ({' or '.join(spans)}){filtered}"
+                )
+        return f"({' union all '.join(selects)})", params
 
     def columns(self) -> dict[str, str]:
         """The filtered columns (named alike in requests and rollups) and their values."""
@@ -224,8 +308,10 @@ _TOTAL_FIELDS = (
 def routing_metrics(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> RoutingMetrics:
-    where, params = filters.where(project_id=project_id, within=within)
+    cover = coverage(conn, project_id=project_id, within=within)
     request_rollup, attempt_rollup = filters.rollups
+    requests, params = filters.source(request_rollup, project_id=project_id, cover=cover)
+    attempts, _ = filters.source(attempt_rollup, project_id=project_id, cover=cover)
     result = RoutingMetrics(start=within.start, end=within.end)
     by_model: dict[tuple[str, str], ModelFigures] = {}
     rows = conn.execute(
@@ -235,7 +321,7 @@ def routing_metrics(
                    grouping(served_tier) = 0 as by_served,
                    grouping(served_model) = 0 as by_model,
                    intended_tier, served_tier, served_model, {TOTALS_SQL}
-            from {request_rollup} where {where}
+            from {requests} r
             group by grouping sets ((), (intended_tier), (served_tier),
                                     (served_model, served_tier))
             """
@@ -266,7 +352,7 @@ def routing_metrics(
             f"""
             select model, tier, sum(attempts)::bigint as attempts, sum(cost_usd) as cost_usd,
                    sum(unpriced_attempts)::bigint as unpriced_attempts
-            from {attempt_rollup} where {where} group by model, tier
+            from {attempts} r group by model, tier
             """
         ),
         params,
@@ -279,22 +365,21 @@ def routing_metrics(
         figures.unpriced_attempts = row.unpriced_attempts
     result.by_model = [by_model[key] for key in sorted(by_model)]
 
-    result.policy_split, result.policy_deviation = _policy(
-        conn, table=request_rollup, where=where, params=params
-    )
-    histogram = latency_histogram(conn, table=request_rollup, where=where, params=params)
+    result.policy_split, result.policy_deviation = _policy(conn, source=requests, params=params)
+    histogram = latency_histogram(conn, source=requests, params=params)
     result.latency_p50_ms = latency_quantile(histogram, 0.5)
     result.latency_p95_ms = latency_quantile(histogram, 0.95)
     return result
 
 
-def latency_histogram(conn: Connection, *, table: str, where: str, params: dict) -> dict[int, int]:
+def latency_histogram(conn: Connection, *, source: str, params: dict) -> dict[int, int]:
+    """{bucket: count} of the rows of a request rollup `source` (see Filters.source)."""
     rows = conn.execute(
         text(
             f"""
             select bucket, sum(n)::bigint as n
-            from {table}, unnest(latency_buckets, latency_counts) as h(bucket, n)
-            where {where} group by bucket
+            from {source} r, unnest(latency_buckets, latency_counts) as h(bucket, n)
+            group by bucket
             """
         ),
         params,
@@ -303,13 +388,14 @@ def latency_histogram(conn: Connection, *, table: str, where: str, params: dict)
 
 
 def _policy(
-    conn: Connection, *, table: str, where: str, params: dict
+    conn: Connection, *, source: str, params: dict
 ) -> tuple[dict[str, float] | None, float | None]:
     """The policy split the requests should have had, and their distance from it.
 
     Each hour of each feature is held to the policy in force at the start of that hour, so
     the policy split of a period is the request-weighted mix of those policies; requests of
-    features without a policy are left out of both sides.
+    features without a policy are left out of both sides. A daily row's hours all share the
+    policy in force at its midnight (coverage reads the other days hour by hour).
     """
     rows = conn.execute(
         text(
@@ -321,8 +407,7 @@ def _policy(
                 from policies where project_id = :project_id
             )
             select p.split, r.intended_tier, sum(r.requests)::bigint as requests
-            from (select feature, hour, intended_tier, requests from {table}
-                  where {where}) r
+            from {source} r
             join in_force p on p.feature = r.feature and r.hour >= p.since
                            and (p.until is null or r.hour < p.until)
             group by p.split, r.intended_tier
@@ -409,8 +494,10 @@ def customer_metrics(
 ) -> list[CustomerFigures]:
     """Per customer over the period; customers with a negative margin first (the most
     negative first), then by margin and name."""
-    filters = Filters(customer_id=customer_id)
-    where, params = filters.where(project_id=project_id, within=within)
+    cover = coverage(conn, project_id=project_id, within=within)
+    source, params = Filters(customer_id=customer_id).source(
+        CUSTOMERS, project_id=project_id, cover=cover
+    )
     figures: dict[str, CustomerFigures] = {}
     for row in conn.execute(
         text(
@@ -420,7 +507,7 @@ def customer_metrics(
                    sum(output_tokens)::bigint as output_tokens, sum(cost_usd) as cost_usd,
                    sum(revenue_usd) as revenue_usd,
                    sum(unpriced_requests)::bigint as unpriced_requests
-            from rollup_customers_hourly where {where} group by customer_id
+            from {source} r group by customer_id
             """
         ),
         params,

@@ -7,6 +7,11 @@ whole, from raw rows: delete its rollup rows, insert them again. Recomputing who
 every run idempotent, and makes late events and late feedback re-roll only the hours they
 touch. Two workers at once are serialised by advisory locks (one for finding dirty hours,
 one per project for rolling), so they give the same result as one.
+
+Each hourly table has a daily twin, the same rows folded by UTC day, so that long periods read
+a row per day instead of 24. A re-rolled hour marks its day; a marked day is folded again
+from its hourly rows once it is over. Metrics read a day from the daily tables only when it
+is not marked (see app.services.metrics.coverage), so the two tiers never disagree.
 """
 
 from __future__ import annotations
@@ -15,17 +20,21 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime
 
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 # Rows are stamped received_at before their transaction commits; looking this far back each
 # run catches an ingest transaction that committed after the watermark passed its stamp.
 LOOKBACK = timedelta(minutes=2)
 # Hours rolled in one transaction, so a large backlog does not become one huge transaction.
 HOURS_PER_TRANSACTION = 48
+DAYS_PER_TRANSACTION = 7
 ROLLUP_JOB = "rollup"
+# Days whose hourly rollups changed, to be folded into the daily tables once they are over.
+ROLLUP_DAILY_JOB = "rollup_daily"
 MARGINS_JOB = "margins"
 
 # Latency buckets: bucket 0 is [0, 1 ms), bucket k is [2^((k-1)/4), 2^(k/4)) ms, the last one
@@ -41,6 +50,11 @@ BIN_ORIGIN_SQL = "timestamptz '2000-01-01 00:00:00+00'"
 def floor_hour(at: datetime) -> datetime:
     at = at.astimezone(UTC)
     return at.replace(minute=0, second=0, microsecond=0)
+
+
+def floor_day(at: datetime) -> datetime:
+    """The UTC midnight starting the day of `at`."""
+    return floor_hour(at).replace(hour=0)
 
 
 def lock_project(conn: Connection, *, job: str, project_id: int) -> None:
@@ -98,19 +112,23 @@ def collect_dirty_hours(conn: Connection, *, now: datetime) -> None:
     )
 
 
-def take_dirty_hours(conn: Connection, *, job: str, project_id: int, limit: int) -> list[datetime]:
-    """Removes and returns up to `limit` dirty hours of a project; the caller holds the
-    project's lock for the job, and a rollback puts them back."""
+def take_dirty_hours(
+    conn: Connection, *, job: str, project_id: int, limit: int, before: datetime | None = None
+) -> list[datetime]:
+    """Removes and returns up to `limit` dirty hours of a project (before `before`, when
+    given); the caller holds the project's lock for the job, and a rollback puts them back."""
     rows = conn.execute(
         text(
             """
             delete from dirty_hours where (job, project_id, hour) in (
                 select job, project_id, hour from dirty_hours
-                where job = :job and project_id = :project_id order by hour limit :limit
+                where job = :job and project_id = :project_id
+                  and (cast(:before as timestamptz) is null or hour < :before)
+                order by hour limit :limit
             ) returning hour
             """
         ),
-        {"job": job, "project_id": project_id, "limit": limit},
+        {"job": job, "project_id": project_id, "limit": limit, "before": before},
     )
     return sorted(row.hour for row in rows)
 
@@ -143,45 +161,94 @@ _REQUEST_SUMS = """
     count(quality_score) as quality_count,
     count(latency_ms) as latency_count
 """
-_SUMMED = (
+_REQUEST_FIGURES = (
     "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
     "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "unpriced_requests",
     "baseline_cost_usd", "baseline_unknown", "revenue_usd", "quality_sum", "quality_count",
 )  # fmt: skip
-_DIMENSIONS = (
-    "feature, customer_id, intended_tier, served_tier, served_model, "
-    "experiment_name, experiment_arm"
-)
+_ATTEMPT_FIGURES = ("attempts", "cost_usd", "unpriced_attempts")
+_ROUTING = ("intended_tier", "served_tier", "served_model", "experiment_name", "experiment_arm")
+_EXPERIMENT = ("experiment_name", "experiment_arm")
 
-# One pass over the hours' requests grouped by dimensions and latency bucket, then the
-# buckets folded into a sparse histogram per dimension group. The two arrays are built from
-# the same rows in the same order, so they stay aligned; no ORDER BY inside array_agg, which
-# would rule out hash aggregation.
-_ROLL_REQUESTS = text(
-    f"""
-    insert into rollup_hourly (project_id, hour, {_DIMENSIONS}, {", ".join(_SUMMED)},
-                               latency_buckets, latency_counts)
-    select project_id, hour, {_DIMENSIONS}, {", ".join(f"sum({c})" for c in _SUMMED)},
-        coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
-        coalesce(array_agg(latency_count) filter (where bucket is not null),
-                 '{{}}')
-    from (
-        select project_id, date_bin('1 hour', ts, {BIN_ORIGIN_SQL}) as hour, {_DIMENSIONS},
-            width_bucket(latency_ms, cast(:bounds as float8[])) as bucket, {_REQUEST_SUMS}
-        from requests
-        where project_id = :project_id and ts >= :low and ts < :high
-          and date_bin('1 hour', ts, {BIN_ORIGIN_SQL}) = any(:hours)
-        group by project_id, hour, {_DIMENSIONS}, bucket
-    ) by_bucket
-    group by project_id, hour, {_DIMENSIONS}
-    """
-).bindparams(_HOURS)
+
+@dataclass(frozen=True)
+class RollupTable:
+    """An hourly rollup table and its daily twin (`{name}_hourly`, `{name}_daily`, binned by
+    their `hour` and `day` columns): what they group by, what they sum, and whether they keep
+    a latency histogram."""
+
+    name: str
+    dimensions: tuple[str, ...]
+    figures: tuple[str, ...]
+    histogram: bool = False
+
+    @property
+    def hourly(self) -> str:
+        return f"{self.name}_hourly"
+
+    @property
+    def daily(self) -> str:
+        return f"{self.name}_daily"
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        histogram = ("latency_buckets", "latency_counts") if self.histogram else ()
+        return (*self.dimensions, *self.figures, *histogram)
+
+
+# Requests by feature, customer and route; the same without the customer (what metrics read
+# when no customer is asked for: many times fewer rows); attempts by model, with and without
+# the customer; and the customers' own figures.
+REQUESTS = RollupTable("rollup", ("feature", "customer_id", *_ROUTING), _REQUEST_FIGURES, True)
+ROUTING = RollupTable("rollup_routing", ("feature", *_ROUTING), _REQUEST_FIGURES, True)
+ATTEMPTS = RollupTable(
+    "rollup_models", ("feature", "customer_id", *_EXPERIMENT, "model", "tier"), _ATTEMPT_FIGURES
+)
+ROUTING_ATTEMPTS = RollupTable(
+    "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), _ATTEMPT_FIGURES
+)
+CUSTOMERS = RollupTable(
+    "rollup_customers",
+    ("customer_id",),
+    ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced_requests", "revenue_usd"),
+)
+ROLLUPS = (REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS)
+
+_BINS = bindparam("bins", type_=ARRAY(DateTime(timezone=True)))
+_HISTOGRAM_ARRAYS = """
+    coalesce(array_agg(bucket) filter (where bucket is not null), '{}'),
+    coalesce(array_agg(latency_count) filter (where bucket is not null), '{}')
+"""
+
+
+def _roll_requests(table: RollupTable) -> TextClause:
+    """The requests of the hours `:bins` rolled into `table`: one pass grouped by its
+    dimensions and the latency bucket, then the buckets folded into a sparse histogram per
+    group. The two arrays are built from the same rows in the same order, so they stay
+    aligned; no ORDER BY inside array_agg, which would rule out hash aggregation."""
+    dimensions = ", ".join(table.dimensions)
+    bin_of_ts = f"date_bin('1 hour', ts, {BIN_ORIGIN_SQL})"
+    return text(
+        f"""
+        insert into {table.hourly} (project_id, hour, {", ".join(table.columns)})
+        select project_id, bin, {dimensions}, {", ".join(f"sum({c})" for c in table.figures)},
+            {_HISTOGRAM_ARRAYS}
+        from (
+            select project_id, {bin_of_ts} as bin, {dimensions},
+                width_bucket(latency_ms, cast(:bounds as float8[])) as bucket, {_REQUEST_SUMS}
+            from requests
+            where project_id = :project_id and ts >= :low and ts < :high
+              and {bin_of_ts} = any(:bins)
+            group by project_id, bin, {dimensions}, bucket
+        ) by_bucket
+        group by project_id, bin, {dimensions}
+        """
+    ).bindparams(_BINS)
+
 
 _ROLL_ATTEMPTS = text(
     f"""
-    insert into rollup_models_hourly (project_id, hour, feature, customer_id, experiment_name,
-                                      experiment_arm, model, tier, attempts, cost_usd,
-                                      unpriced_attempts)
+    insert into {ATTEMPTS.hourly} (project_id, hour, {", ".join(ATTEMPTS.columns)})
     select a.project_id, date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}), r.feature, r.customer_id,
         r.experiment_name, r.experiment_arm, a.model, a.tier,
         count(*), coalesce(sum(a.cost_usd), 0), count(*) filter (where a.cost_usd is null)
@@ -189,84 +256,71 @@ _ROLL_ATTEMPTS = text(
     join requests r using (project_id, ts, request_id)
     where a.project_id = :project_id and a.ts >= :low and a.ts < :high
       and r.project_id = :project_id and r.ts >= :low and r.ts < :high
-      and date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}) = any(:hours)
+      and date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}) = any(:bins)
     group by 1, 2, 3, 4, 5, 6, 7, 8
     """
-).bindparams(_HOURS)
+).bindparams(_BINS)
 
 
-_ROUTING_DIMENSIONS = (
-    "feature, intended_tier, served_tier, served_model, experiment_name, experiment_arm"
-)
+def _fold(table: RollupTable, *, source: str, into: str, bin_column: str, width: str) -> TextClause:
+    """`table`'s rows of the bins `:bins` (of `width`), folded from the hourly rows of
+    `source`, a table with at least its columns. A histogram is merged bucket by bucket, each
+    source row's other figures counted once (with its first bucket)."""
+    dimensions = ", ".join(table.dimensions)
+    bin_of_hour = f"date_bin('{width}', hour, {BIN_ORIGIN_SQL})"
+    where = (
+        f"project_id = :project_id and hour >= :low and hour < :high and {bin_of_hour} = any(:bins)"
+    )
+    insert = f"insert into {into} (project_id, {bin_column}, {', '.join(table.columns)})"
+    sums = ", ".join(f"sum({c})" for c in table.figures)
+    if not table.histogram:
+        return text(
+            f"""
+            {insert}
+            select project_id, {bin_of_hour} as bin, {dimensions}, {sums}
+            from {source} where {where}
+            group by project_id, bin, {dimensions}
+            """
+        ).bindparams(_BINS)
+    first_bucket_only = ", ".join(
+        f"sum({c}) filter (where coalesce(h.k, 1) = 1) as {c}" for c in table.figures
+    )
+    return text(
+        f"""
+        {insert}
+        select project_id, bin, {dimensions}, {sums}, {_HISTOGRAM_ARRAYS}
+        from (
+            select project_id, {bin_of_hour} as bin, {dimensions}, h.bucket,
+                sum(h.n) as latency_count, {first_bucket_only}
+            from {source}
+            left join lateral unnest(latency_buckets, latency_counts) with ordinality
+                as h(bucket, n, k) on true
+            where {where}
+            group by project_id, bin, {dimensions}, h.bucket
+        ) by_bucket
+        group by project_id, bin, {dimensions}
+        """
+    ).bindparams(_BINS)
 
-# The customer-free rollup, folded from the hours' rollup rows: each row's figures are
-# counted once (with its first latency bucket), its histogram merged bucket by bucket.
-_ROLL_ROUTING = text(
-    f"""
-    insert into rollup_routing_hourly (project_id, hour, {_ROUTING_DIMENSIONS},
-                                       {", ".join(_SUMMED)}, latency_buckets, latency_counts)
-    select project_id, hour, {_ROUTING_DIMENSIONS}, {", ".join(f"sum({c})" for c in _SUMMED)},
-        coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
-        coalesce(array_agg(latency_count) filter (where bucket is not null),
-                 '{{}}')
-    from (
-        select project_id, hour, {_ROUTING_DIMENSIONS}, h.bucket,
-            sum(h.n) as latency_count,
-            {", ".join(f"sum({c}) filter (where coalesce(h.k, 1) = 1) as {c}" for c in _SUMMED)}
-        from rollup_hourly
-        left join lateral unnest(latency_buckets, latency_counts) with ordinality
-            as h(bucket, n, k) on true
-        where project_id = :project_id and hour >= :low and hour < :high
-          and hour = any(:hours)
-        group by project_id, hour, {_ROUTING_DIMENSIONS}, h.bucket
-    ) by_bucket
-    group by project_id, hour, {_ROUTING_DIMENSIONS}
-    """
-).bindparams(_HOURS)
 
-_ROLL_ROUTING_MODELS = text(
-    """
-    insert into rollup_routing_models_hourly (project_id, hour, feature, experiment_name,
-                                              experiment_arm, model, tier, attempts, cost_usd,
-                                              unpriced_attempts)
-    select project_id, hour, feature, experiment_name, experiment_arm, model, tier,
-        sum(attempts), sum(cost_usd), sum(unpriced_attempts)
-    from rollup_models_hourly
-    where project_id = :project_id and hour >= :low and hour < :high and hour = any(:hours)
-    group by 1, 2, 3, 4, 5, 6, 7
-    """
-).bindparams(_HOURS)
-
-_ROLL_CUSTOMERS = text(
-    """
-    insert into rollup_customers_hourly (project_id, hour, customer_id, requests, input_tokens,
-                                         output_tokens, cost_usd, unpriced_requests, revenue_usd)
-    select project_id, hour, customer_id, sum(requests), sum(input_tokens), sum(output_tokens),
-        sum(cost_usd), sum(unpriced_requests), sum(revenue_usd)
-    from rollup_hourly
-    where project_id = :project_id and hour >= :low and hour < :high and hour = any(:hours)
-    group by 1, 2, 3
-    """
-).bindparams(_HOURS)
-
-ROLLUP_TABLES = (
-    "rollup_hourly",
-    "rollup_models_hourly",
-    "rollup_routing_hourly",
-    "rollup_routing_models_hourly",
-    "rollup_customers_hourly",
+# Each hourly table from raw rows or from a wider hourly table: the order matters.
+_HOURLY = (
+    _roll_requests(REQUESTS),
+    _roll_requests(ROUTING),
+    _ROLL_ATTEMPTS,
+    _fold(ROUTING_ATTEMPTS, source=ATTEMPTS.hourly, into=ROUTING_ATTEMPTS.hourly,
+          bin_column="hour", width="1 hour"),
+    _fold(CUSTOMERS, source=REQUESTS.hourly, into=CUSTOMERS.hourly, bin_column="hour",
+          width="1 hour"),
+)  # fmt: skip
+# Each daily table folded from its hourly twin.
+_DAILY = tuple(
+    _fold(table, source=table.hourly, into=table.daily, bin_column="day", width="1 day")
+    for table in ROLLUPS
 )
 
 
-def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) -> None:
-    """Recomputes the rollups of these hours of a project from raw rows."""
-    params = {
-        "project_id": project_id,
-        "hours": hours,
-        "low": min(hours),
-        "high": max(hours) + HOUR,
-        "bounds": list(LATENCY_BOUNDS_MS),
-    }
+def _tune_for_rollups(conn: Connection) -> None:
     # Freshly ingested rows have no statistics yet: the planner then expects one row and
     # joins attempts to requests in a nested loop, quadratic in the hour's requests.
     conn.execute(text("set local enable_nestloop = off"))
@@ -276,25 +330,47 @@ def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) ->
     conn.execute(text("set local plan_cache_mode = force_custom_plan"))
     # Room to group in memory: the default 4 MB sends these sorts to disk.
     conn.execute(text("set local work_mem = '64MB'"))
-    for table in ROLLUP_TABLES:
+
+
+def _replace(conn: Connection, *, grain: str, statements, project_id: int, bins: list[datetime],
+             width: timedelta, **params) -> None:  # fmt: skip
+    """Deletes the rollup rows of these bins of one grain ("hourly" or "daily") and runs the
+    statements that insert them again."""
+    params = {**params, "project_id": project_id, "bins": bins, "low": min(bins),
+              "high": max(bins) + width}  # fmt: skip
+    bin_column = "hour" if grain == "hourly" else "day"
+    _tune_for_rollups(conn)
+    for table in ROLLUPS:
         conn.execute(
             text(
-                f"delete from {table} where project_id = :project_id and hour = any(:hours)"
-            ).bindparams(_HOURS),
+                f"delete from {table.name}_{grain} "
+                f"where project_id = :project_id and {bin_column} = any(:bins)"
+            ).bindparams(_BINS),
             params,
         )
-    conn.execute(_ROLL_REQUESTS, params)
-    conn.execute(_ROLL_ATTEMPTS, params)
-    conn.execute(_ROLL_ROUTING, params)
-    conn.execute(_ROLL_ROUTING_MODELS, params)
-    conn.execute(_ROLL_CUSTOMERS, params)
+    for statement in statements:
+        conn.execute(statement, params)
+
+
+def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) -> None:
+    """Recomputes the hourly rollups of these hours of a project from raw rows, and marks
+    their days for the daily fold and for the margins."""
+    _replace(conn, grain="hourly", statements=_HOURLY, project_id=project_id, bins=hours,
+             width=HOUR, bounds=list(LATENCY_BOUNDS_MS))  # fmt: skip
     mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
+    mark_dirty(conn, job=ROLLUP_DAILY_JOB, project_id=project_id, hours=map(floor_day, hours))
+
+
+def fold_days(conn: Connection, *, project_id: int, days: list[datetime]) -> None:
+    """Recomputes the daily rollups of these (whole, UTC) days from their hourly rows."""
+    _replace(conn, grain="daily", statements=_DAILY, project_id=project_id, bins=days, width=DAY)
 
 
 @dataclass(frozen=True)
 class RollupRun:
     projects: int
     hours: int
+    days: int
 
 
 def drain_dirty_hours(
@@ -303,18 +379,23 @@ def drain_dirty_hours(
     job: str,
     limit: int,
     work: Callable[[Connection, int, list[datetime]], None],
+    lock: str | None = None,
+    before: datetime | None = None,
 ) -> tuple[int, int]:
-    """Hands every project's dirty hours of a job to `work`, up to `limit` at a time, each
-    batch in one transaction under the project's lock for the job (a failure puts the batch
-    back). Returns how many projects and hours were done."""
+    """Hands every project's dirty hours of a job (those before `before`, when given) to
+    `work`, up to `limit` at a time, each batch in one transaction under the project's lock
+    (the job's own, or `lock`'s); a failure puts the batch back. Returns how many projects
+    and hours were done."""
     with engine.connect() as conn:
         projects = dirty_projects(conn, job=job)
     hours_done = 0
     for project_id in projects:
         while True:
             with engine.begin() as conn:
-                lock_project(conn, job=job, project_id=project_id)
-                hours = take_dirty_hours(conn, job=job, project_id=project_id, limit=limit)
+                lock_project(conn, job=lock or job, project_id=project_id)
+                hours = take_dirty_hours(
+                    conn, job=job, project_id=project_id, limit=limit, before=before
+                )
                 if not hours:
                     break
                 work(conn, project_id, hours)
@@ -323,7 +404,8 @@ def drain_dirty_hours(
 
 
 def run_rollup(engine: Engine, *, now: datetime | None = None) -> RollupRun:
-    """Rolls up everything received until `now` (default: the database's clock)."""
+    """Rolls up everything received until `now` (default: the database's clock): the dirty
+    hours, then the days that are over and whose hours changed."""
     with engine.begin() as conn:
         now = now or conn.execute(text("select now()")).scalar_one()
         collect_dirty_hours(conn, now=now)
@@ -333,7 +415,18 @@ def run_rollup(engine: Engine, *, now: datetime | None = None) -> RollupRun:
         limit=HOURS_PER_TRANSACTION,
         work=lambda conn, project_id, hours: reroll_hours(conn, project_id=project_id, hours=hours),
     )
-    return RollupRun(projects=projects, hours=hours)
+    # The current day is folded once it is over: until then metrics read its hours (a day
+    # waiting here is read hour by hour). The same lock as the hours: a day is never folded
+    # while one of its hours is being re-rolled.
+    _, days = drain_dirty_hours(
+        engine,
+        job=ROLLUP_DAILY_JOB,
+        limit=DAYS_PER_TRANSACTION,
+        work=lambda conn, project_id, days: fold_days(conn, project_id=project_id, days=days),
+        lock=ROLLUP_JOB,
+        before=floor_day(now),
+    )
+    return RollupRun(projects=projects, hours=hours, days=days)
 
 
 # --- reading the latency histogram -----------------------------------------------------
