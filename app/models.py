@@ -342,19 +342,34 @@ def _project_bin(table: str, bin_column: str) -> list:
     ]
 
 
-def _rollup_tables(name: str, *columns_of) -> tuple[Table, Table]:
+def _rollup_tables(name: str, *columns_of, by_customer: bool = False) -> tuple[Table, Table]:
     """An hourly rollup table and its daily twin (the same rows folded by UTC day, for the
-    whole days of long periods). `columns_of` builds fresh columns for each table."""
-    hourly, daily = (
-        Table(
-            f"{name}_{grain}",
-            metadata,
-            *_project_bin(f"{name}_{grain}", bin_column),
-            *(column for build in columns_of for column in build()),
+    whole days of long periods). `columns_of` builds fresh columns for each table;
+    `by_customer` adds the index that routing metrics of one customer read."""
+
+    def table(grain: str, bin_column: str) -> Table:
+        name_of_grain = f"{name}_{grain}"
+        customer_index = (
+            [
+                Index(
+                    f"ix_{name_of_grain}_project_customer_{bin_column}",
+                    "project_id",
+                    "customer_id",
+                    bin_column,
+                )
+            ]  # fmt: skip
+            if by_customer
+            else []
         )
-        for grain, bin_column in (("hourly", "hour"), ("daily", "day"))
-    )
-    return hourly, daily
+        return Table(
+            name_of_grain,
+            metadata,
+            *_project_bin(name_of_grain, bin_column),
+            *(column for build in columns_of for column in build()),
+            *customer_index,
+        )
+
+    return table("hourly", "hour"), table("daily", "day")
 
 
 def _feature() -> list:
@@ -382,7 +397,7 @@ def _customer_figures() -> list:
 
 # Requests per hour, feature, customer, intended and served tier, served model and arm.
 rollup_hourly, rollup_daily = _rollup_tables(
-    "rollup", _feature, _customer, _routing_dimensions, _request_figures
+    "rollup", _feature, _customer, _routing_dimensions, _request_figures, by_customer=True
 )
 # When each hour was last rolled: shows which hours a run re-rolled.
 rollup_hourly.append_column(
@@ -390,7 +405,7 @@ rollup_hourly.append_column(
 )
 # Attempts per model and tier, for the per-model figures (cost, attempts).
 rollup_models_hourly, rollup_models_daily = _rollup_tables(
-    "rollup_models", _feature, _customer, _experiment, _attempt_figures
+    "rollup_models", _feature, _customer, _experiment, _attempt_figures, by_customer=True
 )
 # The same two without the customer: what routing metrics read when no customer is asked
 # for, since the customer multiplies the rows by up to the number of customers.
@@ -404,14 +419,6 @@ rollup_routing_models_hourly, rollup_routing_models_daily = _rollup_tables(
 rollup_customers_hourly, rollup_customers_daily = _rollup_tables(
     "rollup_customers", _customer, _customer_figures
 )
-# Routing metrics of one customer read these by customer.
-for _table, _bin in (
-    (rollup_hourly, "hour"), (rollup_daily, "day"),
-    (rollup_models_hourly, "hour"), (rollup_models_daily, "day"),
-):  # fmt: skip
-    Index(f"ix_{_table.name}_project_customer_{_bin}", _table.c.project_id,
-          _table.c.customer_id, _table.c[_bin])  # fmt: skip
-
 customer_margins = Table(
     "customer_margins",
     metadata,

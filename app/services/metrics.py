@@ -18,7 +18,9 @@ from app.services.rollups import (
     ATTEMPTS,
     BIN_ORIGIN_SQL,
     CUSTOMERS,
+    DAILY,
     DAY,
+    HOURLY,
     REQUESTS,
     ROLLUP_DAILY_JOB,
     ROUTING,
@@ -149,20 +151,16 @@ class Filters:
         params: dict = {"project_id": project_id, **self.columns()}
         filtered = "".join(f" and {column} = :{column}" for column in self.columns())
         selects = []
-        for grain, bin_column, ranges in (
-            ("hourly", "hour", cover.hours),
-            ("daily", "day", cover.days),
-        ):
+        for grain, ranges in ((HOURLY, cover.hours), (DAILY, cover.days)):
             spans = []
             for i, (start, end) in enumerate(ranges):
-                params[f"{grain}_start_{i}"], params[f"{grain}_end_{i}"] = start, end
-                spans.append(
-                    f"{bin_column} >= :{grain}_start_{i} and {bin_column} < :{grain}_end_{i}"
-                )
+                low, high = f"{grain.suffix}_start_{i}", f"{grain.suffix}_end_{i}"
+                params[low], params[high] = start, end
+                spans.append(f"{grain.column} >= :{low} and {grain.column} < :{high}")
             if spans:
                 selects.append(
-                    f"select {bin_column} as hour, {', '.join(table.columns)} "
-                    f"from {table.name}_{grain} "
+                    f"select {grain.column} as hour, {', '.join(table.columns)} "
+                    f"from {table.at(grain)} "
                     f"where project_id = :project_id and ({' or '.join(spans)}){filtered}"
                 )
         return f"({' union all '.join(selects)})", params

@@ -172,6 +172,23 @@ _EXPERIMENT = ("experiment_name", "experiment_arm")
 
 
 @dataclass(frozen=True)
+class Grain:
+    """A rollup bin size: the tables' name suffix, their bin column, the bin's width."""
+
+    suffix: str
+    column: str
+    width: timedelta
+
+    @property
+    def width_sql(self) -> str:
+        return f"interval '{int(self.width.total_seconds())} seconds'"
+
+
+HOURLY = Grain("hourly", "hour", HOUR)
+DAILY = Grain("daily", "day", DAY)
+
+
+@dataclass(frozen=True)
 class RollupTable:
     """An hourly rollup table and its daily twin (`{name}_hourly`, `{name}_daily`, binned by
     their `hour` and `day` columns): what they group by, what they sum, and whether they keep
@@ -182,13 +199,13 @@ class RollupTable:
     figures: tuple[str, ...]
     histogram: bool = False
 
-    @property
-    def hourly(self) -> str:
-        return f"{self.name}_hourly"
+    def at(self, grain: Grain) -> str:
+        """The table of this grain."""
+        return f"{self.name}_{grain.suffix}"
 
     @property
-    def daily(self) -> str:
-        return f"{self.name}_daily"
+    def hourly(self) -> str:
+        return self.at(HOURLY)
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -262,16 +279,18 @@ _ROLL_ATTEMPTS = text(
 ).bindparams(_BINS)
 
 
-def _fold(table: RollupTable, *, source: str, into: str, bin_column: str, width: str) -> TextClause:
-    """`table`'s rows of the bins `:bins` (of `width`), folded from the hourly rows of
+def _fold(table: RollupTable, *, source: str, grain: Grain) -> TextClause:
+    """`table`'s rows of the bins `:bins` of `grain`, folded from the hourly rows of
     `source`, a table with at least its columns. A histogram is merged bucket by bucket, each
     source row's other figures counted once (with its first bucket)."""
     dimensions = ", ".join(table.dimensions)
-    bin_of_hour = f"date_bin('{width}', hour, {BIN_ORIGIN_SQL})"
+    bin_of_hour = f"date_bin({grain.width_sql}, hour, {BIN_ORIGIN_SQL})"
     where = (
         f"project_id = :project_id and hour >= :low and hour < :high and {bin_of_hour} = any(:bins)"
     )
-    insert = f"insert into {into} (project_id, {bin_column}, {', '.join(table.columns)})"
+    insert = (
+        f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)})"
+    )
     sums = ", ".join(f"sum({c})" for c in table.figures)
     if not table.histogram:
         return text(
@@ -308,16 +327,11 @@ _HOURLY = (
     _roll_requests(REQUESTS),
     _roll_requests(ROUTING),
     _ROLL_ATTEMPTS,
-    _fold(ROUTING_ATTEMPTS, source=ATTEMPTS.hourly, into=ROUTING_ATTEMPTS.hourly,
-          bin_column="hour", width="1 hour"),
-    _fold(CUSTOMERS, source=REQUESTS.hourly, into=CUSTOMERS.hourly, bin_column="hour",
-          width="1 hour"),
-)  # fmt: skip
-# Each daily table folded from its hourly twin.
-_DAILY = tuple(
-    _fold(table, source=table.hourly, into=table.daily, bin_column="day", width="1 day")
-    for table in ROLLUPS
+    _fold(ROUTING_ATTEMPTS, source=ATTEMPTS.hourly, grain=HOURLY),
+    _fold(CUSTOMERS, source=REQUESTS.hourly, grain=HOURLY),
 )
+# Each daily table folded from its hourly twin.
+_DAILY = tuple(_fold(table, source=table.hourly, grain=DAILY) for table in ROLLUPS)
 
 
 def _tune_for_rollups(conn: Connection) -> None:
@@ -332,19 +346,18 @@ def _tune_for_rollups(conn: Connection) -> None:
     conn.execute(text("set local work_mem = '64MB'"))
 
 
-def _replace(conn: Connection, *, grain: str, statements, project_id: int, bins: list[datetime],
-             width: timedelta, **params) -> None:  # fmt: skip
-    """Deletes the rollup rows of these bins of one grain ("hourly" or "daily") and runs the
-    statements that insert them again."""
+def _replace(conn: Connection, *, grain: Grain, statements, project_id: int, bins: list[datetime],
+             **params) -> None:  # fmt: skip
+    """Deletes the rollup rows of these bins of one grain and runs the statements that
+    insert them again."""
     params = {**params, "project_id": project_id, "bins": bins, "low": min(bins),
-              "high": max(bins) + width}  # fmt: skip
-    bin_column = "hour" if grain == "hourly" else "day"
+              "high": max(bins) + grain.width}  # fmt: skip
     _tune_for_rollups(conn)
     for table in ROLLUPS:
         conn.execute(
             text(
-                f"delete from {table.name}_{grain} "
-                f"where project_id = :project_id and {bin_column} = any(:bins)"
+                f"delete from {table.at(grain)} "
+                f"where project_id = :project_id and {grain.column} = any(:bins)"
             ).bindparams(_BINS),
             params,
         )
@@ -355,15 +368,15 @@ def _replace(conn: Connection, *, grain: str, statements, project_id: int, bins:
 def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) -> None:
     """Recomputes the hourly rollups of these hours of a project from raw rows, and marks
     their days for the daily fold and for the margins."""
-    _replace(conn, grain="hourly", statements=_HOURLY, project_id=project_id, bins=hours,
-             width=HOUR, bounds=list(LATENCY_BOUNDS_MS))  # fmt: skip
+    _replace(conn, grain=HOURLY, statements=_HOURLY, project_id=project_id, bins=hours,
+             bounds=list(LATENCY_BOUNDS_MS))  # fmt: skip
     mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
     mark_dirty(conn, job=ROLLUP_DAILY_JOB, project_id=project_id, hours=map(floor_day, hours))
 
 
 def fold_days(conn: Connection, *, project_id: int, days: list[datetime]) -> None:
     """Recomputes the daily rollups of these (whole, UTC) days from their hourly rows."""
-    _replace(conn, grain="daily", statements=_DAILY, project_id=project_id, bins=days, width=DAY)
+    _replace(conn, grain=DAILY, statements=_DAILY, project_id=project_id, bins=days)
 
 
 @dataclass(frozen=True)
