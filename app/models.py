@@ -342,10 +342,12 @@ def _project_bin(table: str, bin_column: str) -> list:
     ]
 
 
-def _rollup_tables(name: str, *columns_of, by_customer: bool = False) -> tuple[Table, Table]:
-    """An hourly rollup table and its daily twin (the same rows folded by UTC day, for the
-    whole days of long periods). `columns_of` builds fresh columns for each table;
-    `by_customer` adds the index that routing metrics of one customer read."""
+def _rollup_tables(
+    name: str, *columns_of, by_customer: bool = False, hourly: bool = True
+) -> tuple[Table, ...]:
+    """A daily rollup table, binned by UTC day, and (unless `hourly` is false) its hourly
+    twin: `({name}_hourly, {name}_daily)`, or `({name}_daily,)`. `columns_of` builds fresh
+    columns for each table; `by_customer` adds the index that metrics of one customer read."""
 
     def table(grain: str, bin_column: str) -> Table:
         name_of_grain = f"{name}_{grain}"
@@ -369,7 +371,8 @@ def _rollup_tables(name: str, *columns_of, by_customer: bool = False) -> tuple[T
             *customer_index,
         )
 
-    return table("hourly", "hour"), table("daily", "day")
+    daily = table("daily", "day")
+    return (table("hourly", "hour"), daily) if hourly else (daily,)
 
 
 def _feature() -> list:
@@ -395,22 +398,26 @@ def _customer_figures() -> list:
     ]
 
 
-# Requests per hour, feature, customer, intended and served tier, served model and arm.
-rollup_hourly, rollup_daily = _rollup_tables(
-    "rollup", _feature, _customer, _routing_dimensions, _request_figures, by_customer=True
-)
-# When each hour was last rolled: shows which hours a run re-rolled.
-rollup_hourly.append_column(
-    Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now())
-)
-# Attempts per model and tier, for the per-model figures (cost, attempts).
-rollup_models_hourly, rollup_models_daily = _rollup_tables(
-    "rollup_models", _feature, _customer, _experiment, _attempt_figures, by_customer=True
-)
-# The same two without the customer: what routing metrics read when no customer is asked
-# for, since the customer multiplies the rows by up to the number of customers.
+# Requests per day, feature, customer, intended and served tier, served model and arm, and
+# attempts per model and tier with the same keys: what metrics of one customer read. Daily
+# only: by the hour, the customer makes about a row per request (app.services.rollups reads
+# one customer's hours from the requests themselves).
+(rollup_daily,) = _rollup_tables(
+    "rollup", _feature, _customer, _routing_dimensions, _request_figures, by_customer=True,
+    hourly=False,
+)  # fmt: skip
+(rollup_models_daily,) = _rollup_tables(
+    "rollup_models", _feature, _customer, _experiment, _attempt_figures, by_customer=True,
+    hourly=False,
+)  # fmt: skip
+# The same two without the customer, hourly and daily: what routing metrics read when no
+# customer is asked for.
 rollup_routing_hourly, rollup_routing_daily = _rollup_tables(
     "rollup_routing", _feature, _routing_dimensions, _request_figures
+)
+# When each hour was last rolled: shows which hours a run re-rolled.
+rollup_routing_hourly.append_column(
+    Column("rolled_at", DateTime(timezone=True), nullable=False, server_default=func.now())
 )
 rollup_routing_models_hourly, rollup_routing_models_daily = _rollup_tables(
     "rollup_routing_models", _feature, _experiment, _attempt_figures
@@ -591,6 +598,10 @@ repriced_attempts = Table(
 
 # Indexes on the partitioned event tables (created on every partition).
 Index("ix_requests_received_at", requests.c.received_at)
+# Metrics of one customer read the hours outside its whole days from the requests.
+Index(
+    "ix_requests_project_customer_ts", requests.c.project_id, requests.c.customer_id, requests.c.ts
+)
 Index(
     "ix_requests_unpriced",
     requests.c.project_id,

@@ -258,7 +258,9 @@ def main() -> None:
         with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("vacuum analyze"))
             stored = conn.execute(text("select count(*) from requests")).scalar_one()
-            rollup_rows = conn.execute(text("select count(*) from rollup_hourly")).scalar_one()
+            rollup_rows = conn.execute(
+                text("select count(*) from rollup_routing_hourly")
+            ).scalar_one()
         print(f"measuring pages over the last {options.range_days} days ...", flush=True)
         pages = measure(
             project_id, "bench-dashboard", runs=options.runs, range_days=options.range_days
@@ -268,7 +270,7 @@ def main() -> None:
             {
                 "benchmark": "dashboard_latency",
                 "requests_stored": stored,
-                "rollup_hourly_rows": rollup_rows,
+                "rollup_routing_hourly_rows": rollup_rows,
                 "customers": options.customers,
                 "range_days": options.range_days,
                 "runs_per_page": options.runs,

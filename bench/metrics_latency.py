@@ -57,7 +57,9 @@ def main() -> None:
         print(f"generated in {generated:.0f} s, rolled up in {rolled:.0f} s", file=sys.stderr)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("vacuum analyze")
-            rollup_rows = conn.exec_driver_sql("select count(*) from rollup_hourly").scalar()
+            rollup_rows = conn.exec_driver_sql(
+                "select count(*) from rollup_routing_hourly"
+            ).scalar()
             daily_rows = conn.exec_driver_sql("select count(*) from rollup_daily").scalar()
         timings: dict[str, list[float]] = {}
         with (
@@ -82,7 +84,7 @@ def main() -> None:
                 "days": 90,
                 "generate_seconds": round(generated, 1),
                 "rollup_seconds": round(rolled, 1),
-                "rollup_rows": rollup_rows,
+                "rollup_routing_hourly_rows": rollup_rows,
                 "rollup_daily_rows": daily_rows,
                 "calls": len(every),
                 "p50_ms": round(percentile(every, 0.5), 1),

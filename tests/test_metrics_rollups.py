@@ -30,6 +30,7 @@ from app.services.policies import set_policy
 from app.services.pricing import add_prices
 from app.services.rollups import (
     LATENCY_BOUNDS_MS,
+    ROLLUPS,
     floor_day,
     floor_hour,
     latency_quantile,
@@ -338,26 +339,30 @@ def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
     run_rollup(engine)
     within = Period(day, day + timedelta(days=1))
 
-    def requests_now() -> tuple[int, int]:
+    def requests_now() -> tuple[int, int, int]:
+        """Requests of the day: all of them, all customers', one customer's."""
         with engine.connect() as conn:
             routing = routing_metrics(conn, project_id=project.id, within=within)
             customers = customer_metrics(conn, project_id=project.id, within=within)
-        return routing.requests, sum(c.requests for c in customers)
+            acme = routing_metrics(
+                conn, project_id=project.id, within=within, filters=Filters(customer_id="acme")
+            )
+        return routing.requests, sum(c.requests for c in customers), acme.requests
 
-    assert requests_now() == (HOURS, HOURS)
+    assert requests_now() == (HOURS, HOURS, HOURS)
     late = {**spread_events(1)[0], "timestamp": (day + timedelta(hours=3)).isoformat()}
     ingest(engine, project.id, [late])
     # Only the hourly rollups re-rolled: the day waits for its fold, and is read by the hour.
     with engine.begin() as conn:
         reroll_hours(conn, project_id=project.id, hours=[day + timedelta(hours=3)])
-    assert requests_now() == (HOURS + 1, HOURS + 1)
+    assert requests_now() == (HOURS + 1, HOURS + 1, HOURS + 1)
     with psycopg.connect(database_url) as conn:
         folded = conn.execute(
             "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
         ).fetchone()[0]
     assert folded == HOURS  # the daily rows are stale, and unread
     run_rollup(engine)
-    assert requests_now() == (HOURS + 1, HOURS + 1)
+    assert requests_now() == (HOURS + 1, HOURS + 1, HOURS + 1)
     with psycopg.connect(database_url) as conn:
         folded = conn.execute(
             "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
@@ -382,9 +387,9 @@ def test_the_current_day_is_not_folded_before_it_is_over(engine, database_url):
 def rollup_snapshot(database_url: str, project_id: int) -> list[tuple]:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
-            "select hour, feature, customer_id, intended_tier, served_tier, served_model, "
+            "select hour, feature, intended_tier, served_tier, served_model, "
             "requests, cost_usd, latency_buckets, latency_counts, rolled_at "
-            "from rollup_hourly where project_id = %s order by 1, 2, 3, 4, 5, 6",
+            "from rollup_routing_hourly where project_id = %s order by 1, 2, 3, 4, 5",
             (project_id,),
         ).fetchall()
 
@@ -443,7 +448,7 @@ def test_a_late_event_re_rolls_only_its_hour(engine, database_url):
     run_rollup(engine)
     after = {row[0]: row for row in rollup_snapshot(database_url, project.id)}
     late_hour = floor_hour(datetime.fromisoformat(late[0]["timestamp"]))
-    assert after[late_hour][6] == before[late_hour][6] + 1
+    assert after[late_hour][5] == before[late_hour][5] + 1
     assert {h: r for h, r in after.items() if h != late_hour} == {
         h: r for h, r in before.items() if h != late_hour
     }
@@ -478,7 +483,7 @@ def test_two_rollups_at_once_give_the_result_of_one(engine, database_url):
         run.join()
     racing = [row[:-1] for row in rollup_snapshot(database_url, project.id)]
     with psycopg.connect(database_url) as conn:
-        conn.execute("delete from rollup_hourly where project_id = %s", (project.id,))
+        conn.execute("delete from rollup_routing_hourly where project_id = %s", (project.id,))
         conn.execute(
             "insert into dirty_hours (job, project_id, hour) "
             "select 'rollup', %s, h from generate_series(%s::timestamptz, %s, '1 hour') h",
@@ -486,4 +491,43 @@ def test_two_rollups_at_once_give_the_result_of_one(engine, database_url):
         )
     run_rollup(engine)
     assert [row[:-1] for row in rollup_snapshot(database_url, project.id)] == racing
-    assert sum(row[6] for row in racing) == HOURS * 3
+    assert sum(row[5] for row in racing) == HOURS * 3
+
+
+def rollup_tables_snapshot(database_url: str, project_id: int) -> dict[str, list[tuple]]:
+    """Every rollup row of the project, table by table (without when it was rolled)."""
+    snapshot = {}
+    with psycopg.connect(database_url) as conn:
+        for table in ROLLUPS:
+            for grain in table.grains:
+                columns = ", ".join((grain.column, *table.columns))
+                snapshot[table.at(grain)] = conn.execute(
+                    f"select {columns} from {table.at(grain)} where project_id = %s "
+                    f"order by {columns}",
+                    (project_id,),
+                ).fetchall()
+    return snapshot
+
+
+def test_rolling_on_two_connections_gives_the_rows_of_one(engine, database_url):
+    project = priced_project(engine)
+    events = spread_events(HOURS * 4)
+    for i, event in enumerate(events):  # over five days: batches for both connections
+        shifted = datetime.fromisoformat(event["timestamp"]) - timedelta(days=i % 5)
+        event["timestamp"] = shifted.isoformat()
+    ingest(engine, project.id, events)
+    run_rollup(engine, connections=1)
+    one = rollup_tables_snapshot(database_url, project.id)
+    assert sum(row[2] for row in one["rollup_customers_hourly"]) == len(events)
+    assert one["rollup_daily"] and one["rollup_models_daily"]
+    with psycopg.connect(database_url) as conn:
+        for table in one:
+            conn.execute(f"delete from {table} where project_id = %s", (project.id,))
+        conn.execute(
+            "insert into dirty_hours (job, project_id, hour) "
+            "select 'rollup', %s, h from generate_series(%s::timestamptz, %s, '1 hour') h",
+            (project.id, FIRST_HOUR - timedelta(days=5), NOW_HOUR),
+        )
+    run = run_rollup(engine, connections=2)
+    assert run.days >= 4
+    assert rollup_tables_snapshot(database_url, project.id) == one

@@ -53,7 +53,7 @@ def running(args: list[str], database_url: str, broker_url: str | None, tmp_path
 def rollup_requests(database_url: str, project_id: int) -> int:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
-            "select coalesce(sum(requests), 0) from rollup_hourly where project_id = %s",
+            "select coalesce(sum(requests), 0) from rollup_routing_hourly where project_id = %s",
             (project_id,),
         ).fetchone()[0]
 

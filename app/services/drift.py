@@ -108,7 +108,7 @@ def run_drift(engine: Engine, *, now: datetime | None = None) -> DriftRun:
         projects = (
             conn.execute(
                 text(
-                    "select distinct project_id from rollup_hourly where hour >= :start "
+                    "select distinct project_id from rollup_routing_hourly where hour >= :start "
                     "and hour < :end order by 1"
                 ),
                 {"start": end - CURRENT_WINDOW, "end": end},

@@ -1,4 +1,5 @@
-"""The read side of every metric in DESIGN.md, over the hourly rollups.
+"""The read side of every metric in DESIGN.md, over the rollups (and, for the hours of one
+customer outside whole days, over the requests themselves: see app.services.rollups).
 
 Used by the API, the dashboard, the exports and the alert emails. Periods are half-open
 [start, end) and whole hours. Money stays Decimal, summed by PostgreSQL at full precision.
@@ -28,6 +29,8 @@ from app.services.rollups import (
     RollupTable,
     floor_day,
     latency_quantile,
+    raw_rows,
+    raw_select,
 )
 
 MONEY_CONTEXT = decimal.Context(prec=50)
@@ -147,21 +150,35 @@ class Filters:
 
     def source(self, table: RollupTable, *, project_id: int, cover: Coverage) -> tuple[str, dict]:
         """A subquery of `table`'s rows that make up the covered period and pass the filters
-        (each row's bin start named `hour`, whether an hour or a day), and its parameters."""
+        (each row's bin start named `hour`, whether an hour or a day), and its parameters.
+        A grain the table does not keep is computed from the raw rows of its ranges."""
         params: dict = {"project_id": project_id, **self.columns()}
-        filtered = "".join(f" and {column} = :{column}" for column in self.columns())
         selects = []
         for grain, ranges in ((HOURLY, cover.hours), (DAILY, cover.days)):
+            if not ranges:
+                continue
+            kept = grain in table.grains
             spans = []
             for i, (start, end) in enumerate(ranges):
                 low, high = f"{grain.suffix}_start_{i}", f"{grain.suffix}_end_{i}"
                 params[low], params[high] = start, end
-                spans.append(f"{grain.column} >= :{low} and {grain.column} < :{high}")
-            if spans:
+                spans.append(
+                    f"{grain.column} >= :{low} and {grain.column} < :{high}"
+                    if kept
+                    else raw_rows(table, low=f":{low}", high=f":{high}")
+                )
+            where = f"({' or '.join(spans)})" + "".join(
+                f" and {'' if kept else 'r.'}{column} = :{column}" for column in self.columns()
+            )
+            if kept:
                 selects.append(
                     f"select {grain.column} as hour, {', '.join(table.columns)} "
-                    f"from {table.at(grain)} "
-                    f"where project_id = :project_id and ({' or '.join(spans)}){filtered}"
+                    f"from {table.at(grain)} where project_id = :project_id and {where}"
+                )
+            else:
+                selects.append(
+                    f"select bin as hour, {', '.join(table.columns)} "
+                    f"from ({raw_select(table, grain=grain, where=where)}) raw"
                 )
         return f"({' union all '.join(selects)})", params
 

@@ -1,22 +1,31 @@
-"""Hourly rollups: the tables every metric reads, recomputed hour by hour from raw rows.
+"""Rollups: the tables every metric reads, recomputed hour by hour and day by day from raw
+rows.
 
 An hour is "dirty" when a request of that hour (by its timestamp) was received, or feedback
 on one arrived, since the rollup job last looked. The job finds dirty hours through
 requests.received_at and feedback.received_at, then recomputes each dirty hour of a project
 whole, from raw rows: delete its rollup rows, insert them again. Recomputing whole hours makes
 every run idempotent, and makes late events and late feedback re-roll only the hours they
-touch. Two workers at once are serialised by advisory locks (one for finding dirty hours,
-one per project for rolling), so they give the same result as one.
+touch.
 
-Each hourly table has a daily twin, the same rows folded by UTC day, so that long periods read
-a row per day instead of 24. A re-rolled hour marks its day; a marked day is folded again
-from its hourly rows once it is over. Metrics read a day from the daily tables only when it
-is not marked (see app.services.metrics.coverage), so the two tiers never disagree.
+Each hourly table has a daily twin, the same rows by UTC day, so that long periods read a row
+per day instead of 24. A re-rolled hour marks its day; a marked day is folded again once it
+is over. Metrics read a day from the daily tables only when it is not marked (see
+app.services.metrics.coverage), so the two tiers never disagree. The tables with the customer
+dimension keep days only (by the hour the customer makes about a row per request): their days
+are computed from raw rows, and metrics of one customer read its other hours from the raw
+rows too.
+
+The work is split into batches of whole days of one project, rolled on several connections
+at once. Advisory locks keep two transactions off the same day (one re-rolling an hour of it,
+the other folding it, say), and another lock serialises finding dirty hours, so two workers
+at once give the same result as one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,14 +33,16 @@ from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime
 
+from app.settings import get_settings
+
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 # Rows are stamped received_at before their transaction commits; looking this far back each
 # run catches an ingest transaction that committed after the watermark passed its stamp.
 LOOKBACK = timedelta(minutes=2)
-# Hours rolled in one transaction, so a large backlog does not become one huge transaction.
-HOURS_PER_TRANSACTION = 48
-DAYS_PER_TRANSACTION = 7
+# The dirty hours of one day, and its fold, make one transaction, so a large backlog does
+# not become one huge transaction.
+DAYS_PER_TRANSACTION = 1
 ROLLUP_JOB = "rollup"
 # Days whose hourly rollups changed, to be folded into the daily tables once they are over.
 ROLLUP_DAILY_JOB = "rollup_daily"
@@ -63,6 +74,16 @@ def lock_project(conn: Connection, *, job: str, project_id: int) -> None:
         text("select pg_advisory_xact_lock(hashtext(:job), :project_id)"),
         {"job": f"routeledger.{job}", "project_id": project_id},
     )
+
+
+def lock_days(conn: Connection, *, project_id: int, days: Iterable[datetime]) -> None:
+    """Waits until no other transaction rolls up these days of the project: re-rolls one of
+    their hours, or folds them. Locks are taken in order, so two callers never deadlock."""
+    for day in sorted(days):
+        conn.execute(
+            text("select pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"routeledger.{ROLLUP_JOB}.{project_id}.{day.isoformat()}"},
+        )
 
 
 def mark_dirty(conn: Connection, *, job: str, project_id: int, hours: Iterable[datetime]) -> None:
@@ -113,22 +134,30 @@ def collect_dirty_hours(conn: Connection, *, now: datetime) -> None:
 
 
 def take_dirty_hours(
-    conn: Connection, *, job: str, project_id: int, limit: int, before: datetime | None = None
+    conn: Connection,
+    *,
+    job: str,
+    project_id: int,
+    limit: int | None = None,
+    since: datetime | None = None,
+    before: datetime | None = None,
 ) -> list[datetime]:
-    """Removes and returns up to `limit` dirty hours of a project (before `before`, when
-    given); the caller holds the project's lock for the job, and a rollback puts them back."""
+    """Removes and returns a project's dirty hours of a job (up to `limit`, in [`since`,
+    `before`) when given); the caller holds the locks that keep other transactions off
+    them, and a rollback puts them back."""
     rows = conn.execute(
         text(
             """
             delete from dirty_hours where (job, project_id, hour) in (
                 select job, project_id, hour from dirty_hours
                 where job = :job and project_id = :project_id
+                  and (cast(:since as timestamptz) is null or hour >= :since)
                   and (cast(:before as timestamptz) is null or hour < :before)
                 order by hour limit :limit
             ) returning hour
             """
         ),
-        {"job": job, "project_id": project_id, "limit": limit, "before": before},
+        {"job": job, "project_id": project_id, "limit": limit, "since": since, "before": before},
     )
     return sorted(row.hour for row in rows)
 
@@ -141,32 +170,31 @@ def dirty_projects(conn: Connection, *, job: str) -> list[int]:
     return [row.project_id for row in rows]
 
 
-_REQUEST_SUMS = """
-    count(*) as requests,
-    sum(attempt_count) as attempts,
-    count(*) filter (where is_fallback) as fallbacks,
-    count(*) filter (where is_escalation) as escalations,
-    count(*) filter (where is_failover) as failovers,
-    count(*) filter (where is_failed) as failed,
-    sum(input_tokens) as input_tokens,
-    sum(output_tokens) as output_tokens,
-    sum(cache_read_tokens) as cache_read_tokens,
-    sum(cache_write_tokens) as cache_write_tokens,
-    sum(cost_usd) as cost_usd,
-    count(*) filter (where is_unpriced) as unpriced_requests,
-    coalesce(sum(baseline_cost_usd), 0) as baseline_cost_usd,
-    count(*) filter (where baseline_cost_usd is null) as baseline_unknown,
-    coalesce(sum(revenue_usd), 0) as revenue_usd,
-    coalesce(sum(quality_score), 0) as quality_sum,
-    count(quality_score) as quality_count,
-    count(latency_ms) as latency_count
-"""
-_REQUEST_FIGURES = (
-    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
-    "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "unpriced_requests",
-    "baseline_cost_usd", "baseline_unknown", "revenue_usd", "quality_sum", "quality_count",
-)  # fmt: skip
-_ATTEMPT_FIGURES = ("attempts", "cost_usd", "unpriced_attempts")
+# Each figure of a rollup table as an aggregate over raw rows: requests `r`, attempts `a`.
+_REQUEST_SUMS = {
+    "requests": "count(*)",
+    "attempts": "sum(r.attempt_count)",
+    "fallbacks": "count(*) filter (where r.is_fallback)",
+    "escalations": "count(*) filter (where r.is_escalation)",
+    "failovers": "count(*) filter (where r.is_failover)",
+    "failed": "count(*) filter (where r.is_failed)",
+    "input_tokens": "sum(r.input_tokens)",
+    "output_tokens": "sum(r.output_tokens)",
+    "cache_read_tokens": "sum(r.cache_read_tokens)",
+    "cache_write_tokens": "sum(r.cache_write_tokens)",
+    "cost_usd": "coalesce(sum(r.cost_usd), 0)",
+    "unpriced_requests": "count(*) filter (where r.is_unpriced)",
+    "baseline_cost_usd": "coalesce(sum(r.baseline_cost_usd), 0)",
+    "baseline_unknown": "count(*) filter (where r.baseline_cost_usd is null)",
+    "revenue_usd": "coalesce(sum(r.revenue_usd), 0)",
+    "quality_sum": "coalesce(sum(r.quality_score), 0)",
+    "quality_count": "count(r.quality_score)",
+}
+_ATTEMPT_SUMS = {
+    "attempts": "count(*)",
+    "cost_usd": "coalesce(sum(a.cost_usd), 0)",
+    "unpriced_attempts": "count(*) filter (where a.cost_usd is null)",
+}
 _ROUTING = ("intended_tier", "served_tier", "served_model", "experiment_name", "experiment_arm")
 _EXPERIMENT = ("experiment_name", "experiment_arm")
 
@@ -183,6 +211,10 @@ class Grain:
     def width_sql(self) -> str:
         return f"interval '{int(self.width.total_seconds())} seconds'"
 
+    def bin_of(self, column: str) -> str:
+        """SQL: the start of the bin holding the timestamp `column`."""
+        return f"date_bin({self.width_sql}, {column}, {BIN_ORIGIN_SQL})"
+
 
 HOURLY = Grain("hourly", "hour", HOUR)
 DAILY = Grain("daily", "day", DAY)
@@ -190,14 +222,17 @@ DAILY = Grain("daily", "day", DAY)
 
 @dataclass(frozen=True)
 class RollupTable:
-    """An hourly rollup table and its daily twin (`{name}_hourly`, `{name}_daily`, binned by
-    their `hour` and `day` columns): what they group by, what they sum, and whether they keep
-    a latency histogram."""
+    """A rollup table of requests (or of their attempts, `of_attempts`), binned at each of
+    its `grains` (`{name}_hourly` by `hour`, `{name}_daily` by `day`): what it groups by,
+    what it sums, and whether it keeps a latency histogram. A grain the table does not keep
+    is computed from the raw rows when read (see `raw_select`)."""
 
     name: str
     dimensions: tuple[str, ...]
     figures: tuple[str, ...]
     histogram: bool = False
+    of_attempts: bool = False
+    grains: tuple[Grain, ...] = (HOURLY, DAILY)
 
     def at(self, grain: Grain) -> str:
         """The table of this grain."""
@@ -213,17 +248,24 @@ class RollupTable:
         return (*self.dimensions, *self.figures, *histogram)
 
 
-# Requests by feature, customer and route; the same without the customer (what metrics read
-# when no customer is asked for: many times fewer rows); attempts by model, with and without
-# the customer; and the customers' own figures.
-REQUESTS = RollupTable("rollup", ("feature", "customer_id", *_ROUTING), _REQUEST_FIGURES, True)
-ROUTING = RollupTable("rollup_routing", ("feature", *_ROUTING), _REQUEST_FIGURES, True)
+# Requests by feature, customer and route, and attempts by model with the same keys: what
+# metrics of one customer read. By the hour the customer makes about a row per request, so
+# these keep whole days only; the other hours of a customer are read from raw rows.
+REQUESTS = RollupTable(
+    "rollup", ("feature", "customer_id", *_ROUTING), tuple(_REQUEST_SUMS), histogram=True,
+    grains=(DAILY,),
+)  # fmt: skip
 ATTEMPTS = RollupTable(
-    "rollup_models", ("feature", "customer_id", *_EXPERIMENT, "model", "tier"), _ATTEMPT_FIGURES
-)
+    "rollup_models", ("feature", "customer_id", *_EXPERIMENT, "model", "tier"),
+    tuple(_ATTEMPT_SUMS), of_attempts=True, grains=(DAILY,),
+)  # fmt: skip
+# The same without the customer (what metrics read when no customer is asked for), and the
+# customers' own figures (customer metrics, margins), hourly and daily.
+ROUTING = RollupTable("rollup_routing", ("feature", *_ROUTING), tuple(_REQUEST_SUMS), True)
 ROUTING_ATTEMPTS = RollupTable(
-    "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), _ATTEMPT_FIGURES
-)
+    "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), tuple(_ATTEMPT_SUMS),
+    of_attempts=True,
+)  # fmt: skip
 CUSTOMERS = RollupTable(
     "rollup_customers",
     ("customer_id",),
@@ -232,59 +274,74 @@ CUSTOMERS = RollupTable(
 ROLLUPS = (REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS)
 
 _BINS = bindparam("bins", type_=ARRAY(DateTime(timezone=True)))
-_HISTOGRAM_ARRAYS = """
-    coalesce(array_agg(bucket) filter (where bucket is not null), '{}'),
-    coalesce(array_agg(latency_count) filter (where bucket is not null), '{}')
-"""
+_BOUNDS_SQL = "cast('{" + ",".join(map(repr, LATENCY_BOUNDS_MS)) + "}' as float8[])"
 
 
-def _roll_requests(table: RollupTable) -> TextClause:
-    """The requests of the hours `:bins` rolled into `table`: one pass grouped by its
-    dimensions and the latency bucket, then the buckets folded into a sparse histogram per
-    group. The two arrays are built from the same rows in the same order, so they stay
-    aligned; no ORDER BY inside array_agg, which would rule out hash aggregation."""
-    dimensions = ", ".join(table.dimensions)
-    bin_of_ts = f"date_bin('1 hour', ts, {BIN_ORIGIN_SQL})"
-    return text(
-        f"""
-        insert into {table.hourly} (project_id, hour, {", ".join(table.columns)})
-        select project_id, bin, {dimensions}, {", ".join(f"sum({c})" for c in table.figures)},
-            {_HISTOGRAM_ARRAYS}
+def raw_rows(table: RollupTable, *, low: str, high: str) -> str:
+    """SQL condition: the project's raw rows that `table` counts, with timestamps in
+    [`low`, `high`) (SQL expressions). Both sides of the attempts' join are bounded, so
+    each scans only its own partitions and range."""
+    sides = ("r", "a") if table.of_attempts else ("r",)
+    return " and ".join(
+        f"{side}.project_id = :project_id and {side}.ts >= {low} and {side}.ts < {high}"
+        for side in sides
+    )
+
+
+def raw_select(table: RollupTable, *, grain: Grain, where: str) -> str:
+    """SQL: `table`'s rows at `grain` computed from the raw rows that pass `where` (over
+    requests `r`, joined to their attempts `a` for an attempts table), as columns
+    project_id, bin, then `table.columns`."""
+    sums = _ATTEMPT_SUMS if table.of_attempts else _REQUEST_SUMS
+    own = ("model", "tier") if table.of_attempts else ()
+    keys = [f"{'a' if d in own else 'r'}.{d}" for d in table.dimensions]
+    source = (
+        "attempts a join requests r using (project_id, ts, request_id)"
+        if table.of_attempts
+        else "requests r"
+    )
+    group_by = ", ".join(str(i) for i in range(1, len(keys) + 3))
+    head = f"r.project_id, {grain.bin_of('r.ts')} as bin, {', '.join(keys)}"
+    figures = ", ".join(f"{sums[f]} as {f}" for f in table.figures)
+    if not table.histogram:
+        return f"select {head}, {figures} from {source} where {where} group by {group_by}"
+    # Each group lists its requests' latency buckets, then counts them into a sparse
+    # histogram: far cheaper than grouping by the bucket too, which makes a group of every
+    # few requests and carries every figure's running sum in each.
+    return f"""
+        select project_id, bin, {", ".join(table.columns)}
         from (
-            select project_id, {bin_of_ts} as bin, {dimensions},
-                width_bucket(latency_ms, cast(:bounds as float8[])) as bucket, {_REQUEST_SUMS}
-            from requests
-            where project_id = :project_id and ts >= :low and ts < :high
-              and {bin_of_ts} = any(:bins)
-            group by project_id, bin, {dimensions}, bucket
-        ) by_bucket
-        group by project_id, bin, {dimensions}
-        """
+            select {head}, {figures},
+                array_agg(width_bucket(r.latency_ms, {_BOUNDS_SQL})::smallint)
+                    filter (where r.latency_ms is not null) as latency_list
+            from {source} where {where}
+            group by {group_by}
+        ) grouped
+        cross join lateral (
+            select coalesce(array_agg(bucket), '{{}}') as latency_buckets,
+                coalesce(array_agg(n), '{{}}') as latency_counts
+            from (
+                select bucket, count(*) as n from unnest(latency_list) as bucket group by bucket
+            ) counted
+        ) histogram
+    """
+
+
+def _roll(table: RollupTable, *, grain: Grain) -> TextClause:
+    """Inserts `table`'s rows of the `grain` bins `:bins` computed from raw rows."""
+    where = f"{raw_rows(table, low=':low', high=':high')} and {grain.bin_of('r.ts')} = any(:bins)"
+    return text(
+        f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)}) "
+        f"{raw_select(table, grain=grain, where=where)}"
     ).bindparams(_BINS)
 
 
-_ROLL_ATTEMPTS = text(
-    f"""
-    insert into {ATTEMPTS.hourly} (project_id, hour, {", ".join(ATTEMPTS.columns)})
-    select a.project_id, date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}), r.feature, r.customer_id,
-        r.experiment_name, r.experiment_arm, a.model, a.tier,
-        count(*), coalesce(sum(a.cost_usd), 0), count(*) filter (where a.cost_usd is null)
-    from attempts a
-    join requests r using (project_id, ts, request_id)
-    where a.project_id = :project_id and a.ts >= :low and a.ts < :high
-      and r.project_id = :project_id and r.ts >= :low and r.ts < :high
-      and date_bin('1 hour', a.ts, {BIN_ORIGIN_SQL}) = any(:bins)
-    group by 1, 2, 3, 4, 5, 6, 7, 8
-    """
-).bindparams(_BINS)
-
-
-def _fold(table: RollupTable, *, source: str, grain: Grain) -> TextClause:
-    """`table`'s rows of the bins `:bins` of `grain`, folded from the hourly rows of
-    `source`, a table with at least its columns. A histogram is merged bucket by bucket, each
-    source row's other figures counted once (with its first bucket)."""
+def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
+    """`table`'s rows of the bins `:bins` of `grain`, folded from its hourly rows. A
+    histogram is merged bucket by bucket, each hourly row's other figures counted once
+    (with its first bucket)."""
     dimensions = ", ".join(table.dimensions)
-    bin_of_hour = f"date_bin({grain.width_sql}, hour, {BIN_ORIGIN_SQL})"
+    bin_of_hour = grain.bin_of("hour")
     where = (
         f"project_id = :project_id and hour >= :low and hour < :high and {bin_of_hour} = any(:bins)"
     )
@@ -297,7 +354,7 @@ def _fold(table: RollupTable, *, source: str, grain: Grain) -> TextClause:
             f"""
             {insert}
             select project_id, {bin_of_hour} as bin, {dimensions}, {sums}
-            from {source} where {where}
+            from {table.hourly} where {where}
             group by project_id, bin, {dimensions}
             """
         ).bindparams(_BINS)
@@ -307,11 +364,13 @@ def _fold(table: RollupTable, *, source: str, grain: Grain) -> TextClause:
     return text(
         f"""
         {insert}
-        select project_id, bin, {dimensions}, {sums}, {_HISTOGRAM_ARRAYS}
+        select project_id, bin, {dimensions}, {sums},
+            coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
+            coalesce(array_agg(latency_count) filter (where bucket is not null), '{{}}')
         from (
             select project_id, {bin_of_hour} as bin, {dimensions}, h.bucket,
                 sum(h.n) as latency_count, {first_bucket_only}
-            from {source}
+            from {table.hourly}
             left join lateral unnest(latency_buckets, latency_counts) with ordinality
                 as h(bucket, n, k) on true
             where {where}
@@ -322,16 +381,13 @@ def _fold(table: RollupTable, *, source: str, grain: Grain) -> TextClause:
     ).bindparams(_BINS)
 
 
-# Each hourly table from raw rows or from a wider hourly table: the order matters.
-_HOURLY = (
-    _roll_requests(REQUESTS),
-    _roll_requests(ROUTING),
-    _ROLL_ATTEMPTS,
-    _fold(ROUTING_ATTEMPTS, source=ATTEMPTS.hourly, grain=HOURLY),
-    _fold(CUSTOMERS, source=REQUESTS.hourly, grain=HOURLY),
+# The hourly tables from raw rows; the daily ones folded from them, or from raw rows for the
+# tables without hourly rows.
+_HOURLY = tuple(_roll(table, grain=HOURLY) for table in ROLLUPS if HOURLY in table.grains)
+_DAILY = tuple(
+    _fold(table, grain=DAILY) if HOURLY in table.grains else _roll(table, grain=DAILY)
+    for table in ROLLUPS
 )
-# Each daily table folded from its hourly twin.
-_DAILY = tuple(_fold(table, source=table.hourly, grain=DAILY) for table in ROLLUPS)
 
 
 def _tune_for_rollups(conn: Connection) -> None:
@@ -344,6 +400,10 @@ def _tune_for_rollups(conn: Connection) -> None:
     conn.execute(text("set local plan_cache_mode = force_custom_plan"))
     # Room to group in memory: the default 4 MB sends these sorts to disk.
     conn.execute(text("set local work_mem = '64MB'"))
+    # Hash the groups rather than sort the rows: with no statistics yet on fresh rows the
+    # planner would sort hundreds of thousands of rows by eight keys, twice.
+    conn.execute(text("set local enable_sort = off"))
+    conn.execute(text("set local enable_hashjoin = off"))
 
 
 def _replace(conn: Connection, *, grain: Grain, statements, project_id: int, bins: list[datetime],
@@ -353,7 +413,7 @@ def _replace(conn: Connection, *, grain: Grain, statements, project_id: int, bin
     params = {**params, "project_id": project_id, "bins": bins, "low": min(bins),
               "high": max(bins) + grain.width}  # fmt: skip
     _tune_for_rollups(conn)
-    for table in ROLLUPS:
+    for table in (table for table in ROLLUPS if grain in table.grains):
         conn.execute(
             text(
                 f"delete from {table.at(grain)} "
@@ -368,14 +428,14 @@ def _replace(conn: Connection, *, grain: Grain, statements, project_id: int, bin
 def reroll_hours(conn: Connection, *, project_id: int, hours: list[datetime]) -> None:
     """Recomputes the hourly rollups of these hours of a project from raw rows, and marks
     their days for the daily fold and for the margins."""
-    _replace(conn, grain=HOURLY, statements=_HOURLY, project_id=project_id, bins=hours,
-             bounds=list(LATENCY_BOUNDS_MS))  # fmt: skip
+    _replace(conn, grain=HOURLY, statements=_HOURLY, project_id=project_id, bins=hours)
     mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
     mark_dirty(conn, job=ROLLUP_DAILY_JOB, project_id=project_id, hours=map(floor_day, hours))
 
 
 def fold_days(conn: Connection, *, project_id: int, days: list[datetime]) -> None:
-    """Recomputes the daily rollups of these (whole, UTC) days from their hourly rows."""
+    """Recomputes the daily rollups of these (whole, UTC) days: from their hourly rows, or
+    from raw rows for the tables without hourly rows."""
     _replace(conn, grain=DAILY, statements=_DAILY, project_id=project_id, bins=days)
 
 
@@ -392,23 +452,18 @@ def drain_dirty_hours(
     job: str,
     limit: int,
     work: Callable[[Connection, int, list[datetime]], None],
-    lock: str | None = None,
-    before: datetime | None = None,
 ) -> tuple[int, int]:
-    """Hands every project's dirty hours of a job (those before `before`, when given) to
-    `work`, up to `limit` at a time, each batch in one transaction under the project's lock
-    (the job's own, or `lock`'s); a failure puts the batch back. Returns how many projects
-    and hours were done."""
+    """Hands every project's dirty hours of a job to `work`, up to `limit` at a time, each
+    batch in one transaction under the project's lock for the job; a failure puts the batch
+    back. Returns how many projects and hours were done."""
     with engine.connect() as conn:
         projects = dirty_projects(conn, job=job)
     hours_done = 0
     for project_id in projects:
         while True:
             with engine.begin() as conn:
-                lock_project(conn, job=lock or job, project_id=project_id)
-                hours = take_dirty_hours(
-                    conn, job=job, project_id=project_id, limit=limit, before=before
-                )
+                lock_project(conn, job=job, project_id=project_id)
+                hours = take_dirty_hours(conn, job=job, project_id=project_id, limit=limit)
                 if not hours:
                     break
                 work(conn, project_id, hours)
@@ -416,30 +471,101 @@ def drain_dirty_hours(
     return len(projects), hours_done
 
 
-def run_rollup(engine: Engine, *, now: datetime | None = None) -> RollupRun:
+def drain_by_days(
+    engine: Engine,
+    *,
+    job: str,
+    days_per_transaction: int,
+    work: Callable[[Connection, int, list[datetime]], None],
+    connections: int,
+    before: datetime | None = None,
+) -> tuple[int, int]:
+    """Hands the dirty hours of a job (those before `before`, when given) to `work`, the
+    hours of up to `days_per_transaction` days of one project at a time, each batch in one
+    transaction holding its days' locks, on up to `connections` connections at once (the
+    database works on each with one CPU core). A failure puts its batch back, lets the
+    others finish, and is raised. Returns how many projects and hours were done."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                f"""
+                select project_id, array_agg(distinct {DAILY.bin_of("hour")}) as days
+                from dirty_hours
+                where job = :job and (cast(:before as timestamptz) is null or hour < :before)
+                group by project_id order by project_id
+                """
+            ),
+            {"job": job, "before": before},
+        ).all()
+    batches = [
+        (row.project_id, days[i : i + days_per_transaction])
+        for row in rows
+        for days in [sorted(row.days)]
+        for i in range(0, len(days), days_per_transaction)
+    ]
+
+    def roll(batch: tuple[int, list[datetime]]) -> int:
+        project_id, days = batch
+        until = days[-1] + DAY if before is None else min(days[-1] + DAY, before)
+        with engine.begin() as conn:
+            lock_days(conn, project_id=project_id, days=days)
+            hours = take_dirty_hours(
+                conn, job=job, project_id=project_id, since=days[0], before=until
+            )
+            if hours:
+                work(conn, project_id, hours)
+        return len(hours)
+
+    with ThreadPoolExecutor(max_workers=max(1, connections)) as pool:
+        futures = [pool.submit(roll, batch) for batch in batches]
+        wait(futures)
+    return len(rows), sum(future.result() for future in futures)
+
+
+def run_rollup(
+    engine: Engine, *, now: datetime | None = None, connections: int | None = None
+) -> RollupRun:
     """Rolls up everything received until `now` (default: the database's clock): the dirty
-    hours, then the days that are over and whose hours changed."""
+    hours, then the days that are over and whose hours changed, on up to `connections`
+    connections at once (default: the ROUTELEDGER_ROLLUP_CONNECTIONS setting)."""
+    connections = connections or get_settings().routeledger_rollup_connections
     with engine.begin() as conn:
         now = now or conn.execute(text("select now()")).scalar_one()
         collect_dirty_hours(conn, now=now)
-    projects, hours = drain_dirty_hours(
+    # The current day is folded once it is over: until then metrics read its hours (a day
+    # waiting for its fold is read hour by hour).
+    today = floor_day(now)
+    folded: list[int] = []
+
+    def roll_then_fold(conn: Connection, project_id: int, hours: list[datetime]) -> None:
+        reroll_hours(conn, project_id=project_id, hours=hours)
+        # The batch holds its days' locks, and their rows are still in memory: the days that
+        # are over are folded now rather than read again later.
+        days = take_dirty_hours(
+            conn, job=ROLLUP_DAILY_JOB, project_id=project_id, since=floor_day(hours[0]),
+            before=min(floor_day(hours[-1]) + DAY, today),
+        )  # fmt: skip
+        if days:
+            fold_days(conn, project_id=project_id, days=days)
+            folded.append(len(days))
+
+    projects, hours = drain_by_days(
         engine,
         job=ROLLUP_JOB,
-        limit=HOURS_PER_TRANSACTION,
-        work=lambda conn, project_id, hours: reroll_hours(conn, project_id=project_id, hours=hours),
+        days_per_transaction=DAYS_PER_TRANSACTION,
+        work=roll_then_fold,
+        connections=connections,
     )
-    # The current day is folded once it is over: until then metrics read its hours (a day
-    # waiting here is read hour by hour). The same lock as the hours: a day is never folded
-    # while one of its hours is being re-rolled.
-    _, days = drain_dirty_hours(
+    # Then the days marked otherwise: a day that has ended since its hours were rolled.
+    _, days = drain_by_days(
         engine,
         job=ROLLUP_DAILY_JOB,
-        limit=DAYS_PER_TRANSACTION,
+        days_per_transaction=DAYS_PER_TRANSACTION,
         work=lambda conn, project_id, days: fold_days(conn, project_id=project_id, days=days),
-        lock=ROLLUP_JOB,
-        before=floor_day(now),
+        connections=connections,
+        before=today,
     )
-    return RollupRun(projects=projects, hours=hours, days=days)
+    return RollupRun(projects=projects, hours=hours, days=days + sum(folded))
 
 
 # --- reading the latency histogram -----------------------------------------------------
