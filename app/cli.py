@@ -8,11 +8,15 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from app.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
 
 console = Console(stderr=True)
 
@@ -174,6 +178,16 @@ def project_create(
         click.echo("keys are shown once; store them now")
 
 
+def _project_id(conn: Connection, name: str) -> int:
+    """The id of the project of this name, or an error that names it."""
+    from app.services.projects import ProjectNotFound, project_id_by_name
+
+    try:
+        return project_id_by_name(conn, name=name)
+    except ProjectNotFound as error:
+        raise click.ClickException(str(error)) from None
+
+
 @main.group()
 def key() -> None:
     """API keys of a project."""
@@ -192,18 +206,12 @@ def key() -> None:
 def key_create(project_name: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create a key; the secret is printed once."""
     from app.db import transaction
-    from app.services.projects import ProjectNotFound, create_key, project_id_by_name
+    from app.services.projects import create_key
 
-    try:
-        with transaction() as conn:
-            new = create_key(
-                conn,
-                project_id=project_id_by_name(conn, name=project_name),
-                name=name,
-                scopes=list(scopes),
-            )
-    except ProjectNotFound as error:
-        raise click.ClickException(str(error)) from None
+    with transaction() as conn:
+        new = create_key(
+            conn, project_id=_project_id(conn, project_name), name=name, scopes=list(scopes)
+        )
     click.echo(
         json.dumps({"id": new.id, "name": new.name, "scopes": list(new.scopes), "key": new.secret})
     )
@@ -213,13 +221,10 @@ def key_create(project_name: str, name: str, scopes: tuple[str, ...]) -> None:
 @click.option("--project", "project_name", required=True)
 def key_list(project_name: str) -> None:
     from app.db import connection
-    from app.services.projects import ProjectNotFound, list_keys, project_id_by_name
+    from app.services.projects import list_keys
 
-    try:
-        with connection() as conn:
-            keys = list_keys(conn, project_id=project_id_by_name(conn, name=project_name))
-    except ProjectNotFound as error:
-        raise click.ClickException(str(error)) from None
+    with connection() as conn:
+        keys = list_keys(conn, project_id=_project_id(conn, project_name))
     for k in keys:
         state = f"revoked {k['revoked_at']:%Y-%m-%d}" if k["revoked_at"] else "live"
         click.echo(
@@ -234,15 +239,10 @@ def key_list(project_name: str) -> None:
 def key_revoke(project_name: str, key_id: int) -> None:
     """Revoke a key now: every later call with it is refused."""
     from app.db import transaction
-    from app.services.projects import ProjectNotFound, project_id_by_name, revoke_key
+    from app.services.projects import revoke_key
 
-    try:
-        with transaction() as conn:
-            revoked = revoke_key(
-                conn, project_id=project_id_by_name(conn, name=project_name), key_id=key_id
-            )
-    except ProjectNotFound as error:
-        raise click.ClickException(str(error)) from None
+    with transaction() as conn:
+        revoked = revoke_key(conn, project_id=_project_id(conn, project_name), key_id=key_id)
     if not revoked:
         raise click.ClickException(f"no live key {key_id} in project {project_name}")
     click.echo(f"key {key_id} revoked")
@@ -472,12 +472,11 @@ def user_create(email: str, project_name: str, role: str, password: str | None) 
     that project (and a new password when one is given)."""
     from app.db import transaction
     from app.services import users
-    from app.services.projects import ProjectNotFound, project_id_by_name
 
     password = password or os.environ.get("ROUTELEDGER_USER_PASSWORD")
     try:
         with transaction() as conn:
-            project_id = project_id_by_name(conn, name=project_name)
+            project_id = _project_id(conn, project_name)
             user_id = users.user_id_by_email(conn, email=email)
             if user_id is None:
                 user_id = users.create_user(
@@ -489,7 +488,7 @@ def user_create(email: str, project_name: str, role: str, password: str | None) 
             elif password:
                 users.set_password(conn, user_id=user_id, password=password)
             users.grant(conn, user_id=user_id, project_id=project_id, role=role)
-    except (ProjectNotFound, users.InvalidUser) as error:
+    except users.InvalidUser as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{users.normalize_email(email)}: {role} of {project_name}")
 
@@ -600,14 +599,10 @@ def jobs_run(
     from dataclasses import asdict
 
     from app.db import connection
-    from app.services.projects import ProjectNotFound, project_id_by_name
     from app.services.reprice import correct_prices
 
-    try:
-        with connection() as conn:
-            project_id = project_id_by_name(conn, name=project_name)
-    except ProjectNotFound as error:
-        raise click.ClickException(str(error)) from None
+    with connection() as conn:
+        project_id = _project_id(conn, project_name)
     change = correct_prices(
         get_engine(),
         project_id=project_id,
@@ -702,17 +697,13 @@ def _export(project_name: str, start: str | None, end: str | None, output: Path,
 
     from app.db import connection
     from app.services.metrics import InvalidPeriod, period
-    from app.services.projects import ProjectNotFound, project_id_by_name
 
     try:
         within = period(start, end)
     except InvalidPeriod as error:
         raise click.UsageError(str(error)) from None
     with connection() as conn:
-        try:
-            project_id = project_id_by_name(conn, name=project_name)
-        except ProjectNotFound as error:
-            raise click.ClickException(str(error)) from None
+        project_id = _project_id(conn, project_name)
         total, unit, chunks = export(conn, project_id, within)
         with output.open("wb") as f, Progress(console=console) as bar:
             task = bar.add_task(output.name, total=total)

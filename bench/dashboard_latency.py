@@ -25,13 +25,6 @@ from sqlalchemy import text
 from bench.common import create_project, scratch_database
 
 FEATURES = ("support-chat", "summarize", "code-assist", "search-answer")
-# tier -> (model, provider, $ per token) for the made-up rows; the baseline costs 5x premium
-TIERS = {
-    "cheap": ("gpt-4o-mini", "openai", "0.0000004"),
-    "standard": ("claude-sonnet-4", "anthropic", "0.000006"),
-    "premium": ("claude-opus-4", "anthropic", "0.00003"),
-}
-
 _INSERT = """
 with rows as (
     select i, cast(:start as timestamptz) + (i - :first) * :step * interval '1 microsecond' as ts,

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.db import connection, transaction
-from app.services import dashboard_queries, metrics
+from app.services import alerts, dashboard_queries, metrics
 from app.services.metrics import Filters, Period, RoutingMetrics
 
 CACHE_SECONDS = 30.0
@@ -88,3 +88,13 @@ def routing_over_time(project_id: int, within: Period, scope: Filters) -> list[R
         filters=scope,
         bucket_hours=bucket_hours(within),
     )
+
+
+def alerts_in(project_id: int, within: Period) -> list[dict]:
+    """The project's alerts that were firing at some time in the period."""
+    return [
+        alert
+        for alert in read(alerts.list_alerts, project_id=project_id)
+        if alert["fired_at"] < within.end
+        and (alert["resolved_at"] is None or alert["resolved_at"] > within.start)
+    ]

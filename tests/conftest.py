@@ -88,6 +88,17 @@ def _scalar(sql: str, params: tuple):
         return conn.execute(sql, params).fetchone()[0]
 
 
+def received_long_ago(project_id: int) -> None:
+    """As if the project's requests had been received well before the rollup's lookback: a
+    rollup then re-rolls only the hours something else marked."""
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        conn.execute(
+            "update requests set received_at = received_at - interval '1 hour' "
+            "where project_id = %s",
+            (project_id,),
+        )
+
+
 def make_project(baseline_model: str | None = "gpt-4o", name: str | None = None) -> Project:
     from app.db import transaction
     from app.services.projects import create_project

@@ -294,17 +294,22 @@ def test_smtp_urls(url, expected):
     assert (target.host, target.port, target.security, target.username, target.password) == expected
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback
 def test_smtp_with_login(engine, monkeypatch):
     from aiosmtpd.smtp import AuthResult, LoginPassword
 
+    logins = []
+
     def authenticate(server, session, envelope, mechanism, auth_data):
         ok = isinstance(auth_data, LoginPassword) and auth_data.password == b"s3cret"
+        if ok:
+            logins.append(auth_data.login)
         return AuthResult(success=ok)
 
     inbox = Inbox()
     controller = Controller(
         inbox, hostname="127.0.0.1", port=free_port(), authenticator=authenticate,
-        auth_require_tls=False,
+        auth_require_tls=False, auth_required=True,
     )  # fmt: skip
     controller.start()
     address = recipient()
@@ -315,4 +320,5 @@ def test_smtp_with_login(engine, monkeypatch):
     finally:
         controller.stop()
         get_settings.cache_clear()
+    assert logins == [b"rl"]  # the server takes no mail without a login
     assert len(inbox.to(address)) == 1

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 import yaml
 
 from app.cli import main as cli
 from app.settings import Settings
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
 ROUTELEDGER_SERVICES = {n: s for n, s in SERVICES.items() if s.get("image") == "routeledger:latest"}

@@ -37,7 +37,7 @@ from app.services.rollups import (
     reroll_hours,
     run_rollup,
 )
-from tests.conftest import make_project
+from tests.conftest import make_project, received_long_ago
 
 HOURS = 5
 NOW_HOUR = floor_hour(datetime.now(UTC))
@@ -427,21 +427,11 @@ def test_rerunning_the_rollup_changes_nothing(engine, database_url):
     assert [row[:-1] for row in rollup_snapshot(database_url, project.id)] == first
 
 
-def received_long_ago(database_url: str, project_id: int) -> None:
-    """As if the project's requests had been received well before the rollup's lookback."""
-    with psycopg.connect(database_url) as conn:
-        conn.execute(
-            "update requests set received_at = received_at - interval '1 hour' "
-            "where project_id = %s",
-            (project_id,),
-        )
-
-
 def test_a_late_event_re_rolls_only_its_hour(engine, database_url):
     project = priced_project(engine)
     ingest(engine, project.id, spread_events(HOURS))
     run_rollup(engine)
-    received_long_ago(database_url, project.id)
+    received_long_ago(project.id)
     before = {row[0]: row for row in rollup_snapshot(database_url, project.id)}
     late = spread_events(1)  # the first hour again
     ingest(engine, project.id, late)
@@ -454,14 +444,17 @@ def test_a_late_event_re_rolls_only_its_hour(engine, database_url):
     }
 
 
-def test_late_feedback_re_rolls_its_hour(engine, database_url):
+def test_late_feedback_re_rolls_its_hour(engine):
     from app.services.feedback import record_feedback
 
     project = priced_project(engine)
     events = spread_events(2)
     ingest(engine, project.id, events)
     run_rollup(engine)
+    received_long_ago(project.id)  # only the feedback can get the hour re-rolled now
     within = Period(FIRST_HOUR, NOW_HOUR)
+    with engine.connect() as conn:
+        assert routing_metrics(conn, project_id=project.id, within=within).mean_quality is None
     with engine.begin() as conn:
         record_feedback(
             conn,

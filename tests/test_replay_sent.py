@@ -14,17 +14,10 @@ from decimal import Decimal
 
 import pytest
 
-from app.services.replay import Policy, catalog_price_book, choose_route, load_eval, replay
+from app.services.replay import catalog_price_book, choose_route, load_eval, replay
 from app.services.rollups import run_rollup
 from tests.conftest import REPO, make_project
-from tests.test_replay import GPT4, GSM8K
-
-POLICIES = [
-    Policy("cascade"),
-    Policy("threshold", premium_share=0.3),
-    Policy("all-cheap"),
-    Policy("all-premium"),
-]
+from tests.test_replay import ALL_POLICIES, GPT4, GSM8K
 
 
 def _replay_command(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -62,7 +55,9 @@ def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
     prices = catalog_price_book()
     evalset = load_eval(GSM8K)
     route = choose_route(evalset, prices=prices, at=start)
-    runs, _ = replay(evalset, policies=POLICIES, route=route, prices=prices, start=start, days=2)
+    runs, _ = replay(
+        evalset, policies=ALL_POLICIES, route=route, prices=prices, start=start, days=2
+    )
     read = {"Authorization": f"Bearer {project.read_key}"}
     period = {"start": start.isoformat(), "end": end.isoformat()}
 

@@ -13,7 +13,7 @@ from app.services.metrics import Period, routing_metrics
 from app.services.pricing import add_prices
 from app.services.reprice import correct_prices, run_reprice
 from app.services.rollups import floor_hour, run_rollup
-from tests.conftest import make_project
+from tests.conftest import make_project, received_long_ago
 from tests.events import attempt, event
 
 HOUR = floor_hour(datetime.now(UTC)) - timedelta(hours=2)
@@ -45,6 +45,7 @@ def test_unpriced_requests_are_priced_once_a_price_exists(engine):
     ingest_batch(engine, project_id=project.id, batch=Batch(events))
     before = metrics(engine, project.id)
     assert before.unpriced_requests == 3 and before.baseline_unknown == 3
+    received_long_ago(project.id)  # only the re-pricing can get the hour re-rolled now
     run_reprice(engine)  # no price yet: nothing to do for this project
     assert metrics(engine, project.id).unpriced_requests == 3
 
@@ -74,6 +75,7 @@ def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
     )
     ingest_batch(engine, project_id=project.id, batch=Batch([inside, client_cost, outside]))
     assert metrics(engine, project.id).cost_usd == Decimal("1.5")
+    received_long_ago(project.id)  # only the correction can get the hour re-rolled now
 
     # The price was wrong since the start of HOUR: a corrected price and an explicit correction.
     price(engine, project.id, "acme-small", "3", HOUR)

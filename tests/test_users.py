@@ -61,6 +61,8 @@ def test_user_create_command(database_url):
     assert promoted.returncode == 0, promoted.stderr
     with transaction() as conn:
         assert users.authenticate(conn, email="cli@example.com", password="from-the-env")
+        user_id = users.user_id_by_email(conn, email="cli@example.com")
+        assert [m.role for m in users.user_memberships(conn, user_id=user_id)] == ["admin"]
     missing = routeledger(
         "user", "create", "cli@example.com", "--project", "no-such", "--role", "admin"
     )

@@ -14,8 +14,9 @@ from app.services.alerts import InvalidRule, RuleNotFound
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
 
-def _stored(body: AlertRuleChanges) -> dict:
-    values = body.model_dump(exclude_unset=True)
+def _stored(body: AlertRuleIn | AlertRuleChanges, *, exclude_unset: bool = True) -> dict:
+    """The rule's fields as the service stores them (the scope without its empty keys)."""
+    values = body.model_dump(exclude_unset=exclude_unset)
     if "scope" in values:
         values["scope"] = body.scope.model_dump(exclude_none=True)
     return values
@@ -28,10 +29,10 @@ def get_rules(caller: ReadCaller, conn: Db) -> list[dict]:
 
 @router.post("/alert-rules", response_model=AlertRuleOut, status_code=201)
 def post_rule(body: AlertRuleIn, caller: AdminCaller, conn: Db) -> dict:
-    rule = body.model_dump()
-    rule["scope"] = body.scope.model_dump(exclude_none=True)
     try:
-        created = alerts.create_rule(conn, project_id=caller.project_id, rule=rule)
+        created = alerts.create_rule(
+            conn, project_id=caller.project_id, rule=_stored(body, exclude_unset=False)
+        )
     except InvalidRule as error:
         raise HTTPException(422, str(error)) from None
     conn.commit()

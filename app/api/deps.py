@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy import Connection
 
 from app.db import connection
-from app.services.metrics import InvalidPeriod, Period, period
+from app.services.metrics import Filters, InvalidPeriod, Period, period
 from app.services.projects import Caller, authenticate
 from app.settings import get_settings
 
@@ -91,6 +91,16 @@ Bound = Annotated[
     Query(description="a whole UTC hour, ISO 8601; a bare date means its midnight"),
 ]
 Name = Annotated[str | None, Query(max_length=200)]
+
+
+def filters_param(
+    feature: Name = None, customer_id: Name = None, experiment: Name = None, arm: Name = None
+) -> Filters:
+    """Which requests a metrics or export call is about."""
+    return Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm)
+
+
+RequestFilters = Annotated[Filters, Depends(filters_param)]
 
 
 def period_param(start: str | None, end: str | None) -> Period:

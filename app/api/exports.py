@@ -8,10 +8,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
-from app.api.deps import Bound, Name, ReadCaller, period_param
+from app.api.deps import Bound, ReadCaller, RequestFilters, period_param
 from app.db import connection
 from app.services import exports
-from app.services.metrics import Filters, Period
+from app.services.metrics import Period
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 
@@ -66,17 +66,14 @@ def export_customers(
 )
 def export_requests(
     caller: ReadCaller,
+    filters: RequestFilters,
     start: Bound = None,
     end: Bound = None,
-    feature: Name = None,
-    customer_id: Name = None,
-    experiment: Name = None,
-    arm: Name = None,
 ) -> StreamingResponse:
     return _stream(
         "requests",
         period_param(start, end),
         exports.requests_csv,
         project_id=caller.project_id,
-        filters=Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm),
+        filters=filters,
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import Bound, Db, Name, ReadCaller, period_param
+from app.api.deps import Bound, Db, Name, ReadCaller, RequestFilters, period_param
 from app.schemas import CustomerOut, CustomersOut, ModelFiguresOut, RoutingMetricsOut
 from app.services import metrics
-from app.services.metrics import Filters, money_text
+from app.services.metrics import money_text
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
 
@@ -16,18 +16,12 @@ router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
 def get_routing(
     caller: ReadCaller,
     conn: Db,
+    filters: RequestFilters,
     start: Bound = None,
     end: Bound = None,
-    feature: Name = None,
-    customer_id: Name = None,
-    experiment: Name = None,
-    arm: Name = None,
 ) -> RoutingMetricsOut:
     found = metrics.routing_metrics(
-        conn,
-        project_id=caller.project_id,
-        within=period_param(start, end),
-        filters=Filters(feature=feature, customer_id=customer_id, experiment=experiment, arm=arm),
+        conn, project_id=caller.project_id, within=period_param(start, end), filters=filters
     )
     return RoutingMetricsOut(
         start=found.start,

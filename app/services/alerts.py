@@ -265,10 +265,15 @@ def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> 
     return Measurement(worst.psi, worst.current_count)
 
 
+def rule_window(rule: dict, now: datetime) -> Period:
+    """The trailing window a rule looks at, ending now."""
+    return Period(now - timedelta(minutes=rule["window_minutes"]), now)
+
+
 def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
     project_id, scope, metric = rule["project_id"], rule["scope"], rule["metric"]
-    window = timedelta(minutes=rule["window_minutes"])
-    within = Period(now - window, now)
+    within = rule_window(rule, now)
+    window = within.end - within.start
     if metric == "negative_margin":
         return _worst_loss(conn, project_id=project_id, scope=scope, within=within)
     if metric == "policy_deviation":
@@ -349,7 +354,7 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
         select(alerts).where(alerts.c.rule_id == rule_id, alerts.c.state == "firing")
     ).first()
     cooldown = timedelta(minutes=rule["cooldown_minutes"])
-    window = Period(now - timedelta(minutes=rule["window_minutes"]), now)
+    window = rule_window(rule, now)
 
     if limit is None:
         if open_alert is None:

@@ -14,6 +14,7 @@ from sqlalchemy import Connection, select, text
 from app.models import drift_results
 from app.services.metrics import (
     MONEY_CONTEXT,
+    TOTAL_FIELDS,
     TOTALS_SQL,
     Filters,
     Period,
@@ -58,11 +59,8 @@ def routing_series(
     return list(series.values())
 
 
-_COUNTS = (
-    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
-    "output_tokens", "unpriced_requests", "baseline_unknown", "quality_sum", "quality_count",
-)  # fmt: skip
 _MONEY = ("cost_usd", "baseline_cost_usd", "revenue_usd")
+_COUNTS = tuple(name for name in TOTAL_FIELDS if name not in _MONEY)
 
 
 def _add(into: RoutingMetrics, part) -> None:

@@ -179,12 +179,14 @@ def generate(plan: DemoPlan) -> Iterator[DemoRequest]:
     """The demo's requests, in time order."""
     rng = random.Random(plan.seed)
     features = {f.name: f for f in FEATURES}
+    feature_shares = {f.name: f.share for f in FEATURES}
+    customer_shares = {c: v[0] for c, v in CUSTOMERS.items()}
     hour = plan.start
     while hour < plan.end:
         for _ in range(round(plan.requests_per_hour * _diurnal(hour))):
             at = hour + timedelta(seconds=rng.uniform(0, 3599))
-            feature = features[_pick(rng, {f.name: f.share for f in FEATURES})]
-            customer = _pick(rng, {c: v[0] for c, v in CUSTOMERS.items()})
+            feature = features[_pick(rng, feature_shares)]
+            customer = _pick(rng, customer_shares)
             yield _request(rng, plan, at, feature, customer)
         hour += timedelta(hours=1)
 

@@ -13,8 +13,8 @@ from sqlalchemy import Connection, Engine, text
 
 from app.services.alerts import list_alerts
 from app.services.emails import dashboard_url, queue_email, report_email
-from app.services.margins import day_of
 from app.services.metrics import Period, customer_metrics, money_text, routing_metrics
+from app.services.rollups import floor_day
 
 WORST_CUSTOMERS = 5
 
@@ -75,7 +75,7 @@ def queue_digests(engine: Engine, *, now: datetime | None = None) -> DigestRun:
                 "unnest(r.recipients) as x where r.enabled group by 1, 2 order by 1"
             )
         ).all()
-    day = day_of(now) - timedelta(days=1)
+    day = floor_day(now) - timedelta(days=1)
     within = Period(day, day + timedelta(days=1))
     for target in targets:
         with engine.begin() as conn:

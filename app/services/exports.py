@@ -21,8 +21,9 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import Connection
 
-from app.services.margins import day_of, month_of, period_of
+from app.services.margins import month_of, period_of
 from app.services.metrics import Filters, Period, customer_metrics
+from app.services.rollups import floor_day
 
 GRANULARITIES = ("day", "month")
 CHUNK_BYTES = 256 * 1024
@@ -98,7 +99,6 @@ REQUEST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("experiment_arm", _TEXT.format("experiment_arm")),
     ("metadata", "metadata::text"),  # a JSON object: it starts with {
 )
-REQUEST_HEADER = tuple(name for name, _ in REQUEST_COLUMNS)
 
 
 def _requests_where(*, project_id: int, within: Period, filters: Filters) -> tuple[str, dict]:
@@ -176,7 +176,7 @@ def periods(within: Period, granularity: str) -> list[Period]:
     """The calendar days or months (UTC) of the period, the first and last clipped to it."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity: must be one of {', '.join(GRANULARITIES)}")
-    floor = day_of if granularity == "day" else month_of
+    floor = floor_day if granularity == "day" else month_of
     parts = []
     start = within.start
     while start < within.end:

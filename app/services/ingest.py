@@ -226,13 +226,18 @@ class ProjectContext:
     baseline_provider: str | None
 
 
+def served_attempt(attempts):
+    """The served attempt: the last one whose status is ok (None when the request failed)."""
+    return next((a for a in reversed(attempts) if a.status == "ok"), None)
+
+
 def derive(
     event: Event, *, project: ProjectContext, prices: PriceBook, received_at: datetime
 ) -> StoredRequest:
     ts = event.timestamp.astimezone(UTC)
     attempts = event.attempts
     intended = event.intended_tier or attempts[0].tier
-    served = next((a for a in reversed(attempts) if a.status == "ok"), None)
+    served = served_attempt(attempts)
     ranks = project.tier_ranks
 
     cost = Decimal(0)

@@ -7,7 +7,7 @@ idempotent: running it twice, or in two workers at once, gives the result of one
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict
 
 from sqlalchemy import Engine
 
@@ -32,5 +32,4 @@ JOBS: dict[str, Callable] = {
 
 def run_job(engine: Engine, name: str) -> dict:
     """Runs a job now, in this process; returns its summary."""
-    result = JOBS[name](engine)
-    return asdict(result) if is_dataclass(result) else {"result": result}
+    return asdict(JOBS[name](engine))

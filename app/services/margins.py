@@ -8,24 +8,25 @@ rerun or two workers at once give the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text
 
 from app.models import customer_margins
 from app.services.metrics import CustomerFigures, Period, customer_metrics
-from app.services.rollups import LOOKBACK, MARGINS_JOB, advance_watermark, drain_dirty_hours
+from app.services.rollups import (
+    LOOKBACK,
+    MARGINS_JOB,
+    advance_watermark,
+    drain_dirty_hours,
+    floor_day,
+)
 
 DAYS_PER_TRANSACTION = 31
 
 
-def day_of(at: datetime) -> datetime:
-    at = at.astimezone(UTC)
-    return datetime(at.year, at.month, at.day, tzinfo=UTC)
-
-
 def month_of(at: datetime) -> datetime:
-    return day_of(at).replace(day=1)
+    return floor_day(at).replace(day=1)
 
 
 def next_month(month: datetime) -> datetime:
@@ -99,7 +100,7 @@ class MarginsRun:
 
 def recompute_hours(conn: Connection, project_id: int, hours: list[datetime]) -> None:
     """Recomputes the days of these hours, and their months."""
-    days = sorted({day_of(h) for h in hours})
+    days = sorted({floor_day(h) for h in hours})
     for day in days:
         recompute(conn, project_id=project_id, granularity="day", start=day)
     for month in sorted({month_of(d) for d in days}):

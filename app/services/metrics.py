@@ -313,7 +313,7 @@ TOTALS_SQL = """
     sum(revenue_usd) as revenue_usd, sum(quality_sum) as quality_sum,
     sum(quality_count)::bigint as quality_count
 """
-_TOTAL_FIELDS = (
+TOTAL_FIELDS = (
     "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
     "output_tokens", "cost_usd", "unpriced_requests", "baseline_cost_usd", "baseline_unknown",
     "revenue_usd", "quality_sum", "quality_count",
@@ -359,7 +359,7 @@ def routing_metrics(
         elif row.by_intended:
             result.intended_counts[row.intended_tier] = row.requests
         elif row.requests:
-            for name in _TOTAL_FIELDS:
+            for name in TOTAL_FIELDS:
                 setattr(result, name, getattr(row, name))
 
     for row in conn.execute(

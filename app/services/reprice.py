@@ -16,7 +16,12 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, insert, text
 
 from app.models import repriced_attempts, repricings
-from app.services.ingest import ProjectContext, baseline_cost, load_project_context
+from app.services.ingest import (
+    ProjectContext,
+    baseline_cost,
+    load_project_context,
+    served_attempt,
+)
 from app.services.pricing import PriceBook
 from app.services.rollups import ROLLUP_JOB, lock_project, mark_dirty
 
@@ -90,7 +95,7 @@ def reprice_requests(
                 if (cost, price_id) != (attempt.cost_usd, attempt.price_id):
                     attempt_changes.append((attempt, cost, price_id))
             costs.append(cost)
-        served = next((a for a in reversed(rows) if a.status == "ok"), None)
+        served = served_attempt(rows)
         baseline, baseline_price_id = request.baseline_cost_usd, request.baseline_price_id
         if baseline is None or model == project.baseline_model:
             baseline, baseline_price_id = baseline_cost(
@@ -245,11 +250,20 @@ def run_reprice(engine: Engine) -> RepriceRun:
             .scalars()
             .all()
         )
+        # A project without a baseline model has no baseline cost to find: its requests
+        # would be read again every run for nothing.
+        with_baseline = {
+            project_id
+            for project_id in projects
+            if load_project_context(conn, project_id=project_id).baseline_model
+        }
     changes = [
         _run(
             engine,
             project_id=project_id,
-            where="(is_unpriced or baseline_cost_usd is null)",
+            where="(is_unpriced or baseline_cost_usd is null)"
+            if project_id in with_baseline
+            else "is_unpriced",
             params={},
             model=None,
             audit={"kind": "unpriced"},

@@ -16,10 +16,11 @@ dimension keep days only (by the hour the customer makes about a row per request
 are computed from raw rows, and metrics of one customer read its other hours from the raw
 rows too.
 
-The work is split into batches of whole days of one project, rolled on several connections
-at once. Advisory locks keep two transactions off the same day (one re-rolling an hour of it,
-the other folding it, say), and another lock serialises finding dirty hours, so two workers
-at once give the same result as one.
+The work is split into one day of one project per transaction (so a large backlog is not one
+huge transaction), rolled on several connections at once. An advisory lock per day keeps two
+transactions off the same day (one re-rolling an hour of it, the other folding it, say), and
+another lock serialises finding dirty hours, so two workers at once give the same result as
+one.
 """
 
 from __future__ import annotations
@@ -40,9 +41,6 @@ DAY = timedelta(days=1)
 # Rows are stamped received_at before their transaction commits; looking this far back each
 # run catches an ingest transaction that committed after the watermark passed its stamp.
 LOOKBACK = timedelta(minutes=2)
-# The dirty hours of one day, and its fold, make one transaction, so a large backlog does
-# not become one huge transaction.
-DAYS_PER_TRANSACTION = 1
 ROLLUP_JOB = "rollup"
 # Days whose hourly rollups changed, to be folded into the daily tables once they are over.
 ROLLUP_DAILY_JOB = "rollup_daily"
@@ -76,14 +74,13 @@ def lock_project(conn: Connection, *, job: str, project_id: int) -> None:
     )
 
 
-def lock_days(conn: Connection, *, project_id: int, days: Iterable[datetime]) -> None:
-    """Waits until no other transaction rolls up these days of the project: re-rolls one of
-    their hours, or folds them. Locks are taken in order, so two callers never deadlock."""
-    for day in sorted(days):
-        conn.execute(
-            text("select pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-            {"key": f"routeledger.{ROLLUP_JOB}.{project_id}.{day.isoformat()}"},
-        )
+def lock_day(conn: Connection, *, project_id: int, day: datetime) -> None:
+    """Waits until no other transaction rolls up this day of the project: re-rolls one of its
+    hours, or folds it."""
+    conn.execute(
+        text("select pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"routeledger.{ROLLUP_JOB}.{project_id}.{day.isoformat()}"},
+    )
 
 
 def mark_dirty(conn: Connection, *, job: str, project_id: int, hours: Iterable[datetime]) -> None:
@@ -207,13 +204,10 @@ class Grain:
     column: str
     width: timedelta
 
-    @property
-    def width_sql(self) -> str:
-        return f"interval '{int(self.width.total_seconds())} seconds'"
-
     def bin_of(self, column: str) -> str:
         """SQL: the start of the bin holding the timestamp `column`."""
-        return f"date_bin({self.width_sql}, {column}, {BIN_ORIGIN_SQL})"
+        width = f"interval '{int(self.width.total_seconds())} seconds'"
+        return f"date_bin({width}, {column}, {BIN_ORIGIN_SQL})"
 
 
 HOURLY = Grain("hourly", "hour", HOUR)
@@ -403,14 +397,16 @@ def _tune_for_rollups(conn: Connection) -> None:
     # Hash the groups rather than sort the rows: with no statistics yet on fresh rows the
     # planner would sort hundreds of thousands of rows by eight keys, twice.
     conn.execute(text("set local enable_sort = off"))
+    # Attempts and requests both come in primary-key order: merge them rather than hash one.
     conn.execute(text("set local enable_hashjoin = off"))
 
 
-def _replace(conn: Connection, *, grain: Grain, statements, project_id: int, bins: list[datetime],
-             **params) -> None:  # fmt: skip
+def _replace(
+    conn: Connection, *, grain: Grain, statements, project_id: int, bins: list[datetime]
+) -> None:
     """Deletes the rollup rows of these bins of one grain and runs the statements that
     insert them again."""
-    params = {**params, "project_id": project_id, "bins": bins, "low": min(bins),
+    params = {"project_id": project_id, "bins": bins, "low": min(bins),
               "high": max(bins) + grain.width}  # fmt: skip
     _tune_for_rollups(conn)
     for table in (table for table in ROLLUPS if grain in table.grains):
@@ -471,55 +467,46 @@ def drain_dirty_hours(
     return len(projects), hours_done
 
 
-def drain_by_days(
+def drain_by_day(
     engine: Engine,
     *,
     job: str,
-    days_per_transaction: int,
     work: Callable[[Connection, int, list[datetime]], None],
     connections: int,
     before: datetime | None = None,
 ) -> tuple[int, int]:
-    """Hands the dirty hours of a job (those before `before`, when given) to `work`, the
-    hours of up to `days_per_transaction` days of one project at a time, each batch in one
-    transaction holding its days' locks, on up to `connections` connections at once (the
-    database works on each with one CPU core). A failure puts its batch back, lets the
-    others finish, and is raised. Returns how many projects and hours were done."""
+    """Hands the dirty hours of a job (those before `before`, when given) to `work`, one day
+    of one project at a time, each in one transaction holding the day's lock, on up to
+    `connections` connections at once (the database works on each with one CPU core). A
+    failure puts its day back, lets the others finish, and is raised. Returns how many
+    projects and hours were done."""
     with engine.connect() as conn:
-        rows = conn.execute(
+        batches = conn.execute(
             text(
                 f"""
-                select project_id, array_agg(distinct {DAILY.bin_of("hour")}) as days
-                from dirty_hours
+                select distinct project_id, {DAILY.bin_of("hour")} as day from dirty_hours
                 where job = :job and (cast(:before as timestamptz) is null or hour < :before)
-                group by project_id order by project_id
+                order by 1, 2
                 """
             ),
             {"job": job, "before": before},
         ).all()
-    batches = [
-        (row.project_id, days[i : i + days_per_transaction])
-        for row in rows
-        for days in [sorted(row.days)]
-        for i in range(0, len(days), days_per_transaction)
-    ]
 
-    def roll(batch: tuple[int, list[datetime]]) -> int:
-        project_id, days = batch
-        until = days[-1] + DAY if before is None else min(days[-1] + DAY, before)
+    def roll(project_id: int, day: datetime) -> int:
         with engine.begin() as conn:
-            lock_days(conn, project_id=project_id, days=days)
+            lock_day(conn, project_id=project_id, day=day)
             hours = take_dirty_hours(
-                conn, job=job, project_id=project_id, since=days[0], before=until
+                conn, job=job, project_id=project_id, since=day, before=day + DAY
             )
             if hours:
                 work(conn, project_id, hours)
         return len(hours)
 
     with ThreadPoolExecutor(max_workers=max(1, connections)) as pool:
-        futures = [pool.submit(roll, batch) for batch in batches]
+        futures = [pool.submit(roll, batch.project_id, batch.day) for batch in batches]
         wait(futures)
-    return len(rows), sum(future.result() for future in futures)
+    projects = {batch.project_id for batch in batches}
+    return len(projects), sum(future.result() for future in futures)
 
 
 def run_rollup(
@@ -539,33 +526,27 @@ def run_rollup(
 
     def roll_then_fold(conn: Connection, project_id: int, hours: list[datetime]) -> None:
         reroll_hours(conn, project_id=project_id, hours=hours)
-        # The batch holds its days' locks, and their rows are still in memory: the days that
-        # are over are folded now rather than read again later.
-        days = take_dirty_hours(
-            conn, job=ROLLUP_DAILY_JOB, project_id=project_id, since=floor_day(hours[0]),
-            before=min(floor_day(hours[-1]) + DAY, today),
-        )  # fmt: skip
-        if days:
-            fold_days(conn, project_id=project_id, days=days)
-            folded.append(len(days))
+        # The transaction holds the day's lock, and its rows are still in memory: a day that
+        # is over is folded now rather than read again later.
+        day = floor_day(hours[0])
+        if day < today and take_dirty_hours(
+            conn, job=ROLLUP_DAILY_JOB, project_id=project_id, since=day, before=day + DAY
+        ):
+            fold_days(conn, project_id=project_id, days=[day])
+            folded.append(1)
 
-    projects, hours = drain_by_days(
-        engine,
-        job=ROLLUP_JOB,
-        days_per_transaction=DAYS_PER_TRANSACTION,
-        work=roll_then_fold,
-        connections=connections,
+    projects, hours = drain_by_day(
+        engine, job=ROLLUP_JOB, work=roll_then_fold, connections=connections
     )
     # Then the days marked otherwise: a day that has ended since its hours were rolled.
-    _, days = drain_by_days(
+    _, days = drain_by_day(
         engine,
         job=ROLLUP_DAILY_JOB,
-        days_per_transaction=DAYS_PER_TRANSACTION,
         work=lambda conn, project_id, days: fold_days(conn, project_id=project_id, days=days),
         connections=connections,
         before=today,
     )
-    return RollupRun(projects=projects, hours=hours, days=days + sum(folded))
+    return RollupRun(projects=projects, hours=hours, days=days + len(folded))
 
 
 # --- reading the latency histogram -----------------------------------------------------

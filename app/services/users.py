@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -15,9 +16,13 @@ from app.models import DASHBOARD_ROLES, memberships, projects, users
 MIN_PASSWORD_LENGTH = 8
 
 _hasher = PasswordHasher()
+
+
 # Verified against when the email is unknown, so a wrong email costs as long as a wrong
 # password and response times do not tell which addresses have a login.
-_DUMMY_HASH = _hasher.hash("routeledger-no-such-user")
+@cache
+def _dummy_hash() -> str:
+    return _hasher.hash("routeledger-no-such-user")
 
 
 class InvalidUser(ValueError):
@@ -89,7 +94,7 @@ def authenticate(conn: Connection, *, email: str, password: str) -> int | None:
         select(users.c.id, users.c.password_hash).where(users.c.email == email)
     ).first()
     try:
-        _hasher.verify(row.password_hash if row else _DUMMY_HASH, password)
+        _hasher.verify(row.password_hash if row else _dummy_hash(), password)
     except (VerificationError, InvalidHashError):
         return None
     if row is None:

@@ -168,12 +168,7 @@ def update(start_date, end_date, _changed):
     project_id = auth.membership().project_id
     within = filters.period_of(start_date, end_date)
     fired, rules = data.together(
-        lambda: [
-            a
-            for a in data.read(alerts.list_alerts, project_id=project_id)
-            if a["fired_at"] < within.end
-            and (a["resolved_at"] is None or a["resolved_at"] > within.start)
-        ],
+        lambda: data.alerts_in(project_id, within),
         lambda: data.read(alerts.list_rules, project_id=project_id),
     )
     summary = [

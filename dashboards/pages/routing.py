@@ -233,20 +233,13 @@ def _alert_marks(project_id: int, feature: str, within) -> tuple[dict[str, list[
     rules, metric by metric, and their alerts in the period."""
     # Read one after the other: this already runs on the read pool (see update).
     rules = data.read(alerts.list_rules, project_id=project_id)
-    fired = data.read(alerts.list_alerts, project_id=project_id)
+    fired = data.alerts_in(project_id, within)
     ours = {r["id"]: r for r in rules if r["scope"] in ({}, {"feature": feature})}
     thresholds: dict[str, list[float]] = {}
     for rule in ours.values():
         if rule["enabled"] and rule["threshold"] is not None:
             thresholds.setdefault(rule["metric"], []).append(float(rule["threshold"]))
-    shown = [
-        a
-        for a in fired
-        if a["rule_id"] in ours
-        and a["fired_at"] < within.end
-        and (a["resolved_at"] is None or a["resolved_at"] > within.start)
-    ]
-    return thresholds, shown
+    return thresholds, [a for a in fired if a["rule_id"] in ours]
 
 
 def _rates_figure(series, marks: tuple[dict[str, list[float]], list]) -> go.Figure:

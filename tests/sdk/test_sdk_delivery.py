@@ -195,19 +195,15 @@ def silent_server():
     listener.close()
 
 
+@pytest.mark.timeout(60)
 def test_flush_and_shutdown_keep_their_deadline(silent_server, make_client, send):
-    client = make_client(silent_server, timeout=30)
-    started = time.monotonic()
+    # The server never answers and the client waits an hour for it: a send, flush or shutdown
+    # that waited on the network instead of keeping its deadline would hang until the
+    # test's timeout fails it.
+    client = make_client(silent_server, timeout=3600)
     send(client, 1000)
-    # The server never answers and the client's timeout is 30 s: ignoring a deadline would
-    # take 30 s, so 3 s of slack keeps these checks meaningful on a loaded 2-core machine.
-    assert time.monotonic() - started < 3.0  # the calling thread never waits on the network
-    started = time.monotonic()
     assert not client.flush(0.3)
-    assert 0.3 <= time.monotonic() - started < 3.0
-    started = time.monotonic()
     assert not client.shutdown(0.3)
-    assert time.monotonic() - started < 3.0
     spooled = b"".join(path.read_bytes() for path in Path(client.spool_dir).iterdir())
     assert len(spooled.splitlines()) == 1000  # the batch in flight and the rest of the queue
 
