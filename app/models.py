@@ -213,6 +213,12 @@ attempts = Table(
     # 'client' (sent on the event) or 'price' (price_id says which row priced it).
     Column("cost_source", Text),
     Column("price_id", BigInteger),
+    # The request's keys, copied at ingest (they never change), so the attempt rollups and
+    # one customer's attempts are read without joining the requests.
+    Column("feature", Text, nullable=False),
+    Column("customer_id", Text, nullable=False),
+    Column("experiment_name", Text),
+    Column("experiment_arm", Text),
     PrimaryKeyConstraint("project_id", "ts", "request_id", "position"),
     CheckConstraint("status in ('ok','error','timeout','rejected')", name="known_status"),
     CheckConstraint(
@@ -598,9 +604,13 @@ repriced_attempts = Table(
 
 # Indexes on the partitioned event tables (created on every partition).
 Index("ix_requests_received_at", requests.c.received_at)
-# Metrics of one customer read the hours outside its whole days from the requests.
+# Metrics of one customer read the hours outside its whole days from the requests and
+# attempts.
 Index(
     "ix_requests_project_customer_ts", requests.c.project_id, requests.c.customer_id, requests.c.ts
+)
+Index(
+    "ix_attempts_project_customer_ts", attempts.c.project_id, attempts.c.customer_id, attempts.c.ts
 )
 Index(
     "ix_requests_unpriced",

@@ -75,18 +75,20 @@ from (
 _ATTEMPTS = """
 insert into attempts (
     project_id, ts, request_id, position, model, provider, tier, status, input_tokens,
-    output_tokens, cache_read_tokens, cache_write_tokens, latency_ms, cost_usd, cost_source)
+    output_tokens, cache_read_tokens, cache_write_tokens, latency_ms, cost_usd, cost_source,
+    feature, customer_id, experiment_name, experiment_arm)
 select project_id, ts, request_id, 0,
        case when is_fallback or is_failed then 'gpt-4o-mini' else served_model end, 'openai',
        case when is_fallback or is_failed then intended_tier else served_tier end,
        case when is_failed then 'error' when is_fallback then 'rejected' else 'ok' end,
        input_tokens, output_tokens, 0, 0, latency_ms / attempt_count,
-       cost_usd / attempt_count, 'client'
+       cost_usd / attempt_count, 'client', feature, customer_id, experiment_name, experiment_arm
 from requests where project_id = :project_id and ts >= :low and ts < :high
 union all
 select project_id, ts, request_id, 1, coalesce(served_model, 'gpt-4o'), 'openai',
        coalesce(served_tier, 'premium'), case when is_failed then 'error' else 'ok' end,
-       input_tokens, output_tokens, 0, 0, latency_ms / 2, cost_usd / 2, 'client'
+       input_tokens, output_tokens, 0, 0, latency_ms / 2, cost_usd / 2, 'client', feature,
+       customer_id, experiment_name, experiment_arm
 from requests
 where project_id = :project_id and ts >= :low and ts < :high and is_fallback
 """

@@ -66,6 +66,12 @@ def test_valid_batch_is_stored_with_derived_fields(http, fresh_project, database
     assert row["revenue_usd"] == Decimal("0.004")
     assert row["experiment_arm"] == "treatment" and row["router_confidence"] == 0.92
     assert row["metadata"] == {"region": "eu"}
+    # Each attempt carries its request's keys, which the attempt rollups group by.
+    keys = ("feature", "customer_id", "experiment_name", "experiment_arm")
+    assert [{key: stored[key] for key in keys} for stored in stored_attempts(
+        database_url, ev["request_id"]
+    )] == [{"feature": row["feature"], "customer_id": row["customer_id"],
+            "experiment_name": "router-v4", "experiment_arm": "treatment"}] * 2  # fmt: skip
 
 
 def test_failover_and_failed_request(http, fresh_project, database_url):

@@ -90,6 +90,49 @@ def test_upgrade_to_head_and_downgrade_to_base(scratch_database):
     assert "requests" in _tables(scratch_database)
 
 
+def test_upgrade_copies_each_requests_keys_onto_its_stored_attempts(scratch_database):
+    from app import migrate
+    from app.services.partitions import forget_known_partitions
+
+    migrate.upgrade("0005")
+    forget_known_partitions()
+    ts = datetime(2026, 11, 3, 9, 30, tzinfo=UTC)
+    keyed = {uuid.uuid4(): ("chat", "acme", "router-v4", "treatment"),
+             uuid.uuid4(): ("search", "globex", None, None)}  # fmt: skip
+    with psycopg.connect(scratch_database) as conn:
+        for table in ("requests", "attempts"):
+            conn.execute(
+                f"create table {table}_p2026_11 partition of {table} "
+                "for values from ('2026-11-01 00:00Z') to ('2026-12-01 00:00Z')"
+            )
+        for request_id, (feature, customer, experiment, arm) in keyed.items():
+            conn.execute(
+                "insert into requests (project_id, ts, request_id, received_at, customer_id, "
+                "feature, intended_tier, attempt_count, is_fallback, is_escalation, "
+                "is_failover, is_failed, input_tokens, output_tokens, cache_read_tokens, "
+                "cache_write_tokens, cost_usd, unpriced_attempts, is_unpriced, "
+                "experiment_name, experiment_arm) values (1, %s, %s, %s, %s, %s, 'cheap', 2, "
+                "true, false, false, false, 10, 20, 0, 0, 0, 0, false, %s, %s)",
+                (ts, request_id, ts, customer, feature, experiment, arm),
+            )
+            for position in (0, 1):
+                conn.execute(
+                    "insert into attempts (project_id, ts, request_id, position, model, tier, "
+                    "status, input_tokens, output_tokens, cache_read_tokens, "
+                    "cache_write_tokens) values (1, %s, %s, %s, 'm', 'cheap', 'ok', 5, 10, 0, 0)",
+                    (ts, request_id, position),
+                )
+    migrate.upgrade()
+    with psycopg.connect(scratch_database) as conn:
+        copied = conn.execute(
+            "select request_id, feature, customer_id, experiment_name, experiment_arm "
+            "from attempts order by request_id, position"
+        ).fetchall()
+    assert sorted(copied) == sorted(
+        (request_id, *keys) for request_id, keys in keyed.items() for _ in (0, 1)
+    )
+
+
 def test_catalog_snapshot_is_loaded_once_and_later_versions_change_only_the_future(
     scratch_database, monkeypatch
 ):

@@ -209,12 +209,14 @@ REQUEST_TYPES = (
 ATTEMPT_COLUMNS = (
     "project_id", "ts", "request_id", "position", "model", "provider", "tier", "status",
     "reason", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-    "latency_ms", "cost_usd", "cost_source", "price_id",
+    "latency_ms", "cost_usd", "cost_source", "price_id", "feature", "customer_id",
+    "experiment_name", "experiment_arm",
 )  # fmt: skip
 ATTEMPT_TYPES = (
     "int8", "timestamptz", "uuid", "int2", "text", "text", "text", "text",
     "text", "int8", "int8", "int8", "int8",
-    "float8", "numeric", "text", "int8",
+    "float8", "numeric", "text", "int8", "text", "text",
+    "text", "text",
 )  # fmt: skip
 
 
@@ -239,6 +241,9 @@ def derive(
     intended = event.intended_tier or attempts[0].tier
     served = served_attempt(attempts)
     ranks = project.tier_ranks
+    experiment = event.experiment
+    experiment_name = experiment.name if experiment else None
+    experiment_arm = experiment.arm if experiment else None
 
     cost = Decimal(0)
     unpriced = 0
@@ -275,12 +280,15 @@ def derive(
                 attempt_cost,
                 cost_source,
                 price_id,
+                event.feature,
+                event.customer_id,
+                experiment_name,
+                experiment_arm,
             )  # fmt: skip
         )
 
     baseline, baseline_price_id = baseline_cost(served, project=project, prices=prices, ts=ts)
     router = event.router
-    experiment = event.experiment
     quality = event.quality
     request_row = (
         project.project_id, ts, event.request_id, received_at, event.customer_id, event.feature,
@@ -298,7 +306,7 @@ def derive(
         event.revenue_usd,
         router.strategy if router else None, router.version if router else None,
         router.confidence if router else None, router.latency_ms if router else None,
-        experiment.name if experiment else None, experiment.arm if experiment else None,
+        experiment_name, experiment_arm,
         Jsonb(event.metadata) if event.metadata is not None else None,
     )  # fmt: skip
     return StoredRequest(request_row, attempt_rows)

@@ -167,8 +167,9 @@ class Filters:
                     if kept
                     else raw_rows(table, low=f":{low}", high=f":{high}")
                 )
+            prefix = "" if kept else f"{table.raw_alias}."
             where = f"({' or '.join(spans)})" + "".join(
-                f" and {'' if kept else 'r.'}{column} = :{column}" for column in self.columns()
+                f" and {prefix}{column} = :{column}" for column in self.columns()
             )
             if kept:
                 selects.append(

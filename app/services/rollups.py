@@ -237,6 +237,11 @@ class RollupTable:
         return self.at(HOURLY)
 
     @property
+    def raw_alias(self) -> str:
+        """How SQL here names the raw rows this table counts: requests `r`, attempts `a`."""
+        return "a" if self.of_attempts else "r"
+
+    @property
     def columns(self) -> tuple[str, ...]:
         histogram = ("latency_buckets", "latency_counts") if self.histogram else ()
         return (*self.dimensions, *self.figures, *histogram)
@@ -273,29 +278,21 @@ _BOUNDS_SQL = "cast('{" + ",".join(map(repr, LATENCY_BOUNDS_MS)) + "}' as float8
 
 def raw_rows(table: RollupTable, *, low: str, high: str) -> str:
     """SQL condition: the project's raw rows that `table` counts, with timestamps in
-    [`low`, `high`) (SQL expressions). Both sides of the attempts' join are bounded, so
-    each scans only its own partitions and range."""
-    sides = ("r", "a") if table.of_attempts else ("r",)
-    return " and ".join(
-        f"{side}.project_id = :project_id and {side}.ts >= {low} and {side}.ts < {high}"
-        for side in sides
-    )
+    [`low`, `high`) (SQL expressions)."""
+    side = table.raw_alias
+    return f"{side}.project_id = :project_id and {side}.ts >= {low} and {side}.ts < {high}"
 
 
 def raw_select(table: RollupTable, *, grain: Grain, where: str) -> str:
     """SQL: `table`'s rows at `grain` computed from the raw rows that pass `where` (over
-    requests `r`, joined to their attempts `a` for an attempts table), as columns
-    project_id, bin, then `table.columns`."""
+    requests `r`, or attempts `a` for an attempts table: they carry their request's keys),
+    as columns project_id, bin, then `table.columns`."""
     sums = _ATTEMPT_SUMS if table.of_attempts else _REQUEST_SUMS
-    own = ("model", "tier") if table.of_attempts else ()
-    keys = [f"{'a' if d in own else 'r'}.{d}" for d in table.dimensions]
-    source = (
-        "attempts a join requests r using (project_id, ts, request_id)"
-        if table.of_attempts
-        else "requests r"
-    )
+    side = table.raw_alias
+    keys = [f"{side}.{d}" for d in table.dimensions]
+    source = "attempts a" if table.of_attempts else "requests r"
     group_by = ", ".join(str(i) for i in range(1, len(keys) + 3))
-    head = f"r.project_id, {grain.bin_of('r.ts')} as bin, {', '.join(keys)}"
+    head = f"{side}.project_id, {grain.bin_of(f'{side}.ts')} as bin, {', '.join(keys)}"
     figures = ", ".join(f"{sums[f]} as {f}" for f in table.figures)
     if not table.histogram:
         return f"select {head}, {figures} from {source} where {where} group by {group_by}"
@@ -323,7 +320,8 @@ def raw_select(table: RollupTable, *, grain: Grain, where: str) -> str:
 
 def _roll(table: RollupTable, *, grain: Grain) -> TextClause:
     """Inserts `table`'s rows of the `grain` bins `:bins` computed from raw rows."""
-    where = f"{raw_rows(table, low=':low', high=':high')} and {grain.bin_of('r.ts')} = any(:bins)"
+    bin_of_row = grain.bin_of(f"{table.raw_alias}.ts")
+    where = f"{raw_rows(table, low=':low', high=':high')} and {bin_of_row} = any(:bins)"
     return text(
         f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)}) "
         f"{raw_select(table, grain=grain, where=where)}"
@@ -385,11 +383,8 @@ _DAILY = tuple(
 
 
 def _tune_for_rollups(conn: Connection) -> None:
-    # Freshly ingested rows have no statistics yet: the planner then expects one row and
-    # joins attempts to requests in a nested loop, quadratic in the hour's requests.
-    conn.execute(text("set local enable_nestloop = off"))
-    # That setting prices every plan with a lateral unnest (always a nested loop) so high
-    # that PostgreSQL would JIT-compile it: half a second per statement for nothing.
+    # Once the rows have statistics, a day's rows cost enough for PostgreSQL to JIT-compile
+    # these statements: a fraction of a second each, for nothing at this size.
     conn.execute(text("set local jit = off"))
     conn.execute(text("set local plan_cache_mode = force_custom_plan"))
     # Room to group in memory: the default 4 MB sends these sorts to disk.
@@ -397,8 +392,6 @@ def _tune_for_rollups(conn: Connection) -> None:
     # Hash the groups rather than sort the rows: with no statistics yet on fresh rows the
     # planner would sort hundreds of thousands of rows by eight keys, twice.
     conn.execute(text("set local enable_sort = off"))
-    # Attempts and requests both come in primary-key order: merge them rather than hash one.
-    conn.execute(text("set local enable_hashjoin = off"))
 
 
 def _replace(
