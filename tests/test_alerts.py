@@ -322,3 +322,86 @@ def test_smtp_with_login(engine, monkeypatch):
         get_settings.cache_clear()
     assert logins == [b"rl"]  # the server takes no mail without a login
     assert len(inbox.to(address)) == 1
+
+
+def test_window_totals_read_whole_hours_from_rollups_and_the_minutes_around_them_raw(
+    engine, database_url
+):
+    from app.db import transaction
+    from app.services.alerts import ROLLED_AFTER, measure, window_totals
+    from app.services.metrics import Period
+    from app.services.rollups import floor_hour
+
+    project = make_project()
+    # Two minutes into an hour, so the hour before is over but not yet ROLLED_AFTER.
+    now = datetime.now(UTC).replace(minute=2, second=0, microsecond=0)
+    # 30 hours of traffic, one request every 7 minutes at odd seconds, of two features,
+    # two customers, escalated or not, with a fallback or not, priced or unpriced.
+    events = []
+    for i in range(260):
+        served = (
+            attempt(tier="premium", model="acme-large", cost_usd="0.0125")
+            if i % 3 == 0
+            else attempt(model="mystery-model" if i % 7 == 0 else "acme-small")
+        )
+        attempts = (attempt(status="rejected"), served) if i % 4 else (served,)
+        events.append(
+            event(
+                *attempts,
+                intended_tier="cheap",
+                feature=("search", "support-chat")[i % 2],
+                customer_id=("acme", "globex")[i % 5 > 2],
+                timestamp=(now - timedelta(minutes=7 * i, seconds=13)).isoformat(),
+            )
+        )
+    ingest(engine, project.id, events)
+    run_rollup(engine)
+    # Not rolled up yet, in an hour over for less than ROLLED_AFTER: counted all the same.
+    ingest(engine, project.id, [event(timestamp=(now - timedelta(minutes=4)).isoformat())])
+
+    columns = {"feature": "feature", "customer_id": "customer_id", "model": "served_model"}
+    windows = [
+        Period(now - timedelta(hours=26, minutes=7), now - timedelta(minutes=13)),
+        Period(now - timedelta(hours=3, minutes=1), now),
+        Period(now - timedelta(days=7), now - timedelta(hours=2, minutes=30)),
+        Period(now - timedelta(minutes=50), now),
+        Period(now - timedelta(minutes=50), now - timedelta(minutes=40)),
+    ]
+    scopes = [{}, {"feature": "search"}, {"customer_id": "globex"}, {"model": "acme-large"}]
+    with psycopg.connect(database_url) as raw, transaction() as conn:
+        for within in windows:
+            for scope in scopes:
+                where = "".join(f" and {columns[k]} = %s" for k in scope)
+                expected = raw.execute(
+                    "select count(*), count(*) filter (where is_escalation), "
+                    "count(*) filter (where is_fallback), count(*) filter (where is_unpriced), "
+                    "coalesce(sum(cost_usd), 0) from requests "
+                    f"where project_id = %s and ts >= %s and ts < %s {where}",
+                    (project.id, within.start, within.end, *scope.values()),
+                ).fetchone()
+                totals = window_totals(
+                    conn, project_id=project.id, scope=scope, within=within,
+                    rolled_before=floor_hour(now - ROLLED_AFTER),
+                )  # fmt: skip
+                found = (totals.requests, totals.escalations, totals.fallbacks,
+                         totals.unpriced_requests, totals.cost_usd)  # fmt: skip
+                assert found == expected, (within, scope)
+                assert totals.requests > 0 or scope
+                raw_only = window_totals(conn, project_id=project.id, scope=scope, within=within)
+                assert raw_only == totals
+
+        # A baseline rule's reference: the week before its window.
+        rule = {
+            "project_id": project.id,
+            "scope": {"customer_id": "globex"},
+            "metric": "escalation_rate",
+            "window_minutes": 60,
+            "baseline_multiplier": 2,
+        }
+        reference = raw.execute(
+            "select count(*) filter (where is_escalation)::float / count(*) from requests "
+            "where project_id = %s and customer_id = 'globex' and ts >= %s and ts < %s",
+            (project.id, now - timedelta(days=7, hours=1), now - timedelta(hours=1)),
+        ).fetchone()[0]
+        assert measure(conn, rule=rule, now=now).reference == pytest.approx(reference)
+        assert 0 < reference < 1

@@ -23,13 +23,16 @@ from app.services.emails import dashboard_url, queue_email, report_email
 from app.services.metrics import (
     MONEY_CONTEXT,
     CustomerFigures,
+    Filters,
     Period,
     add_record_revenue,
+    coverage,
     revenue_records,
     shares,
     total_variation,
 )
 from app.services.policies import policy_at
+from app.services.rollups import HOUR, floor_hour
 
 RATE_METRICS = {
     "escalation_rate": "escalations",
@@ -42,6 +45,9 @@ BASELINE_METRICS = {*RATE_METRICS, "cost_per_request", "spend", "unpriced_reques
 EXTENSIVE_METRICS = {"spend", "unpriced_requests"}
 REFERENCE_WINDOW = timedelta(days=7)
 SCOPE_COLUMNS = {"feature": "feature", "customer_id": "customer_id", "model": "served_model"}
+# A reference window reads an hour from the rollups once the hour has been over this long (the
+# rollup job is at most a minute behind ingest), the minutes after it from the raw rows.
+ROLLED_AFTER = timedelta(minutes=5)
 
 
 class InvalidRule(ValueError):
@@ -149,24 +155,65 @@ def _scope_sql(scope: dict) -> tuple[str, dict]:
     return "".join(f" and {c}" for c in clauses), params
 
 
-def window_totals(conn: Connection, *, project_id: int, scope: dict, within: Period) -> Any:
-    """Counts and cost of the scope's requests in the window, from the raw rows (alerts look
-    at minutes, the rollups at hours)."""
+def window_totals(
+    conn: Connection,
+    *,
+    project_id: int,
+    scope: dict,
+    within: Period,
+    rolled_before: datetime | None = None,
+) -> Any:
+    """Counts and cost of the scope's requests in the window: from the raw rows (alerts look
+    at minutes, the rollups at hours), except its whole hours before `rolled_before`, which
+    come from the rollups (a rule's week of reference traffic is too many rows to read every
+    minute)."""
+    # The rolled hours [first, last), empty when first == last; raw rows on either side.
+    first = floor_hour(within.start)
+    first = min(first + HOUR if first < within.start else first, within.end)
+    last = max(first, min(floor_hour(within.end), rolled_before or first))
     scope_sql, params = _scope_sql(scope)
+    params |= {"project_id": project_id, "start": within.start, "first": first, "last": last,
+               "end": within.end}  # fmt: skip
+    rolled = "select 0, 0, 0, 0, 0, 0"
+    if first < last:
+        filters = Filters(feature=scope.get("feature"), customer_id=scope.get("customer_id"))
+        request_rollup, _ = filters.rollups
+        source, source_params = filters.source(
+            request_rollup,
+            project_id=project_id,
+            cover=coverage(conn, project_id=project_id, within=Period(first, last)),
+        )
+        params.update(source_params)
+        rolled = f"""
+            select sum(requests), sum(escalations), sum(fallbacks), sum(failovers),
+                   sum(unpriced_requests), sum(cost_usd)
+            from {source} r {"where served_model = :scope_model" if "model" in scope else ""}
+        """
     return conn.execute(
         text(
             f"""
-            select count(*) as requests,
-                   count(*) filter (where is_escalation) as escalations,
-                   count(*) filter (where is_fallback) as fallbacks,
-                   count(*) filter (where is_failover) as failovers,
-                   count(*) filter (where is_unpriced) as unpriced_requests,
+            select coalesce(sum(requests), 0)::bigint as requests,
+                   coalesce(sum(escalations), 0)::bigint as escalations,
+                   coalesce(sum(fallbacks), 0)::bigint as fallbacks,
+                   coalesce(sum(failovers), 0)::bigint as failovers,
+                   coalesce(sum(unpriced_requests), 0)::bigint as unpriced_requests,
                    coalesce(sum(cost_usd), 0) as cost_usd
-            from requests
-            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
+            from (
+                select count(*) as requests,
+                       count(*) filter (where is_escalation) as escalations,
+                       count(*) filter (where is_fallback) as fallbacks,
+                       count(*) filter (where is_failover) as failovers,
+                       count(*) filter (where is_unpriced) as unpriced_requests,
+                       sum(cost_usd) as cost_usd
+                from requests
+                where project_id = :project_id {scope_sql}
+                  and (ts >= :start and ts < :first or ts >= :last and ts < :end)
+                union all
+                {rolled}
+            ) parts (requests, escalations, fallbacks, failovers, unpriced_requests, cost_usd)
             """
         ),
-        {"project_id": project_id, "start": within.start, "end": within.end, **params},
+        params,
     ).one()
 
 
@@ -284,7 +331,10 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
     reference = None
     if rule["baseline_multiplier"] is not None:
         before = Period(within.start - REFERENCE_WINDOW, within.start)
-        past = window_totals(conn, project_id=project_id, scope=scope, within=before)
+        past = window_totals(
+            conn, project_id=project_id, scope=scope, within=before,
+            rolled_before=floor_hour(now - ROLLED_AFTER),
+        )  # fmt: skip
         reference = _value(metric, past)
         if reference is not None and metric in EXTENSIVE_METRICS:
             reference *= window / REFERENCE_WINDOW
