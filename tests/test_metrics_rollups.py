@@ -349,6 +349,14 @@ def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
             )
         return routing.requests, sum(c.requests for c in customers), acme.requests
 
+    def folded_requests() -> int:
+        """Requests of the day in its daily rows, read or not."""
+        with psycopg.connect(database_url) as conn:
+            return conn.execute(
+                "select sum(requests) from rollup_routing_daily where project_id = %s",
+                (project.id,),
+            ).fetchone()[0]
+
     assert requests_now() == (HOURS, HOURS, HOURS)
     late = {**spread_events(1)[0], "timestamp": (day + timedelta(hours=3)).isoformat()}
     ingest(engine, project.id, [late])
@@ -356,18 +364,10 @@ def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
     with engine.begin() as conn:
         reroll_hours(conn, project_id=project.id, hours=[day + timedelta(hours=3)])
     assert requests_now() == (HOURS + 1, HOURS + 1, HOURS + 1)
-    with psycopg.connect(database_url) as conn:
-        folded = conn.execute(
-            "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
-        ).fetchone()[0]
-    assert folded == HOURS  # the daily rows are stale, and unread
+    assert folded_requests() == HOURS  # the daily rows are stale, and unread
     run_rollup(engine)
     assert requests_now() == (HOURS + 1, HOURS + 1, HOURS + 1)
-    with psycopg.connect(database_url) as conn:
-        folded = conn.execute(
-            "select sum(requests) from rollup_routing_daily where project_id = %s", (project.id,)
-        ).fetchone()[0]
-    assert folded == HOURS + 1
+    assert folded_requests() == HOURS + 1
 
 
 def test_the_current_day_is_not_folded_before_it_is_over(engine, database_url):

@@ -26,7 +26,6 @@ from app.services.metrics import (
     Filters,
     Period,
     add_record_revenue,
-    coverage,
     revenue_records,
     shares,
     total_variation,
@@ -177,11 +176,8 @@ def window_totals(
     rolled = "select 0, 0, 0, 0, 0, 0"
     if first < last:
         filters = Filters(feature=scope.get("feature"), customer_id=scope.get("customer_id"))
-        request_rollup, _ = filters.rollups
-        source, source_params = filters.source(
-            request_rollup,
-            project_id=project_id,
-            cover=coverage(conn, project_id=project_id, within=Period(first, last)),
+        source, source_params = filters.request_source(
+            conn, project_id=project_id, within=Period(first, last)
         )
         params.update(source_params)
         rolled = f"""

@@ -19,7 +19,6 @@ from app.services.metrics import (
     Filters,
     Period,
     RoutingMetrics,
-    coverage,
 )
 from app.services.rollups import BIN_ORIGIN, BIN_ORIGIN_SQL, latency_quantile
 
@@ -36,8 +35,9 @@ def routing_series(
     the counts, costs and splits filled in; policy and latency are left out."""
     width = timedelta(hours=bucket_hours)
     # Daily rows fit whole buckets only when buckets are whole days (from UTC midnight).
-    cover = coverage(conn, project_id=project_id, within=within, daily=bucket_hours % 24 == 0)
-    source, params = filters.source(filters.rollups[0], project_id=project_id, cover=cover)
+    source, params = filters.request_source(
+        conn, project_id=project_id, within=within, daily=bucket_hours % 24 == 0
+    )
     rows = conn.execute(
         text(
             f"""
@@ -100,8 +100,7 @@ def served_model_latency(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> dict[str, tuple[float | None, float | None]]:
     """Latency p50 and p95 (ms) of the requests each model served."""
-    cover = coverage(conn, project_id=project_id, within=within)
-    source, params = filters.source(filters.rollups[0], project_id=project_id, cover=cover)
+    source, params = filters.request_source(conn, project_id=project_id, within=within)
     rows = conn.execute(
         text(
             f"""
@@ -131,9 +130,7 @@ class FilterValues:
 
 
 def filter_values(conn: Connection, *, project_id: int, within: Period) -> FilterValues:
-    scope = Filters()
-    cover = coverage(conn, project_id=project_id, within=within)
-    source, params = scope.source(scope.rollups[0], project_id=project_id, cover=cover)
+    source, params = Filters().request_source(conn, project_id=project_id, within=within)
     row = conn.execute(
         text(
             f"""

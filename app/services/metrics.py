@@ -183,6 +183,13 @@ class Filters:
                 )
         return f"({' union all '.join(selects)})", params
 
+    def request_source(
+        self, conn: Connection, *, project_id: int, within: Period, daily: bool = True
+    ) -> tuple[str, dict]:
+        """`source` of the request rollup to read, over the coverage of the period."""
+        cover = coverage(conn, project_id=project_id, within=within, daily=daily)
+        return self.source(self.rollups[0], project_id=project_id, cover=cover)
+
     def columns(self) -> dict[str, str]:
         """The filtered columns (named alike in requests and rollups) and their values."""
         pairs = {

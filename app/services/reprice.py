@@ -240,35 +240,31 @@ def _run(engine: Engine, *, project_id: int, where: str, params: dict, model, au
 def run_reprice(engine: Engine) -> RepriceRun:
     """Prices the unpriced requests (and missing baselines) of every project that now can be."""
     with engine.connect() as conn:
-        projects = (
-            conn.execute(
-                text(
-                    "select distinct project_id from requests "
-                    "where is_unpriced or baseline_cost_usd is null order by 1"
-                )
+        projects = conn.execute(
+            text(
+                """
+                select p.id, p.baseline_model is not null as has_baseline
+                from projects p
+                where p.id in (select project_id from requests
+                               where is_unpriced or baseline_cost_usd is null)
+                order by 1
+                """
             )
-            .scalars()
-            .all()
-        )
-        # A project without a baseline model has no baseline cost to find: its requests
-        # would be read again every run for nothing.
-        with_baseline = {
-            project_id
-            for project_id in projects
-            if load_project_context(conn, project_id=project_id).baseline_model
-        }
+        ).all()
     changes = [
         _run(
             engine,
-            project_id=project_id,
+            project_id=project.id,
+            # A project without a baseline model has no baseline cost to find: its requests
+            # would be read again every run for nothing.
             where="(is_unpriced or baseline_cost_usd is null)"
-            if project_id in with_baseline
+            if project.has_baseline
             else "is_unpriced",
             params={},
             model=None,
             audit={"kind": "unpriced"},
         )
-        for project_id in projects
+        for project in projects
     ]
     return RepriceRun(
         repricings=sum(1 for c in changes if c.requests or c.attempts),
