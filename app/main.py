@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from app.api import admin, alerts, exports, health, ingest, metrics
+from app.api import admin, alerts, exports, health, ingest, metrics, traces
 from app.api.bodies import BodyLimitAndGzip
 from app.services.ingest import field_path
 
@@ -36,6 +36,7 @@ def create_app() -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(alerts.router)
     app.include_router(exports.router)
+    app.include_router(traces.router)
     app.openapi = lambda: _openapi(app)
     return app
 

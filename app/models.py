@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -664,4 +665,73 @@ Index(
         "quality_score",
     ],
     postgresql_where="experiment_name is not null",
+)
+
+
+# --- OTLP traces and the model-to-tier map (issue 14) ------------------------------------
+
+# The project's model-to-tier map: the tier of a span's model (events carry their tiers).
+model_tiers = Table(
+    "model_tiers",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("tier", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "model"),
+    ForeignKeyConstraint(
+        ["project_id", "tier"],
+        ["tiers.project_id", "tiers.name"],
+        name="fk_model_tiers_project_id_tiers",
+    ),
+    CheckConstraint("length(model) between 1 and 200", name="model_length"),
+)
+
+# Spans of requests not assembled yet: kept only what assembly reads (never message content).
+otlp_spans = Table(
+    "otlp_spans",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("trace_id", LargeBinary, nullable=False),
+    Column("span_id", LargeBinary, nullable=False),
+    Column("parent_span_id", LargeBinary),
+    Column("parent_is_remote", Boolean, nullable=False),
+    Column("is_attempt", Boolean, nullable=False),
+    # An attempt of a held request: waits for its model's tier, not for the settle time.
+    Column("held", Boolean, nullable=False, server_default="false"),
+    Column("start_ns", BigInteger, nullable=False),
+    Column("end_ns", BigInteger, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    # The span's attempt and request fields, already checked (app.services.otlp).
+    Column("fields", JSONB, nullable=False),
+    Column("resource", JSONB, nullable=False),
+    PrimaryKeyConstraint("project_id", "trace_id", "span_id"),
+)
+
+# Requests whose attempts name a model with no tier: listed, and assembled once mapped.
+otlp_held_requests = Table(
+    "otlp_held_requests",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("trace_id", LargeBinary, nullable=False),
+    # The request models to map (what the API lists), and every name that would map them.
+    Column("unmapped_models", ARRAY(Text), nullable=False),
+    Column("lookup_names", ARRAY(Text), nullable=False),
+    Column("held_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("project_id", "request_id"),
+    Index("ix_otlp_held_requests_project_trace", "project_id", "trace_id"),
+)
+
+# Which request a model call's gen_ai.response.id went to, kept a day: the same call reported
+# by two instrumentations (possibly in two traces) counts once.
+otlp_response_ids = Table(
+    "otlp_response_ids",
+    metadata,
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("response_id", Text, nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("project_id", "response_id"),
+    Index("ix_otlp_response_ids_claimed_at", "claimed_at"),
 )

@@ -372,3 +372,33 @@ class AlertOut(BaseModel):
     requests: int
     window_start: datetime
     window_end: datetime
+
+
+# --- the model-to-tier map (issue 14) ----------------------------------------------------
+
+
+class ModelTierIn(Strict):
+    tier: RequiredText
+
+
+class ModelTierOut(BaseModel):
+    model: str
+    tier: str
+    updated_at: datetime
+    released_requests: int | None = Field(
+        default=None, description="on PUT: held requests assembled because of this mapping"
+    )
+
+
+class ModelTierList(BaseModel):
+    model_tiers: list[ModelTierOut]
+
+
+class UnmappedModel(BaseModel):
+    model: str
+    requests: int = Field(description="held requests waiting on this model's tier")
+
+
+class UnmappedModels(BaseModel):
+    held_requests: int
+    unmapped: list[UnmappedModel]

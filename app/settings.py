@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         default=50.0, description="default calls per second per API key (burst: 2 seconds' worth)"
     )
     routeledger_db_pool_size: int = 10
+    routeledger_otlp_settle_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="a trace's request is assembled once no span of it arrived for this long",
+    )
     routeledger_rollup_connections: int = Field(
         default=2, ge=1, description="connections the rollup job works on at once (a core each)"
     )

@@ -17,6 +17,8 @@ from app.db import sqlalchemy_url
 from app.settings import get_settings
 
 ROLLUP_EVERY = timedelta(seconds=15)
+# Well under ROUTELEDGER_OTLP_SETTLE_SECONDS, so a quiet trace waits little past it.
+TRACES_EVERY = timedelta(seconds=10)
 
 
 def broker_url() -> str:
@@ -41,6 +43,7 @@ def beat_schedule() -> dict:
     minute = timedelta(minutes=1)
     return {
         "rollup": every("rollup", ROLLUP_EVERY, ROLLUP_EVERY),
+        "traces": every("traces", TRACES_EVERY, TRACES_EVERY),
         "alerts": every("alerts", minute, minute),
         "emails": every("emails", timedelta(seconds=20), minute),
         "margins": every("margins", 5 * minute, 5 * minute),

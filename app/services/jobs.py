@@ -18,6 +18,7 @@ from app.services.emails import send_pending
 from app.services.margins import run_margins
 from app.services.reprice import run_reprice
 from app.services.rollups import run_rollup
+from app.services.traces import run_settle
 
 JOBS: dict[str, Callable] = {
     "rollup": run_rollup,
@@ -27,6 +28,7 @@ JOBS: dict[str, Callable] = {
     "reprice": run_reprice,
     "drift": run_drift,
     "digest": queue_digests,
+    "traces": run_settle,
 }
 
 

@@ -1,0 +1,601 @@
+"""OTLP GenAI traces (DESIGN.md "OTLP GenAI traces"): decode an export, keep from each span only
+what assembly reads, and group the spans of a trace into requests. No database here:
+app.services.traces stores, assembles and ingests.
+
+Message content never leaves this module: a span is reduced to an allow-list of attributes
+(model, usage, status, the `routeledger.*` fields and the identity fallbacks), so
+`gen_ai.input.messages` and the like are dropped before anything is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
+
+from app.schemas import MAX_ATTEMPTS, MAX_STRING
+from app.services.model_tiers import TierMap
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+UNATTRIBUTED = "(unattributed)"
+MAX_TOKENS = 2**40  # the event schema's bound
+MAX_FUTURE = timedelta(days=1)
+# request_id = UUIDv5(this namespace, "<trace id hex>:<request span id hex>").
+REQUEST_ID_NAMESPACE = uuid.UUID("5d0c3a57-5f0e-4a8e-9d7e-6f1c2b7a0e14")
+
+
+class NotDecodable(ValueError):
+    """400: the body is not an OTLP ExportTraceServiceRequest in its content type."""
+
+
+class UnsupportedContentType(ValueError):
+    """415: neither OTLP protobuf nor OTLP JSON."""
+
+
+# --- decoding ---------------------------------------------------------------------------
+
+
+def media_type(content_type: str | None) -> str:
+    """The OTLP encoding named by a Content-Type header."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind not in (PROTOBUF, JSON):
+        raise UnsupportedContentType(
+            f"Content-Type must be {PROTOBUF} or {JSON} (OTLP/HTTP), not {kind or 'missing'!r}"
+        )
+    return kind
+
+
+def decode_export(body: bytes, kind: str) -> ExportTraceServiceRequest:
+    export = ExportTraceServiceRequest()
+    if kind == PROTOBUF:
+        try:
+            export.ParseFromString(body)
+        except DecodeError as error:
+            raise NotDecodable(f"body is not an OTLP protobuf trace export: {error}") from None
+        return export
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise NotDecodable(f"body is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise NotDecodable('body must be an OTLP/JSON object {"resourceSpans": [...]}')
+    try:
+        json_format.ParseDict(_ids_as_base64(value), export, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as error:
+        raise NotDecodable(f"body is not an OTLP/JSON trace export: {error}") from None
+    return export
+
+
+_ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
+
+
+def _ids_as_base64(export: dict) -> dict:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping reads bytes as
+    base64. Rewrites the ids of spans and their links in place."""
+    for r, resource_spans in enumerate(_items(export, "resourceSpans", "resource_spans")):
+        for s, scope_spans in enumerate(_items(resource_spans, "scopeSpans", "scope_spans")):
+            for n, span in enumerate(_items(scope_spans, "spans")):
+                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{n}]"
+                _rewrite_ids(span, where)
+                for k, link in enumerate(_items(span, "links")):
+                    _rewrite_ids(link, f"{where}.links[{k}]")
+    return export
+
+
+def _items(parent: Any, *keys: str) -> list:
+    if not isinstance(parent, dict):
+        return []
+    for key in keys:
+        value = parent.get(key)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _rewrite_ids(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        return
+    for key in _ID_KEYS:
+        value = item.get(key)
+        if isinstance(value, str) and value:
+            try:
+                item[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError:
+                raise NotDecodable(f"{where}.{key}: {value!r} is not hex") from None
+
+
+def encode_response(kind: str, *, rejected_spans: int, error_message: str) -> bytes:
+    """The ExportTraceServiceResponse, in the encoding of the request."""
+    response = ExportTraceServiceResponse()
+    if rejected_spans or error_message:
+        response.partial_success.rejected_spans = rejected_spans
+        response.partial_success.error_message = error_message
+    if kind == PROTOBUF:
+        return response.SerializeToString()
+    return json_format.MessageToJson(response, indent=None).encode()
+
+
+# --- spans ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttributeRule:
+    """How a `routeledger.*` (or identity) attribute is checked: `kind` is text, tier, score,
+    millis or money."""
+
+    kind: str
+    required_text: bool = False
+
+
+# The request fields an app can set, on the request span, an attempt span or the resource.
+REQUEST_ATTRIBUTES: dict[str, AttributeRule] = {
+    "routeledger.customer_id": AttributeRule("text", required_text=True),
+    "routeledger.feature": AttributeRule("text", required_text=True),
+    "routeledger.intended_tier": AttributeRule("tier"),
+    "routeledger.user_tier": AttributeRule("text"),
+    "routeledger.task_type": AttributeRule("text"),
+    "routeledger.experiment.name": AttributeRule("text", required_text=True),
+    "routeledger.experiment.arm": AttributeRule("text", required_text=True),
+    "routeledger.router.strategy": AttributeRule("text"),
+    "routeledger.router.version": AttributeRule("text"),
+    "routeledger.router.confidence": AttributeRule("score"),
+    "routeledger.router.latency_ms": AttributeRule("millis"),
+    "routeledger.quality.score": AttributeRule("score"),
+    "routeledger.revenue_usd": AttributeRule("money"),
+}
+# Standard identity attributes, customer fallbacks: not addressed to us, so a value that is
+# not a usable id is passed over rather than refusing the span.
+IDENTITY_ATTRIBUTES = ("enduser.id", "user.id")
+REQUEST_MARKERS = ("routeledger.feature", "routeledger.customer_id")
+CUSTOMER_SOURCES = ("routeledger.customer_id", *IDENTITY_ATTRIBUTES)
+
+MODEL = "gen_ai.request.model"
+RESPONSE_MODEL = "gen_ai.response.model"
+PROVIDERS = ("gen_ai.provider.name", "gen_ai.system")
+INPUT_TOKENS = "gen_ai.usage.input_tokens"
+OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+CACHE_READ_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+CACHE_WRITE_TOKENS = "gen_ai.usage.cache_creation.input_tokens"
+RESPONSE_ID = "gen_ai.response.id"
+ERROR_TYPE = "error.type"
+TIER = "routeledger.tier"
+SERVICE_NAME = "service.name"
+
+ATTEMPT_ATTRIBUTES = frozenset(
+    {MODEL, RESPONSE_MODEL, *PROVIDERS, INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS,
+     CACHE_WRITE_TOKENS, RESPONSE_ID, ERROR_TYPE, TIER}
+)  # fmt: skip
+SPAN_ATTRIBUTES = ATTEMPT_ATTRIBUTES | set(REQUEST_ATTRIBUTES) | set(IDENTITY_ATTRIBUTES)
+RESOURCE_ATTRIBUTES = frozenset({SERVICE_NAME, *REQUEST_ATTRIBUTES, *IDENTITY_ATTRIBUTES})
+_UNSUPPORTED = object()  # an array, key-value list or bytes value: never one of ours
+
+
+@dataclass
+class SpanRecord:
+    """What assembly needs of one span. `fields` holds the span's checked request fields
+    under "request" and, for a model call, its attempt under "attempt"."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes | None
+    parent_is_remote: bool
+    start_ns: int
+    end_ns: int
+    fields: dict[str, Any]
+    resource: dict[str, Any]
+    received_at: datetime
+    held: bool = False
+
+    @property
+    def is_attempt(self) -> bool:
+        return "attempt" in self.fields
+
+    @property
+    def attempt(self) -> dict[str, Any]:
+        return self.fields["attempt"]
+
+    @property
+    def request_fields(self) -> dict[str, Any]:
+        return self.fields.get("request", {})
+
+    @property
+    def marks_request(self) -> bool:
+        return any(name in self.request_fields for name in REQUEST_MARKERS)
+
+
+class SpanRejected(ValueError):
+    """A span that is a model call, or carries `routeledger.*` fields, and cannot be used."""
+
+
+@dataclass
+class ExtractedSpans:
+    records: list[SpanRecord] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+
+
+def extract_spans(
+    export: ExportTraceServiceRequest, *, tier_ranks: Mapping[str, int], now: datetime
+) -> ExtractedSpans:
+    """Every span with usable ids as a SpanRecord, except those refused (each with a message
+    that names the span and the attribute). Spans that are not model calls are kept as
+    possible request spans; they are never refused for what they do not carry."""
+    result = ExtractedSpans()
+    latest_start_ns = _ns(now + MAX_FUTURE)
+    for resource_spans in export.resource_spans:
+        resource_error = None
+        try:
+            resource = _checked_fields(
+                _wanted(resource_spans.resource.attributes, RESOURCE_ATTRIBUTES), tier_ranks
+            )
+        except SpanRejected as error:
+            resource, resource_error = {}, f"resource: {error}"
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                try:
+                    record = _record(span, resource, tier_ranks, now, latest_start_ns)
+                except SpanRejected as error:
+                    result.rejected.append(f"span {span.span_id.hex() or '?'}: {error}")
+                    continue
+                if record is None:
+                    continue
+                if resource_error is not None and (record.is_attempt or record.request_fields):
+                    result.rejected.append(f"span {span.span_id.hex()}: {resource_error}")
+                    continue
+                result.records.append(record)
+    return result
+
+
+def _record(span, resource, tier_ranks, now, latest_start_ns) -> SpanRecord | None:
+    attributes = _wanted(span.attributes, SPAN_ATTRIBUTES)
+    is_attempt = MODEL in attributes
+    valid_ids = (
+        len(span.trace_id) == 16
+        and any(span.trace_id)
+        and len(span.span_id) == 8
+        and any(span.span_id)
+        and len(span.parent_span_id) in (0, 8)
+    )
+    request_fields = _checked_fields(attributes, tier_ranks)
+    if not valid_ids:
+        if is_attempt or request_fields:
+            raise SpanRejected("trace_id must be 16 bytes and span_id 8 bytes, not all zero")
+        return None
+    fields: dict[str, Any] = {"request": request_fields} if request_fields else {}
+    if is_attempt:
+        if span.start_time_unix_nano == 0 or span.end_time_unix_nano < span.start_time_unix_nano:
+            raise SpanRejected("a model call span needs a start time and an end after it")
+        if span.start_time_unix_nano > latest_start_ns:
+            raise SpanRejected("starts more than a day in the future")
+        fields["attempt"] = _attempt(span, attributes, tier_ranks)
+    flags = span.flags
+    return SpanRecord(
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        parent_span_id=span.parent_span_id or None,
+        parent_is_remote=bool(
+            flags & SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+            and flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+        ),
+        start_ns=span.start_time_unix_nano,
+        end_ns=span.end_time_unix_nano,
+        fields=fields,
+        resource=resource,
+        received_at=now,
+    )
+
+
+def _wanted(attributes, names: frozenset[str] | set[str]) -> dict[str, Any]:
+    found = {}
+    for attribute in attributes:
+        if attribute.key in names:
+            kind = attribute.value.WhichOneof("value")
+            if kind in ("string_value", "bool_value", "int_value", "double_value"):
+                found[attribute.key] = getattr(attribute.value, kind)
+            elif kind is not None:
+                found[attribute.key] = _UNSUPPORTED
+    return found
+
+
+def _attempt(span, attributes: dict[str, Any], tier_ranks: Mapping[str, int]) -> dict[str, Any]:
+    request_model = _text(attributes, MODEL, required=True)
+    tokens = {name: _tokens(attributes, name) for name in
+              (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS)}  # fmt: skip
+    # OTel counts cached tokens inside the input tokens; the event counts them apart.
+    cached = tokens[CACHE_READ_TOKENS] + tokens[CACHE_WRITE_TOKENS]
+    if cached > tokens[INPUT_TOKENS]:
+        raise SpanRejected(
+            f"{CACHE_READ_TOKENS} + {CACHE_WRITE_TOKENS} ({cached}) exceed {INPUT_TOKENS} "
+            f"({tokens[INPUT_TOKENS]}), which include them"
+        )
+    error_type = attributes.get(ERROR_TYPE)
+    reason = error_type[:MAX_STRING] if isinstance(error_type, str) and error_type else None
+    if span.status.code == Status.STATUS_CODE_ERROR:
+        status = "timeout" if reason and "timeout" in reason.lower() else "error"
+    else:
+        status = "ok"
+    response_id = attributes.get(RESPONSE_ID)
+    tier = attributes.get(TIER)
+    if tier is not None:
+        tier = _tier(TIER, tier, tier_ranks)
+    return {
+        "request_model": request_model,
+        "model": _text(attributes, RESPONSE_MODEL) or request_model,
+        "provider": next((_text(attributes, p) for p in PROVIDERS if p in attributes), None),
+        "input_tokens": tokens[INPUT_TOKENS] - cached,
+        "output_tokens": tokens[OUTPUT_TOKENS],
+        "cache_read_tokens": tokens[CACHE_READ_TOKENS],
+        "cache_write_tokens": tokens[CACHE_WRITE_TOKENS],
+        "latency_ms": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+        "status": status,
+        "reason": reason,
+        "response_id": response_id if isinstance(response_id, str) and response_id else None,
+        "tier": tier,
+    }
+
+
+def _text(attributes: dict[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = attributes.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or (required and not value) or len(value) > MAX_STRING:
+        raise SpanRejected(
+            f"{name}: must be a{' non-empty' if required else ''} string of at most "
+            f"{MAX_STRING} characters"
+        )
+    return value or None
+
+
+def _tokens(attributes: dict[str, Any], name: str) -> int:
+    value = attributes.get(name, 0)
+    if type(value) is not int:
+        raise SpanRejected(f"{name}: must be an integer")
+    if not 0 <= value <= MAX_TOKENS:
+        raise SpanRejected(f"{name}: {value} is out of range (0 to {MAX_TOKENS})")
+    return value
+
+
+def _tier(name: str, value: Any, tier_ranks: Mapping[str, int]) -> str:
+    if value not in tier_ranks:
+        known = ", ".join(sorted(tier_ranks))
+        raise SpanRejected(f"{name}: unknown tier {value!r} (known: {known})")
+    return value
+
+
+def _checked_fields(attributes: dict[str, Any], tier_ranks: Mapping[str, int]) -> dict[str, Any]:
+    """The request fields among `attributes`, checked like the event's fields; identity
+    attributes that are not usable ids are passed over."""
+    fields: dict[str, Any] = {}
+    for name in IDENTITY_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
+            fields[name] = value
+    if SERVICE_NAME in attributes:
+        value = attributes[SERVICE_NAME]
+        if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
+            fields[SERVICE_NAME] = value
+    for name, rule in REQUEST_ATTRIBUTES.items():
+        if name in attributes:
+            fields[name] = _checked(name, attributes[name], rule, tier_ranks)
+    experiment = [n for n in ("routeledger.experiment.name", "routeledger.experiment.arm")
+                  if n in fields]  # fmt: skip
+    if len(experiment) == 1:
+        raise SpanRejected("routeledger.experiment.name and routeledger.experiment.arm go together")
+    return fields
+
+
+def _checked(name: str, value: Any, rule: AttributeRule, tier_ranks: Mapping[str, int]) -> Any:
+    if rule.kind == "text":
+        if not isinstance(value, str) or len(value) > MAX_STRING:
+            raise SpanRejected(f"{name}: must be a string of at most {MAX_STRING} characters")
+        if rule.required_text and not value:
+            raise SpanRejected(f"{name}: must not be empty")
+        return value
+    if rule.kind == "tier":
+        return _tier(name, value, tier_ranks)
+    if rule.kind == "money":
+        try:
+            amount = Decimal(value) if isinstance(value, str | int) else Decimal(repr(value))
+        except (InvalidOperation, TypeError):
+            amount = None
+        if isinstance(value, bool) or amount is None or not amount.is_finite() or amount < 0:
+            raise SpanRejected(f"{name}: must be a non-negative decimal string or number")
+        return str(amount)
+    number_ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if (
+        not number_ok
+        or not math.isfinite(value)
+        or value < 0
+        or (rule.kind == "score" and value > 1)
+    ):
+        bounds = "a number in [0, 1]" if rule.kind == "score" else "a non-negative number"
+        raise SpanRejected(f"{name}: must be {bounds}")
+    return value
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp()) * 1_000_000_000 + at.microsecond * 1000
+
+
+# --- assembly ---------------------------------------------------------------------------
+
+
+def request_id_of(trace_id: bytes, request_span_id: bytes, chunk: int = 0) -> uuid.UUID:
+    name = f"{trace_id.hex()}:{request_span_id.hex()}" + (f":{chunk}" if chunk else "")
+    return uuid.uuid5(REQUEST_ID_NAMESPACE, name)
+
+
+@dataclass
+class Draft:
+    """The attempt spans of one request, in the order they ended, under its request span."""
+
+    trace_id: bytes
+    request_span_id: bytes
+    request_span: SpanRecord | None
+    attempts: list[SpanRecord]
+    # Every attempt span it accounts for, also those reporting a call already counted.
+    span_ids: list[bytes]
+
+    @property
+    def request_id(self) -> uuid.UUID:
+        return request_id_of(self.trace_id, self.request_span_id)
+
+    def unmapped(self, tier_map: TierMap) -> list[SpanRecord]:
+        return [a for a in self.attempts if _tier_of(a, tier_map) is None]
+
+    def events(self, tier_map: TierMap, *, counted_elsewhere: set[str]) -> list[dict[str, Any]]:
+        """The request as events of the event schema: one, or one per 20 attempts when the
+        request span holds more model calls than an event may (UUIDv5 ids suffixed by the
+        chunk). Attempts whose response id another request counted are left out."""
+        attempts = [a for a in self.attempts if a.attempt["response_id"] not in counted_elsewhere]
+        return [
+            self._event(chunk, attempts[start : start + MAX_ATTEMPTS], tier_map)
+            for chunk, start in enumerate(range(0, len(attempts), MAX_ATTEMPTS))
+        ]
+
+    def _event(self, chunk: int, attempts: list[SpanRecord], tier_map: TierMap) -> dict:
+        sources = [a.request_fields for a in attempts]
+        if self.request_span is not None:
+            sources.insert(0, self.request_span.request_fields)
+        sources.append((self.request_span or attempts[0]).resource)
+
+        def value(*names: str) -> Any:
+            for name in names:
+                for source in sources:
+                    if name in source:
+                        return source[name]
+            return None
+
+        experiment_name = value("routeledger.experiment.name")
+        experiment = (
+            {"name": experiment_name, "arm": value("routeledger.experiment.arm")}
+            if experiment_name is not None
+            else None
+        )
+        router = {
+            key: value(f"routeledger.router.{key}")
+            for key in ("strategy", "version", "confidence", "latency_ms")
+        }
+        score = value("routeledger.quality.score")
+        return {
+            "request_id": str(request_id_of(self.trace_id, self.request_span_id, chunk)),
+            "timestamp": _rfc3339(min(a.start_ns for a in attempts)),
+            "customer_id": value(*CUSTOMER_SOURCES) or UNATTRIBUTED,
+            "feature": value("routeledger.feature", SERVICE_NAME) or UNATTRIBUTED,
+            "user_tier": value("routeledger.user_tier"),
+            "task_type": value("routeledger.task_type"),
+            "intended_tier": value("routeledger.intended_tier"),
+            "router": router if any(v is not None for v in router.values()) else None,
+            "experiment": experiment,
+            "attempts": [_event_attempt(a, tier_map) for a in attempts],
+            "quality": {"score": score} if score is not None else None,
+            "revenue_usd": value("routeledger.revenue_usd"),
+            "metadata": {
+                "otel_trace_id": self.trace_id.hex(),
+                "otel_span_id": self.request_span_id.hex(),
+            },
+        }
+
+
+def _tier_of(span: SpanRecord, tier_map: TierMap) -> str | None:
+    attempt = span.attempt
+    return attempt["tier"] or tier_map.tier_of(attempt["model"], attempt["request_model"])
+
+
+def _event_attempt(span: SpanRecord, tier_map: TierMap) -> dict[str, Any]:
+    a = span.attempt
+    return {
+        "model": a["model"],
+        "provider": a["provider"],
+        "tier": _tier_of(span, tier_map),
+        "input_tokens": a["input_tokens"],
+        "output_tokens": a["output_tokens"],
+        "cache_read_tokens": a["cache_read_tokens"],
+        "cache_write_tokens": a["cache_write_tokens"],
+        "latency_ms": a["latency_ms"],
+        "status": a["status"],
+        "reason": a["reason"],
+    }
+
+
+def _rfc3339(ns: int) -> str:
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)).isoformat()
+
+
+def due_drafts(
+    spans: Iterable[SpanRecord],
+    *,
+    quiet: bool,
+    held_request_ids: set[uuid.UUID] = frozenset(),
+) -> Iterator[Draft]:
+    """The requests of one trace that can be assembled now: those whose request span has
+    arrived (or is known to be the last local one), those already held, and every one when
+    the trace is `quiet` (nothing arrived for the settle time)."""
+    by_id = {s.span_id: s for s in spans}
+    groups: dict[bytes, list[tuple[SpanRecord, bool]]] = {}
+    for span in by_id.values():
+        if span.is_attempt:
+            request_span_id, decided = _request_span_of(span, by_id)
+            groups.setdefault(request_span_id, []).append((span, decided))
+    for request_span_id, members in groups.items():
+        attempts = sorted((s for s, _ in members), key=lambda s: (s.end_ns, s.span_id))
+        trace_id = attempts[0].trace_id
+        if not (
+            quiet
+            or all(decided for _, decided in members)
+            or request_id_of(trace_id, request_span_id) in held_request_ids
+        ):
+            continue
+        # One call reported by two instrumentations: the first to end counts.
+        seen: set[str] = set()
+        counted = []
+        for span in attempts:
+            response_id = span.attempt["response_id"]
+            if response_id is None or response_id not in seen:
+                counted.append(span)
+            if response_id is not None:
+                seen.add(response_id)
+        yield Draft(
+            trace_id=trace_id,
+            request_span_id=request_span_id,
+            request_span=by_id.get(request_span_id),
+            attempts=counted,
+            span_ids=[s.span_id for s in attempts],
+        )
+
+
+def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tuple[bytes, bool]:
+    """The id of the attempt's request span, and whether that is decided: the nearest
+    ancestor marked with routeledger.feature or .customer_id; without one, the parent of the
+    outermost attempt span (a root attempt is its own request). Undecided while an ancestor
+    has not arrived, or when the outermost attempt's parent is in another process."""
+    outermost = current = span
+    visited = {span.span_id}
+    while True:
+        parent_id = current.parent_span_id
+        if parent_id is None or current.parent_is_remote:
+            decided = not (current is outermost and current.parent_is_remote)
+            return outermost.parent_span_id or outermost.span_id, decided
+        parent = by_id.get(parent_id)
+        if parent is None or parent_id in visited:
+            return outermost.parent_span_id or outermost.span_id, False
+        visited.add(parent_id)
+        if parent.marks_request:
+            return parent_id, True
+        if parent.is_attempt:
+            outermost = parent
+        current = parent

@@ -1,0 +1,508 @@
+"""Traces to requests: spans of POST /v1/traces wait in PostgreSQL until their request can be
+assembled, then go through the one ingest path (app.services.ingest) as events.
+
+Each call works trace by trace under a transaction-scoped advisory lock per (project, trace),
+so two API processes receiving two exports of one trace, or the settle job beside them,
+assemble it once. Assembly is idempotent besides: a request's id is the UUIDv5 of its trace
+and request span, so assembling it again is a duplicate, stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, Engine, text
+
+from app.services.ingest import Batch, ingest_batch
+from app.services.model_tiers import load_tier_map, set_model_tier
+from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans
+from app.services.projects import project_tiers
+from app.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# A database lock held longer than this turns into a 503 with Retry-After, well within the
+# OTLP exporters' 10 s timeout, so they retry instead of timing out.
+LOCK_TIMEOUT = "3s"
+# How long a model call's response id is remembered (two instrumentations of one call export
+# it within seconds of each other).
+RESPONSE_ID_MEMORY = timedelta(days=1)
+TRACES_PER_TRANSACTION = 200
+_SPAN_COLUMNS = (
+    "project_id, trace_id, span_id, parent_span_id, parent_is_remote, is_attempt, held, "
+    "start_ns, end_ns, received_at, fields, resource"
+)
+
+
+@dataclass
+class Outcome:
+    """What one pass over some traces did."""
+
+    requests: int = 0
+    duplicates: int = 0
+    held: int = 0
+    released: int = 0
+    rejected_spans: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: Outcome) -> None:
+        self.requests += other.requests
+        self.duplicates += other.duplicates
+        self.held += other.held
+        self.released += other.released
+        self.rejected_spans += other.rejected_spans
+        self.errors += other.errors
+
+
+def settle_seconds() -> float:
+    return get_settings().routeledger_otlp_settle_seconds
+
+
+# --- the three doors: an export, the settle job, a newly mapped model --------------------
+
+
+def receive_export(
+    engine: Engine, *, project_id: int, export, now: datetime | None = None
+) -> Outcome:
+    """Keeps the model-call spans of an OTLP export (refusing, by message, those that cannot be
+    used) and assembles every request that is complete."""
+    now = now or datetime.now(UTC)
+    with engine.connect() as conn:
+        tier_ranks = project_tiers(conn, project_id=project_id)
+    extracted = extract_spans(export, tier_ranks=tier_ranks, now=now)
+    outcome = Outcome(rejected_spans=len(extracted.rejected), errors=list(extracted.rejected))
+    by_trace: dict[bytes, list[SpanRecord]] = defaultdict(list)
+    for record in extracted.records:
+        by_trace[record.trace_id].append(record)
+    if by_trace:
+        outcome.add(_process(engine, project_id=project_id, new=by_trace, now=now))
+    return outcome
+
+
+@dataclass
+class SettleSummary:
+    traces: int
+    requests: int
+    duplicates: int
+    held: int
+    released: int
+    rejected_spans: int
+    forgotten_response_ids: int
+
+
+def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
+    """The periodic job: assembles the requests of traces where nothing arrived for the settle
+    time, releases held requests whose models were mapped since, and forgets old response
+    ids. Idempotent."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=settle_seconds())
+    with engine.begin() as conn:
+        due = conn.execute(
+            text(
+                """
+                select project_id, trace_id from otlp_spans
+                group by project_id, trace_id
+                having max(received_at) <= :cutoff
+                   and (bool_or(is_attempt and not held) or not bool_or(is_attempt))
+                union
+                select h.project_id, h.trace_id from otlp_held_requests h
+                where exists (select 1 from model_tiers m
+                              where m.project_id = h.project_id and m.model = any(h.lookup_names))
+                """
+            ),
+            {"cutoff": cutoff},
+        ).all()
+        forgotten = conn.execute(
+            text("delete from otlp_response_ids where claimed_at < :before"),
+            {"before": now - RESPONSE_ID_MEMORY},
+        ).rowcount
+    outcome = Outcome()
+    by_project: dict[int, list[bytes]] = defaultdict(list)
+    for project_id, trace_id in due:
+        by_project[project_id].append(bytes(trace_id))
+    for project_id, trace_ids in by_project.items():
+        outcome.add(_process_traces(engine, project_id=project_id, trace_ids=trace_ids, now=now))
+    for error in outcome.errors:
+        log.warning("traces settle: %s", error)
+    return SettleSummary(
+        traces=len(due),
+        requests=outcome.requests,
+        duplicates=outcome.duplicates,
+        held=outcome.held,
+        released=outcome.released,
+        rejected_spans=outcome.rejected_spans,
+        forgotten_response_ids=forgotten,
+    )
+
+
+def release_model(
+    engine: Engine, *, project_id: int, model: str, now: datetime | None = None
+) -> Outcome:
+    """Assembles the held requests that `model` (now mapped) was holding."""
+    with engine.connect() as conn:
+        trace_ids = conn.scalars(
+            text(
+                "select distinct trace_id from otlp_held_requests "
+                "where project_id = :project_id and :model = any(lookup_names)"
+            ),
+            {"project_id": project_id, "model": model},
+        ).all()
+    return _process_traces(
+        engine, project_id=project_id, trace_ids=[bytes(t) for t in trace_ids], now=now
+    )
+
+
+def held_models(conn: Connection, *, project_id: int) -> tuple[int, list[dict]]:
+    """How many requests are held, and per model to map, how many of them it holds."""
+    total = conn.execute(
+        text("select count(*) from otlp_held_requests where project_id = :project_id"),
+        {"project_id": project_id},
+    ).scalar_one()
+    rows = conn.execute(
+        text(
+            """
+            select model, count(*) as requests
+            from otlp_held_requests, unnest(unmapped_models) as model
+            where project_id = :project_id
+            group by model order by requests desc, model
+            """
+        ),
+        {"project_id": project_id},
+    )
+    return total, [{"model": r.model, "requests": r.requests} for r in rows]
+
+
+# --- assembly ---------------------------------------------------------------------------
+
+
+def _process_traces(
+    engine: Engine, *, project_id: int, trace_ids: list[bytes], now: datetime | None
+) -> Outcome:
+    now = now or datetime.now(UTC)
+    outcome = Outcome()
+    for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
+        chunk = trace_ids[start : start + TRACES_PER_TRANSACTION]
+        outcome.add(_process(engine, project_id=project_id, new={t: [] for t in chunk}, now=now))
+    return outcome
+
+
+def _lock_key(project_id: int, trace_id: bytes) -> int:
+    digest = hashlib.blake2b(project_id.to_bytes(8, "big") + trace_id, digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _process(
+    engine: Engine, *, project_id: int, new: dict[bytes, list[SpanRecord]], now: datetime
+) -> Outcome:
+    """Assembles what is due in these traces (their stored spans plus `new` ones), ingests it,
+    and stores what must still wait, in one transaction under the traces' locks."""
+    trace_ids = sorted(new)
+    outcome = Outcome()
+    with engine.connect() as conn, conn.begin():
+        conn.execute(text(f"set local lock_timeout = '{LOCK_TIMEOUT}'"))
+        conn.execute(
+            text(
+                "select pg_advisory_xact_lock(k) "
+                "from (select k from unnest(cast(:keys as bigint[])) k order by k) as keys"
+            ),
+            {"keys": sorted(_lock_key(project_id, t) for t in trace_ids)},
+        )
+        stored = _stored_spans(conn, project_id=project_id, trace_ids=trace_ids)
+        held_ids = set(
+            conn.scalars(
+                text(
+                    "select request_id from otlp_held_requests "
+                    "where project_id = :project_id and trace_id = any(:trace_ids)"
+                ),
+                {"project_id": project_id, "trace_ids": trace_ids},
+            )
+        )
+        quiet_before = now - timedelta(seconds=settle_seconds())
+        drafts: list[Draft] = []
+        spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
+        quiet_traces: set[bytes] = set()
+        for trace_id in trace_ids:
+            spans = {s.span_id: s for s in new[trace_id]}
+            spans.update(stored.get(trace_id, {}))  # a re-exported span: the stored copy
+            spans_of[trace_id] = spans
+            quiet = all(s.received_at <= quiet_before for s in spans.values())
+            if quiet:
+                quiet_traces.add(trace_id)
+            drafts += due_drafts(spans.values(), quiet=quiet, held_request_ids=held_ids)
+
+        names = {n for d in drafts for a in d.attempts
+                 for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
+        tier_map = load_tier_map(conn, project_id=project_id, models=names)
+        ready = [d for d in drafts if not d.unmapped(tier_map)]
+        held = [d for d in drafts if d.unmapped(tier_map)]
+        counted_elsewhere = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
+
+        events, owners = [], []
+        for draft in ready:
+            elsewhere = counted_elsewhere[draft.request_id]
+            for event in draft.events(tier_map, counted_elsewhere=elsewhere):
+                events.append(event)
+                owners.append(draft)
+        if events:
+            # The clock of ingest is its own: `now` may be a settle time injected by a test.
+            result = ingest_batch(engine, project_id=project_id, batch=Batch(events))
+            outcome.requests += result.accepted
+            outcome.duplicates += result.duplicates
+            for error in result.errors:
+                draft = owners[error.index]
+                outcome.rejected_spans += len(draft.span_ids)
+                outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error.error}")
+        # A request whose every call was counted by another request is a duplicate.
+        with_events = {id(d) for d in owners}
+        outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
+
+        consumed = {s for d in ready for s in d.span_ids}
+        released = [d.request_id for d in ready if d.request_id in held_ids]
+        outcome.released = len(released)
+        outcome.held = len(held)
+        _hold(conn, project_id=project_id, drafts=held, tier_map=tier_map, now=now)
+        if released:
+            conn.execute(
+                text(
+                    "delete from otlp_held_requests "
+                    "where project_id = :project_id and request_id = any(:ids)"
+                ),
+                {"project_id": project_id, "ids": released},
+            )
+        _keep_waiting(
+            conn,
+            project_id=project_id,
+            spans_of=spans_of,
+            stored=stored,
+            consumed=consumed,
+            held_spans={s for d in held for s in d.span_ids},
+            request_spans={d.request_span_id for d in drafts},
+            quiet_traces=quiet_traces,
+        )
+    return outcome
+
+
+def _stored_spans(
+    conn: Connection, *, project_id: int, trace_ids: list[bytes]
+) -> dict[bytes, dict[bytes, SpanRecord]]:
+    rows = conn.execute(
+        text(
+            f"select {_SPAN_COLUMNS} from otlp_spans "
+            "where project_id = :project_id and trace_id = any(:trace_ids)"
+        ),
+        {"project_id": project_id, "trace_ids": trace_ids},
+    )
+    stored: dict[bytes, dict[bytes, SpanRecord]] = defaultdict(dict)
+    for row in rows:
+        record = SpanRecord(
+            trace_id=bytes(row.trace_id),
+            span_id=bytes(row.span_id),
+            parent_span_id=bytes(row.parent_span_id) if row.parent_span_id else None,
+            parent_is_remote=row.parent_is_remote,
+            start_ns=row.start_ns,
+            end_ns=row.end_ns,
+            fields=row.fields,
+            resource=row.resource,
+            received_at=row.received_at,
+            held=row.held,
+        )
+        stored[record.trace_id][record.span_id] = record
+    return stored
+
+
+def _claim_response_ids(
+    conn: Connection, *, project_id: int, drafts: list[Draft], now: datetime
+) -> dict[uuid.UUID, set[str]]:
+    """Per request, the response ids of its calls that another request already counted. The
+    claims are rows of otlp_response_ids, inserted in this transaction: a concurrent claim of
+    the same id waits for it, then finds it taken."""
+    counted_elsewhere: dict[uuid.UUID, set[str]] = defaultdict(set)
+    owner: dict[str, uuid.UUID] = {}
+    for draft in drafts:
+        for span in draft.attempts:
+            response_id = span.attempt["response_id"]
+            if response_id is None:
+                continue
+            first = owner.setdefault(response_id, draft.request_id)
+            if first != draft.request_id:
+                counted_elsewhere[draft.request_id].add(response_id)
+    if not owner:
+        return counted_elsewhere
+    ids = sorted(owner)
+    new = set(
+        conn.scalars(
+            text(
+                """
+                insert into otlp_response_ids (project_id, response_id, request_id, claimed_at)
+                select :project_id, r.id, r.request_id, :now
+                from unnest(cast(:ids as text[]), cast(:owners as uuid[])) as r(id, request_id)
+                order by r.id
+                on conflict do nothing returning response_id
+                """
+            ),
+            {"project_id": project_id, "ids": ids, "owners": [owner[i] for i in ids], "now": now},
+        )
+    )
+    taken = [i for i in ids if i not in new]
+    if taken:
+        rows = conn.execute(
+            text(
+                "select response_id, request_id from otlp_response_ids "
+                "where project_id = :project_id and response_id = any(:ids)"
+            ),
+            {"project_id": project_id, "ids": taken},
+        )
+        for response_id, request_id in rows:
+            if request_id != owner[response_id]:
+                counted_elsewhere[owner[response_id]].add(response_id)
+    return counted_elsewhere
+
+
+def _hold(
+    conn: Connection, *, project_id: int, drafts: list[Draft], tier_map, now: datetime
+) -> None:
+    if not drafts:
+        return
+    rows = []
+    for draft in drafts:
+        unmapped = draft.unmapped(tier_map)
+        rows.append(
+            {
+                "project_id": project_id,
+                "request_id": draft.request_id,
+                "trace_id": draft.trace_id,
+                "unmapped_models": sorted({a.attempt["request_model"] for a in unmapped}),
+                "lookup_names": sorted(
+                    {n for a in unmapped for n in (a.attempt["model"], a.attempt["request_model"])}
+                ),
+                "now": now,
+            }
+        )
+    conn.execute(
+        text(
+            """
+            insert into otlp_held_requests
+                (project_id, request_id, trace_id, unmapped_models, lookup_names, held_at)
+            values (:project_id, :request_id, :trace_id, :unmapped_models, :lookup_names, :now)
+            on conflict (project_id, request_id) do update
+            set unmapped_models = excluded.unmapped_models, lookup_names = excluded.lookup_names
+            """
+        ),
+        rows,
+    )
+
+
+def _keep_waiting(
+    conn: Connection,
+    *,
+    project_id: int,
+    spans_of: dict[bytes, dict[bytes, SpanRecord]],
+    stored: dict[bytes, dict[bytes, SpanRecord]],
+    consumed: set[bytes],
+    held_spans: set[bytes],
+    request_spans: set[bytes],
+    quiet_traces: set[bytes],
+) -> None:
+    """Deletes the spans that were assembled, stores the new ones still waiting (and the
+    trace's other spans beside them, possible request spans), and marks held attempts. A
+    trace left with no attempt span keeps only a marked request span none was assembled
+    under yet (its model calls may come in a later export); the settle job forgets it."""
+    delete_ids: list[tuple[bytes, bytes]] = []
+    insert: list[SpanRecord] = []
+    newly_held: list[tuple[bytes, bytes]] = []
+    for trace_id, spans in spans_of.items():
+        stored_here = stored.get(trace_id, {})
+        waiting = [s for s in spans.values() if s.is_attempt and s.span_id not in consumed]
+        for span in spans.values():
+            awaits_calls = (
+                span.marks_request
+                and span.span_id not in request_spans
+                and trace_id not in quiet_traces
+            )
+            gone = span.span_id in consumed or not (waiting or awaits_calls)
+            if span.span_id in stored_here:
+                if gone:
+                    delete_ids.append((trace_id, span.span_id))
+                elif span.span_id in held_spans and not span.held:
+                    newly_held.append((trace_id, span.span_id))
+            elif not gone:
+                span.held = span.span_id in held_spans
+                insert.append(span)
+    if delete_ids:
+        conn.execute(
+            text(
+                "delete from otlp_spans where project_id = :project_id and (trace_id, span_id) in "
+                "(select * from unnest(cast(:traces as bytea[]), cast(:spans as bytea[])))"
+            ),
+            {
+                "project_id": project_id,
+                "traces": [t for t, _ in delete_ids],
+                "spans": [s for _, s in delete_ids],
+            },
+        )
+    if newly_held:
+        conn.execute(
+            text(
+                "update otlp_spans set held = true where project_id = :project_id and "
+                "(trace_id, span_id) in "
+                "(select * from unnest(cast(:traces as bytea[]), cast(:spans as bytea[])))"
+            ),
+            {
+                "project_id": project_id,
+                "traces": [t for t, _ in newly_held],
+                "spans": [s for _, s in newly_held],
+            },
+        )
+    if insert:
+        _insert_spans(conn, project_id=project_id, spans=insert)
+
+
+def _insert_spans(conn: Connection, *, project_id: int, spans: Iterable[SpanRecord]) -> None:
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.executemany(
+            f"insert into otlp_spans ({_SPAN_COLUMNS}) "
+            "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+            [
+                (
+                    project_id,
+                    s.trace_id,
+                    s.span_id,
+                    s.parent_span_id,
+                    s.parent_is_remote,
+                    s.is_attempt,
+                    s.held,
+                    s.start_ns,
+                    s.end_ns,
+                    s.received_at,
+                    Jsonb(s.fields),
+                    Jsonb(s.resource),
+                )  # fmt: skip
+                for s in spans
+            ],
+        )
+
+
+@dataclass(frozen=True)
+class MappedModel:
+    model: str
+    tier: str
+    updated_at: datetime
+    released_requests: int
+
+
+def map_model(
+    engine: Engine, *, project_id: int, model: str, tier: str, now: datetime | None = None
+) -> MappedModel:
+    """Maps `model` to `tier` in the project's map, then assembles the requests it held."""
+    with engine.begin() as conn:
+        updated_at = set_model_tier(conn, project_id=project_id, model=model, tier=tier)
+    released = release_model(engine, project_id=project_id, model=model, now=now)
+    return MappedModel(model, tier, updated_at, released.released)
