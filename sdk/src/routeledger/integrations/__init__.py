@@ -1,0 +1,1 @@
+"""Integrations with what apps already run; each imports its library only when used."""

@@ -1,0 +1,202 @@
+"""routeledger.integrations.litellm with LiteLLM's real Router, offline (its bundled price map)
+against the fake OpenAI-compatible server, sending to the real API; checked through the
+metrics API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from decimal import Decimal
+
+import pytest
+
+# LiteLLM would fetch its price map over the network at import; importing it takes seconds,
+# so it is imported once, here, for the session.
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+import litellm  # noqa: E402
+from litellm import Router  # noqa: E402
+from routeledger import RouteLedger  # noqa: E402
+from routeledger.integrations.litellm import RouteLedgerLogger  # noqa: E402
+
+from tests.conftest import make_project  # noqa: E402
+from tests.fake_openai import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, FakeOpenAI  # noqa: E402
+from tests.test_otlp_traces import by_model, metrics, set_price  # noqa: E402
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+CALL = {"customer_id": "acme", "feature": "support-chat"}
+
+
+@pytest.fixture(scope="module")
+def fake_openai():
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def project(live_api):
+    return make_project(baseline_model=None)
+
+
+@pytest.fixture(scope="module")
+def shared_logger(tmp_path_factory):
+    """One logger for the module: LiteLLM keeps every callback it was ever given in lists of
+    its own, so a logger per test would leave the earlier ones listening."""
+    idle = RouteLedger(api_key="rl_idle", spool_dir=tmp_path_factory.mktemp("idle-spool"))
+    logger = RouteLedgerLogger(idle, failed_call_settle_seconds=60)
+    litellm.callbacks = [logger]
+    yield logger
+    litellm.callbacks = []
+    idle.shutdown(0)
+
+
+@pytest.fixture
+def route_logger(shared_logger, live_api, project, tmp_path):
+    """The logger, sending to this test's project."""
+    idle = shared_logger.ledger
+    shared_logger.ledger = RouteLedger(
+        api_key=project.ingest_key, endpoint=live_api.url, spool_dir=tmp_path
+    )
+    yield shared_logger
+    shared_logger.ledger.shutdown()
+    shared_logger.ledger = idle
+
+
+def deployment(fake_openai, group: str, model: str, **model_info) -> dict:
+    return {
+        "model_name": group,
+        "litellm_params": {"model": f"openai/{model}", "api_base": fake_openai.url,
+                           "api_key": "test"},
+        "model_info": model_info,
+    }  # fmt: skip
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    """Polls while LiteLLM's callbacks, which run after the call returns, catch up."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
+
+
+def call_in_app(router: Router, until, **call):
+    """router.acompletion(**call) in an event loop that, like an app's, goes on running (the
+    async callbacks are tasks of that loop) until `until()` holds; returns the response or
+    the exception the call raised."""
+
+    async def app():
+        try:
+            outcome = await router.acompletion(messages=MESSAGES, **call)
+        except Exception as error:  # the caller's view of a call that failed
+            outcome = error
+        deadline = time.monotonic() + 20
+        while not until():
+            assert time.monotonic() < deadline, "callbacks did not arrive in time"
+            await asyncio.sleep(0.05)
+        return outcome
+
+    return asyncio.run(app())
+
+
+def test_a_failing_primary_retried_then_a_served_fallback_is_one_request(
+    http, engine, fake_openai, project, route_logger
+):
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "gpt-4o-mini-fail"),
+                    deployment(fake_openai, "standard", "gpt-4o")],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=2,
+    )  # fmt: skip
+    response = call_in_app(
+        router, lambda: project.count_requests() == 1, model="cheap", metadata=CALL
+    )
+    assert response.choices[0].message.content == "hi"
+
+    body = metrics(http, engine, project)
+    assert body["requests"] == 1 and body["attempts"] == 4  # three tries, then the fallback
+    assert body["fallback_rate"] == 1.0 and body["failover_rate"] == 1.0
+    assert body["escalation_rate"] == 1.0
+    assert body["intended_split"] == {"cheap": 1.0} and body["served_split"] == {"standard": 1.0}
+    models = by_model(body)
+    assert (models["gpt-4o-mini-fail"]["attempts"], models["gpt-4o-mini-fail"]["served"]) == (3, 0)
+    assert (models["gpt-4o"]["tier"], models["gpt-4o"]["served"]) == ("standard", 1)
+    # gpt-4o is in LiteLLM's price map, so its cost comes from LiteLLM.
+    assert Decimal(models["gpt-4o"]["cost_usd"]) > 0 and body["unpriced_requests"] == 0
+    customers = metrics(http, engine, project, "customers")["customers"]
+    assert [(c["customer_id"], c["requests"]) for c in customers] == [("acme", 1)]
+
+
+def test_every_deployment_failing_is_one_failed_request(
+    http, engine, fake_openai, project, route_logger
+):
+    # Models of their own: LiteLLM cools down a failing deployment for the whole process.
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-small-fail"),
+                    deployment(fake_openai, "premium", "acme-large-fail")],
+        fallbacks=[{"cheap": ["premium"]}],
+        num_retries=1,
+    )  # fmt: skip
+    calls_before = len(fake_openai.calls)
+    outcome = call_in_app(
+        router,
+        lambda: sum(len(c.attempts) for c in route_logger._calls.values()) == 4,
+        model="cheap",
+        metadata=CALL,
+    )
+    assert isinstance(outcome, litellm.InternalServerError)
+    assert len(fake_openai.calls) - calls_before == 4
+    # LiteLLM never says it gave up: the call is sent once it settled, or on flush.
+    assert project.count_requests() == 0
+    assert route_logger.flush(10)
+
+    body = metrics(http, engine, project)
+    assert body["requests"] == 1 and body["attempts"] == 4 and body["failed"] == 1
+    assert body["failover_rate"] == 1.0 and body["served_split"] == {}
+    assert {m["model"]: m["attempts"] for m in body["by_model"]} == {
+        "acme-small-fail": 2,
+        "acme-large-fail": 2,
+    }
+
+
+def test_a_model_litellm_prices_at_zero_is_priced_by_routeledger(
+    http, engine, fake_openai, project, route_logger
+):
+    set_price(http, project, "acme-house-model")
+    router = Router(
+        model_list=[deployment(fake_openai, "house", "acme-house-model", routeledger_tier="cheap")]
+    )
+    router.completion(model="house", messages=MESSAGES, metadata={"feature": "search"}, user="u7")
+    wait_until(lambda: project.count_requests() == 1)
+
+    body = metrics(http, engine, project)
+    assert body["requests"] == 1 and body["served_split"] == {"cheap": 1.0}  # from model_info
+    # Not LiteLLM's $0: 32 uncached input tokens at $1, 10 cached at $0.5, 7 output at $2.
+    expected = (
+        (PROMPT_TOKENS - CACHED_TOKENS) + CACHED_TOKENS * Decimal("0.5") + COMPLETION_TOKENS * 2
+    ) / 10**6
+    assert Decimal(body["cost_usd"]) == expected and body["unpriced_requests"] == 0
+    customers = metrics(http, engine, project, "customers")["customers"]
+    assert [(c["customer_id"], c["requests"]) for c in customers] == [("u7", 1)]
+
+
+def test_the_proxy_loads_the_logger_from_its_config(tmp_path, monkeypatch, live_api, project):
+    from litellm.proxy.types_utils.utils import get_instance_fn
+
+    monkeypatch.setenv("ROUTELEDGER_API_KEY", project.ingest_key)
+    monkeypatch.setenv("ROUTELEDGER_ENDPOINT", live_api.url)
+    monkeypatch.setenv("ROUTELEDGER_SPOOL_DIR", str(tmp_path / "spool"))
+    # The README's file beside the proxy's config.yaml, named there as
+    # `litellm_settings: {callbacks: routeledger_callback.routeledger_logger}`.
+    (tmp_path / "routeledger_callback.py").write_text(
+        "from routeledger.integrations.litellm import RouteLedgerLogger\n\n"
+        "routeledger_logger = RouteLedgerLogger()\n"
+    )
+    (tmp_path / "config.yaml").write_text(
+        "litellm_settings:\n  callbacks: routeledger_callback.routeledger_logger\n"
+    )
+    loaded = get_instance_fn(
+        "routeledger_callback.routeledger_logger", config_file_path=str(tmp_path / "config.yaml")
+    )
+    assert isinstance(loaded, RouteLedgerLogger)
+    assert loaded.ledger.flush(1)
