@@ -1,0 +1,203 @@
+"""Span-to-request assembly (DESIGN.md, OTLP GenAI traces) on hand-built spans: which span is
+a request's, the order of its attempts, its fields and their fallbacks; then the
+model-to-tier map's API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import pytest
+
+from app.models import DEFAULT_TIERS
+from app.services.model_tiers import TierMap
+from app.services.otlp import REQUEST_ID_NAMESPACE, due_drafts, extract_spans
+from app.services.traces import receive_export
+from tests.otlp_spans import START, call, export, new_span_id, new_trace_id, span
+from tests.test_ingest_api import auth
+
+TIERS = TierMap({"acme-small": "cheap", "acme-large": "premium"})
+
+
+def drafts(*spans, quiet=False, **resource):
+    extracted = extract_spans(export(*spans, **resource), tier_ranks=DEFAULT_TIERS, now=START)
+    assert extracted.rejected == []
+    return list(due_drafts(extracted.records, quiet=quiet))
+
+
+def events(*spans, **resource) -> list[dict]:
+    return [e for d in drafts(*spans, **resource) for e in d.events(TIERS, counted_elsewhere=set())]
+
+
+def test_sibling_calls_under_an_app_span_are_one_request_in_the_order_they_ended():
+    trace, app, first, second = new_trace_id(), new_span_id(), new_span_id(), new_span_id()
+    (event,) = events(
+        span(trace, app, end_ms=900),
+        call(trace, second, app, model="acme-large", start_ms=300, end_ms=800),
+        call(trace, first, app, start_ms=10, end_ms=200, error=True, error__type="Overloaded"),
+    )
+    assert event["request_id"] == str(
+        uuid.uuid5(REQUEST_ID_NAMESPACE, f"{trace.hex()}:{app.hex()}")
+    )
+    assert [(a["model"], a["tier"], a["status"], a["reason"]) for a in event["attempts"]] == [
+        ("acme-small", "cheap", "error", "Overloaded"),
+        ("acme-large", "premium", "ok", None),
+    ]
+    assert event["timestamp"] == (START + timedelta(milliseconds=10)).isoformat()
+    assert event["attempts"][0]["latency_ms"] == 190.0
+    # No routeledger.* anywhere: the documented defaults.
+    assert (event["customer_id"], event["feature"]) == ("(unattributed)", "support-bot")
+
+
+def test_a_nested_call_belongs_to_its_outer_calls_request():
+    trace, app, outer, inner = new_trace_id(), new_span_id(), new_span_id(), new_span_id()
+    (draft,) = drafts(
+        span(trace, app, end_ms=900),
+        call(trace, outer, app, end_ms=500),
+        call(trace, inner, outer, end_ms=400, model="acme-large"),
+    )
+    assert draft.request_span_id == app and len(draft.attempts) == 2
+
+
+def test_a_lone_root_call_is_its_own_request():
+    trace, root = new_trace_id(), new_span_id()
+    (draft,) = drafts(call(trace, root))
+    assert draft.request_span_id == root
+
+
+def test_the_nearest_marked_ancestor_is_the_request_span_and_names_it():
+    trace, server, handler, step = new_trace_id(), new_span_id(), new_span_id(), new_span_id()
+    (event,) = events(
+        span(trace, server, end_ms=999),
+        span(
+            trace, handler, server, end_ms=990,
+            routeledger__feature="support-chat", routeledger__customer_id="acme",
+            routeledger__intended_tier="cheap", routeledger__revenue_usd="0.004",
+            routeledger__router__confidence=0.9, routeledger__experiment__name="router-v4",
+            routeledger__experiment__arm="treatment",
+        ),
+        span(trace, step, handler, end_ms=900, enduser__id="someone-else"),
+        call(trace, new_span_id(), step, routeledger__quality__score=0.5),
+    )  # fmt: skip
+    assert event["metadata"]["otel_span_id"] == handler.hex()
+    assert (event["customer_id"], event["feature"]) == ("acme", "support-chat")
+    assert event["intended_tier"] == "cheap" and event["revenue_usd"] == "0.004"
+    assert event["router"] == {"strategy": None, "version": None, "confidence": 0.9,
+                               "latency_ms": None}  # fmt: skip
+    assert event["experiment"] == {"name": "router-v4", "arm": "treatment"}
+    assert event["quality"] == {"score": 0.5}  # from the attempt span
+
+
+def test_customer_falls_back_to_enduser_then_user_and_the_resource():
+    trace, root = new_trace_id(), new_span_id()
+    (event,) = events(call(trace, root, user__id="u1"))
+    assert event["customer_id"] == "u1"
+    # The attribute decides first, then where it is: enduser.id, even on the resource, comes
+    # before user.id; on the span before the resource.
+    (event,) = events(call(new_trace_id(), new_span_id(), user__id="u1"), **{"enduser.id": "e1"})
+    assert event["customer_id"] == "e1"
+    (event,) = events(call(new_trace_id(), new_span_id(), enduser__id="e2"), **{"enduser.id": "e1"})
+    assert event["customer_id"] == "e2"
+    (event,) = events(call(new_trace_id(), new_span_id()), **{"routeledger.feature": "env-feature"})
+    assert event["feature"] == "env-feature"
+
+
+def test_a_request_waits_for_its_request_span_unless_the_trace_is_quiet():
+    trace, app = new_trace_id(), new_span_id()
+    child = call(trace, new_span_id(), app)
+    assert drafts(child) == []
+    (draft,) = drafts(child, quiet=True)
+    assert draft.request_span_id == app and draft.request_span is None
+
+
+def test_one_call_reported_twice_in_a_request_counts_once():
+    trace, app = new_trace_id(), new_span_id()
+    (draft,) = drafts(
+        span(trace, app, end_ms=900),
+        call(trace, new_span_id(), app, end_ms=300, gen_ai__response__id="r1"),
+        call(trace, new_span_id(), app, end_ms=310, gen_ai__response__id="r1"),
+    )
+    assert len(draft.attempts) == 1 and len(draft.span_ids) == 2
+
+
+def test_more_calls_than_an_event_holds_become_consecutive_requests():
+    trace, app = new_trace_id(), new_span_id()
+    calls = [call(trace, new_span_id(), app, end_ms=10 + n) for n in range(25)]
+    first, second = events(span(trace, app, end_ms=900), *calls)
+    assert len(first["attempts"]) == 20 and len(second["attempts"]) == 5
+    assert first["request_id"] != second["request_id"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"gen_ai__usage__output_tokens": -1}, "gen_ai.usage.output_tokens: -1 is out of range"),
+        ({"gen_ai__usage__input_tokens": "many"}, "gen_ai.usage.input_tokens: must be an integer"),
+        ({"gen_ai__usage__cache_read__input_tokens": 2000}, "exceed gen_ai.usage.input_tokens"),
+        ({"routeledger__tier": "gold"}, "routeledger.tier: unknown tier 'gold'"),
+        ({"routeledger__quality__score": 1.5}, "routeledger.quality.score: must be a number in"),
+        ({"routeledger__revenue_usd": "lots"}, "routeledger.revenue_usd: must be a non-negative"),
+        ({"routeledger__experiment__name": "x"}, "go together"),
+        ({"gen_ai__request__model": "m" * 201}, "gen_ai.request.model: must be a non-empty"),
+    ],
+)
+def test_an_unusable_span_is_refused_by_name(attributes, message):
+    bad = call(new_trace_id(), new_span_id(), **attributes)
+    good = call(new_trace_id(), new_span_id())
+    extracted = extract_spans(export(bad, good), tier_ranks=DEFAULT_TIERS, now=START)
+    assert len(extracted.records) == 1 and len(extracted.rejected) == 1
+    assert message in extracted.rejected[0]
+
+
+def test_spans_that_are_not_model_calls_are_ignored_not_refused():
+    extracted = extract_spans(
+        export(span(new_trace_id(), new_span_id(), http__route="/x")),
+        tier_ranks=DEFAULT_TIERS,
+        now=START,
+    )
+    assert extracted.rejected == [] and not extracted.records[0].is_attempt
+
+
+def test_one_call_in_two_traces_counts_once(engine):
+    from tests.conftest import make_project
+
+    project = make_project(baseline_model=None)
+    first = call(
+        new_trace_id(), new_span_id(), routeledger__tier="cheap", gen_ai__response__id="r9"
+    )
+    second = call(
+        new_trace_id(), new_span_id(), routeledger__tier="cheap", gen_ai__response__id="r9"
+    )
+    receive_export(engine, project_id=project.id, export=export(first), now=START)
+    outcome = receive_export(engine, project_id=project.id, export=export(second), now=START)
+    assert outcome.duplicates == 1 and outcome.requests == 0
+    assert project.count_requests() == 1
+
+
+# --- the map's API ----------------------------------------------------------------------
+
+
+def test_model_tiers_map_models_whose_names_hold_slashes(http, live_api):
+    from tests.conftest import make_project
+
+    project = make_project()
+    admin, read = auth(project.admin_key), auth(project.read_key)
+    assert http.put("/v1/model-tiers/openrouter/anthropic/claude-sonnet-4",
+                    json={"tier": "standard"}, headers=admin).status_code == 200  # fmt: skip
+    assert http.put("/v1/model-tiers/azure%2Fgpt-4o-mini", json={"tier": "cheap"},
+                    headers=admin).status_code == 200  # fmt: skip
+    listed = http.get("/v1/model-tiers", headers=read).json()["model_tiers"]
+    assert [(m["model"], m["tier"]) for m in listed] == [
+        ("azure/gpt-4o-mini", "cheap"),
+        ("openrouter/anthropic/claude-sonnet-4", "standard"),
+    ]
+    response = http.put("/v1/model-tiers/x", json={"tier": "gold"}, headers=admin)
+    assert response.status_code == 422 and "unknown tier 'gold'" in response.json()["detail"]
+    assert http.put("/v1/model-tiers/x", json={"tier": "cheap"}, headers=read).status_code == 403
+    assert http.delete("/v1/model-tiers/azure%2Fgpt-4o-mini", headers=admin).status_code == 204
+    assert http.delete("/v1/model-tiers/azure/gpt-4o-mini", headers=admin).status_code == 404
+    listed = http.get("/v1/model-tiers", headers=read).json()["model_tiers"]
+    assert [m["model"] for m in listed] == ["openrouter/anthropic/claude-sonnet-4"]
+    # Another project sees its own map only.
+    other = make_project()
+    assert http.get("/v1/model-tiers", headers=auth(other.read_key)).json() == {"model_tiers": []}
