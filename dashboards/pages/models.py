@@ -9,7 +9,7 @@ import dash
 from dash import Input, Output, callback, dcc, html
 
 from app.services import dashboard_queries, metrics
-from dashboards import auth, components, data, filters
+from dashboards import auth, components, data, filters, model_tiers
 from dashboards.components import MONEY
 from dashboards.formatting import count, ms, number
 
@@ -70,6 +70,7 @@ def layout(**query):
                 ),
             ),
             components.card("Cost per model", components.graph(COST)),
+            model_tiers.section(project),
             filters.url_store(URL),
         ]
     )
