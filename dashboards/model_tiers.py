@@ -33,7 +33,18 @@ def section(project) -> html.Section:
         html.Div(id=HELD),
         html.Div(
             [
-                html.Label(["model", dcc.Input(id=MODEL, type="text", list=MODELS, debounce=True)]),
+                html.Label(
+                    [
+                        "model",
+                        dcc.Input(
+                            id=MODEL,
+                            type="text",
+                            list=MODELS,
+                            debounce=True,
+                            style={"minWidth": "18rem"},
+                        ),
+                    ]
+                ),
                 html.Datalist(id=MODELS),
                 html.Label(
                     [
