@@ -65,21 +65,29 @@ def make_event(rng: random.Random, at: datetime) -> dict:
     }
 
 
-def send_all(url: str, key: str, bodies: list[bytes], senders: int) -> float:
+def send_all(
+    url: str,
+    key: str,
+    bodies: list[bytes],
+    senders: int,
+    *,
+    path: str = "/v1/requests",
+    content_type: str = "application/json",
+) -> float:
     work: Queue[bytes] = Queue()
     for body in bodies:
         work.put(body)
     failures: list[str] = []
 
     def sender() -> None:
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": content_type}
         with httpx.Client(base_url=url, timeout=120) as client:
             while True:
                 try:
                     body = work.get_nowait()
                 except Empty:
                     return
-                response = client.post("/v1/requests", content=body, headers=headers)
+                response = client.post(path, content=body, headers=headers)
                 if response.status_code != 200:
                     failures.append(f"{response.status_code} {response.text[:200]}")
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -181,11 +182,13 @@ ATTEMPT_ATTRIBUTES = frozenset(
      CACHE_WRITE_TOKENS, RESPONSE_ID, ERROR_TYPE, TIER}
 )  # fmt: skip
 SPAN_ATTRIBUTES = ATTEMPT_ATTRIBUTES | set(REQUEST_ATTRIBUTES) | set(IDENTITY_ATTRIBUTES)
-RESOURCE_ATTRIBUTES = frozenset({SERVICE_NAME, *REQUEST_ATTRIBUTES, *IDENTITY_ATTRIBUTES})
+# What a request field can come from: also all a resource is read for.
+REQUEST_FIELD_NAMES = frozenset({SERVICE_NAME, *REQUEST_ATTRIBUTES, *IDENTITY_ATTRIBUTES})
 _UNSUPPORTED = object()  # an array, key-value list or bytes value: never one of ours
+_SCALARS = {"string_value", "bool_value", "int_value", "double_value"}
 
 
-@dataclass
+@dataclass(slots=True)
 class SpanRecord:
     """What assembly needs of one span. `fields` holds the span's checked request fields
     under "request" and, for a model call, its attempt under "attempt"."""
@@ -200,22 +203,20 @@ class SpanRecord:
     resource: dict[str, Any]
     received_at: datetime
     held: bool = False
+    # Read from `fields` once: assembly asks them of every span many times.
+    is_attempt: bool = field(init=False)
+    request_fields: dict[str, Any] = field(init=False)
+    marks_request: bool = field(init=False)
 
-    @property
-    def is_attempt(self) -> bool:
-        return "attempt" in self.fields
+    def __post_init__(self) -> None:
+        self.is_attempt = "attempt" in self.fields
+        self.request_fields = self.fields.get("request", {})
+        fields = self.request_fields
+        self.marks_request = bool(fields) and any(name in fields for name in REQUEST_MARKERS)
 
     @property
     def attempt(self) -> dict[str, Any]:
         return self.fields["attempt"]
-
-    @property
-    def request_fields(self) -> dict[str, Any]:
-        return self.fields.get("request", {})
-
-    @property
-    def marks_request(self) -> bool:
-        return any(name in self.request_fields for name in REQUEST_MARKERS)
 
 
 class SpanRejected(ValueError):
@@ -240,7 +241,7 @@ def extract_spans(
         resource_error = None
         try:
             resource = _checked_fields(
-                _wanted(resource_spans.resource.attributes, RESOURCE_ATTRIBUTES), tier_ranks
+                _wanted(resource_spans.resource.attributes, REQUEST_FIELD_NAMES), tier_ranks
             )
         except SpanRejected as error:
             resource, resource_error = {}, f"resource: {error}"
@@ -260,15 +261,22 @@ def extract_spans(
     return result
 
 
+_NO_TRACE, _NO_SPAN = bytes(16), bytes(8)
+_REMOTE_PARENT = (
+    SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+)
+
+
 def _record(span, resource, tier_ranks, now, latest_start_ns) -> SpanRecord | None:
     attributes = _wanted(span.attributes, SPAN_ATTRIBUTES)
     is_attempt = MODEL in attributes
+    trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
     valid_ids = (
-        len(span.trace_id) == 16
-        and any(span.trace_id)
-        and len(span.span_id) == 8
-        and any(span.span_id)
-        and len(span.parent_span_id) in (0, 8)
+        len(trace_id) == 16
+        and trace_id != _NO_TRACE
+        and len(span_id) == 8
+        and span_id != _NO_SPAN
+        and len(parent_id) in (0, 8)
     )
     request_fields = _checked_fields(attributes, tier_ranks)
     if not valid_ids:
@@ -276,23 +284,20 @@ def _record(span, resource, tier_ranks, now, latest_start_ns) -> SpanRecord | No
             raise SpanRejected("trace_id must be 16 bytes and span_id 8 bytes, not all zero")
         return None
     fields: dict[str, Any] = {"request": request_fields} if request_fields else {}
+    start_ns, end_ns = span.start_time_unix_nano, span.end_time_unix_nano
     if is_attempt:
-        if span.start_time_unix_nano == 0 or span.end_time_unix_nano < span.start_time_unix_nano:
+        if start_ns == 0 or end_ns < start_ns:
             raise SpanRejected("a model call span needs a start time and an end after it")
-        if span.start_time_unix_nano > latest_start_ns:
+        if start_ns > latest_start_ns:
             raise SpanRejected("starts more than a day in the future")
-        fields["attempt"] = _attempt(span, attributes, tier_ranks)
-    flags = span.flags
+        fields["attempt"] = _attempt(span, attributes, tier_ranks, end_ns - start_ns)
     return SpanRecord(
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        parent_span_id=span.parent_span_id or None,
-        parent_is_remote=bool(
-            flags & SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
-            and flags & SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
-        ),
-        start_ns=span.start_time_unix_nano,
-        end_ns=span.end_time_unix_nano,
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_id or None,
+        parent_is_remote=span.flags & _REMOTE_PARENT == _REMOTE_PARENT,
+        start_ns=start_ns,
+        end_ns=end_ns,
         fields=fields,
         resource=resource,
         received_at=now,
@@ -302,16 +307,20 @@ def _record(span, resource, tier_ranks, now, latest_start_ns) -> SpanRecord | No
 def _wanted(attributes, names: frozenset[str] | set[str]) -> dict[str, Any]:
     found = {}
     for attribute in attributes:
-        if attribute.key in names:
-            kind = attribute.value.WhichOneof("value")
-            if kind in ("string_value", "bool_value", "int_value", "double_value"):
-                found[attribute.key] = getattr(attribute.value, kind)
+        key = attribute.key
+        if key in names:
+            value = attribute.value
+            kind = value.WhichOneof("value")
+            if kind in _SCALARS:
+                found[key] = getattr(value, kind)
             elif kind is not None:
-                found[attribute.key] = _UNSUPPORTED
+                found[key] = _UNSUPPORTED
     return found
 
 
-def _attempt(span, attributes: dict[str, Any], tier_ranks: Mapping[str, int]) -> dict[str, Any]:
+def _attempt(
+    span, attributes: dict[str, Any], tier_ranks: Mapping[str, int], duration_ns: int
+) -> dict[str, Any]:
     request_model = _text(attributes, MODEL, required=True)
     tokens = {name: _tokens(attributes, name) for name in
               (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS)}  # fmt: skip
@@ -340,7 +349,7 @@ def _attempt(span, attributes: dict[str, Any], tier_ranks: Mapping[str, int]) ->
         "output_tokens": tokens[OUTPUT_TOKENS],
         "cache_read_tokens": tokens[CACHE_READ_TOKENS],
         "cache_write_tokens": tokens[CACHE_WRITE_TOKENS],
-        "latency_ms": (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6,
+        "latency_ms": duration_ns / 1e6,
         "status": status,
         "reason": reason,
         "response_id": response_id if isinstance(response_id, str) and response_id else None,
@@ -379,6 +388,8 @@ def _tier(name: str, value: Any, tier_ranks: Mapping[str, int]) -> str:
 def _checked_fields(attributes: dict[str, Any], tier_ranks: Mapping[str, int]) -> dict[str, Any]:
     """The request fields among `attributes`, checked like the event's fields; identity
     attributes that are not usable ids are passed over."""
+    if attributes.keys().isdisjoint(REQUEST_FIELD_NAMES):
+        return {}
     fields: dict[str, Any] = {}
     for name in IDENTITY_ATTRIBUTES:
         value = attributes.get(name)
@@ -450,7 +461,7 @@ class Draft:
     # Every attempt span it accounts for, also those reporting a call already counted.
     span_ids: list[bytes]
 
-    @property
+    @cached_property
     def request_id(self) -> uuid.UUID:
         return request_id_of(self.trace_id, self.request_span_id)
 
@@ -468,17 +479,18 @@ class Draft:
         ]
 
     def _event(self, chunk: int, attempts: list[SpanRecord], tier_map: TierMap) -> dict:
+        # The request span's fields, then its attempts', then the resource's: the first
+        # source that has a field gives it.
         sources = [a.request_fields for a in attempts]
         if self.request_span is not None:
             sources.insert(0, self.request_span.request_fields)
         sources.append((self.request_span or attempts[0]).resource)
+        fields: dict[str, Any] = {}
+        for source in reversed(sources):
+            fields.update(source)
 
         def value(*names: str) -> Any:
-            for name in names:
-                for source in sources:
-                    if name in source:
-                        return source[name]
-            return None
+            return next((fields[name] for name in names if name in fields), None)
 
         experiment_name = value("routeledger.experiment.name")
         experiment = (
@@ -492,7 +504,11 @@ class Draft:
         }
         score = value("routeledger.quality.score")
         return {
-            "request_id": str(request_id_of(self.trace_id, self.request_span_id, chunk)),
+            "request_id": str(
+                self.request_id
+                if chunk == 0
+                else request_id_of(self.trace_id, self.request_span_id, chunk)
+            ),
             "timestamp": _rfc3339(min(a.start_ns for a in attempts)),
             "customer_id": value(*CUSTOMER_SOURCES) or UNATTRIBUTED,
             "feature": value("routeledger.feature", SERVICE_NAME) or UNATTRIBUTED,
@@ -557,7 +573,7 @@ def due_drafts(
         if not (
             quiet
             or all(decided for _, decided in members)
-            or request_id_of(trace_id, request_span_id) in held_request_ids
+            or (held_request_ids and request_id_of(trace_id, request_span_id) in held_request_ids)
         ):
             continue
         # One call reported by two instrumentations: the first to end counts.

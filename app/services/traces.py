@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import orjson
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, text
 
@@ -206,24 +207,29 @@ def _process(
     trace_ids = sorted(new)
     outcome = Outcome()
     with engine.connect() as conn, conn.begin():
-        conn.execute(text(f"set local lock_timeout = '{LOCK_TIMEOUT}'"))
         conn.execute(
             text(
-                "select pg_advisory_xact_lock(k) "
-                "from (select k from unnest(cast(:keys as bigint[])) k order by k) as keys"
+                "select set_config('lock_timeout', :lock_timeout, true), "
+                "(select count(pg_advisory_xact_lock(k)) "
+                " from (select k from unnest(cast(:keys as bigint[])) k order by k) as keys)"
             ),
-            {"keys": sorted(_lock_key(project_id, t) for t in trace_ids)},
+            {
+                "lock_timeout": LOCK_TIMEOUT,
+                "keys": sorted(_lock_key(project_id, t) for t in trace_ids),
+            },
         )
         stored = _stored_spans(conn, project_id=project_id, trace_ids=trace_ids)
-        held_ids = set(
-            conn.scalars(
-                text(
-                    "select request_id from otlp_held_requests "
-                    "where project_id = :project_id and trace_id = any(:trace_ids)"
-                ),
-                {"project_id": project_id, "trace_ids": trace_ids},
+        held_ids: set[uuid.UUID] = set()
+        if stored:  # held requests keep their spans stored: with none stored, none is held
+            held_ids = set(
+                conn.scalars(
+                    text(
+                        "select request_id from otlp_held_requests "
+                        "where project_id = :project_id and trace_id = any(:trace_ids)"
+                    ),
+                    {"project_id": project_id, "trace_ids": trace_ids},
+                )
             )
-        )
         quiet_before = now - timedelta(seconds=settle_seconds())
         drafts: list[Draft] = []
         spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
@@ -336,18 +342,20 @@ def _claim_response_ids(
     if not owner:
         return counted_elsewhere
     ids = sorted(owner)
+    # The claims go as one JSON document: psycopg writes a long text array in Python, slowly.
+    claims = orjson.dumps([{"id": i, "request_id": owner[i]} for i in ids]).decode()
     new = set(
         conn.scalars(
             text(
                 """
                 insert into otlp_response_ids (project_id, response_id, request_id, claimed_at)
                 select :project_id, r.id, r.request_id, :now
-                from unnest(cast(:ids as text[]), cast(:owners as uuid[])) as r(id, request_id)
+                from json_to_recordset(cast(:claims as json)) as r(id text, request_id uuid)
                 order by r.id
                 on conflict do nothing returning response_id
                 """
             ),
-            {"project_id": project_id, "ids": ids, "owners": [owner[i] for i in ids], "now": now},
+            {"project_id": project_id, "claims": claims, "now": now},
         )
     )
     taken = [i for i in ids if i not in new]
@@ -420,6 +428,8 @@ def _keep_waiting(
     for trace_id, spans in spans_of.items():
         stored_here = stored.get(trace_id, {})
         waiting = [s for s in spans.values() if s.is_attempt and s.span_id not in consumed]
+        if not (stored_here or waiting or any(s.marks_request for s in spans.values())):
+            continue  # assembled whole from this export, no request span left: nothing to do
         for span in spans.values():
             awaits_calls = (
                 span.marks_request
