@@ -203,6 +203,16 @@ def fresh_project(live_api) -> Project:
     return make_project()
 
 
+@pytest.fixture(scope="session")
+def fake_openai():
+    """A fake OpenAI-compatible server on loopback, for the real clients (tests/fake_openai.py)."""
+    from tests.fake_openai import FakeOpenAI
+
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def http(live_api) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_api.url, timeout=30) as client:

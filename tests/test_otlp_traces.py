@@ -44,7 +44,6 @@ from tests.fake_openai import (
     COMPLETION_TOKENS,
     DATE_SUFFIX,
     PROMPT_TOKENS,
-    FakeOpenAI,
 )
 from tests.test_ingest_api import auth
 
@@ -52,13 +51,6 @@ PROMPT = "what is the secret word of order 1234?"
 MESSAGES = [{"role": "user", "content": PROMPT}]
 INSTRUMENTATIONS = {"openai-v2": OpenAIv2, "openllmetry": OpenLLMetry}
 EXPORTERS = {"protobuf": ProtobufSpanExporter, "json": JsonSpanExporter}
-
-
-@pytest.fixture(scope="module")
-def fake_openai():
-    server = FakeOpenAI()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -446,32 +446,26 @@ def _keep_waiting(
                 span.held = span.span_id in held_spans
                 insert.append(span)
     if delete_ids:
-        conn.execute(
-            text(
-                "delete from otlp_spans where project_id = :project_id and (trace_id, span_id) in "
-                "(select * from unnest(cast(:traces as bytea[]), cast(:spans as bytea[])))"
-            ),
-            {
-                "project_id": project_id,
-                "traces": [t for t, _ in delete_ids],
-                "spans": [s for _, s in delete_ids],
-            },
-        )
+        _on_spans(conn, "delete from otlp_spans", project_id=project_id, spans=delete_ids)
     if newly_held:
-        conn.execute(
-            text(
-                "update otlp_spans set held = true where project_id = :project_id and "
-                "(trace_id, span_id) in "
-                "(select * from unnest(cast(:traces as bytea[]), cast(:spans as bytea[])))"
-            ),
-            {
-                "project_id": project_id,
-                "traces": [t for t, _ in newly_held],
-                "spans": [s for _, s in newly_held],
-            },
+        _on_spans(
+            conn, "update otlp_spans set held = true", project_id=project_id, spans=newly_held
         )
     if insert:
         _insert_spans(conn, project_id=project_id, spans=insert)
+
+
+def _on_spans(
+    conn: Connection, statement: str, *, project_id: int, spans: list[tuple[bytes, bytes]]
+) -> None:
+    """`statement` (a delete or update of otlp_spans) on these (trace id, span id) pairs."""
+    conn.execute(
+        text(
+            f"{statement} where project_id = :project_id and (trace_id, span_id) in "
+            "(select * from unnest(cast(:traces as bytea[]), cast(:spans as bytea[])))"
+        ),
+        {"project_id": project_id, "traces": [t for t, _ in spans], "spans": [s for _, s in spans]},
+    )
 
 
 def _insert_spans(conn: Connection, *, project_id: int, spans: Iterable[SpanRecord]) -> None:
