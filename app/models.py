@@ -723,7 +723,7 @@ otlp_held_requests = Table(
     Index("ix_otlp_held_requests_project_trace", "project_id", "trace_id"),
 )
 
-# Which request a model call's gen_ai.response.id went to, kept a day: the same call reported
+# Which request a model call's gen_ai.response.id went to, kept an hour: the same call reported
 # by two instrumentations (possibly in two traces) counts once.
 otlp_response_ids = Table(
     "otlp_response_ids",

@@ -32,9 +32,10 @@ log = logging.getLogger(__name__)
 # A database lock held longer than this turns into a 503 with Retry-After, well within the
 # OTLP exporters' 10 s timeout, so they retry instead of timing out.
 LOCK_TIMEOUT = "3s"
-# How long a model call's response id is remembered (two instrumentations of one call export
-# it within seconds of each other).
-RESPONSE_ID_MEMORY = timedelta(days=1)
+# How long a model call's response id is remembered: two instrumentations of one call export
+# it within seconds of each other (an exporter's retries included); an hour bounds the table
+# to an hour of calls.
+RESPONSE_ID_MEMORY = timedelta(hours=1)
 TRACES_PER_TRANSACTION = 200
 _SPAN_COLUMNS = (
     "project_id, trace_id, span_id, parent_span_id, parent_is_remote, is_attempt, held, "

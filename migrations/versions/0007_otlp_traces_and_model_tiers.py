@@ -7,7 +7,7 @@ Create Date: 2026-12-01 10:00:00
 Spans sent to POST /v1/traces wait in otlp_spans until their request can be assembled (its
 request span arrived, or its trace went quiet); a request whose model has no tier waits in
 otlp_held_requests until the project maps the model (model_tiers). otlp_response_ids
-remembers, for a day, which request claimed a model call's response id, so one call
+remembers, for an hour, which request claimed a model call's response id, so one call
 reported by two instrumentations counts once. All new tables: nothing existing is rewritten.
 """
 

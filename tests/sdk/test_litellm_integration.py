@@ -54,6 +54,7 @@ def route_logger(shared_logger, live_api, project, tmp_path):
     yield shared_logger
     shared_logger.ledger.shutdown()
     shared_logger.ledger = idle
+    shared_logger.failed_call_settle_seconds = 60
 
 
 def deployment(fake_openai, group: str, model: str, **model_info) -> dict:
@@ -139,9 +140,11 @@ def test_every_deployment_failing_is_one_failed_request(
     )
     assert isinstance(outcome, litellm.InternalServerError)
     assert len(fake_openai.calls) - calls_before == 4
-    # LiteLLM never says it gave up: the call is sent once it settled, or on flush.
+    # LiteLLM never says it gave up: the call is sent once nothing more came for it for the
+    # settle time (or on flush).
     assert project.count_requests() == 0
-    assert route_logger.flush(10)
+    route_logger.failed_call_settle_seconds = 0.5
+    wait_until(lambda: project.count_requests() == 1)
 
     body = metrics(http, engine, project)
     assert body["requests"] == 1 and body["attempts"] == 4 and body["failed"] == 1

@@ -51,7 +51,7 @@ class _Call:
 
     context: dict[str, Any]
     attempts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
-    generation: int = 0
+    last_seen: float = 0.0  # time.monotonic() of its latest attempt
 
 
 class RouteLedgerLogger(CustomLogger):
@@ -83,6 +83,7 @@ class RouteLedgerLogger(CustomLogger):
         self._calls: dict[str, _Call] = {}
         self._sent: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
 
     # --- LiteLLM's callbacks ------------------------------------------------------------
@@ -128,21 +129,30 @@ class RouteLedgerLogger(CustomLogger):
             if any(seen == call_id for _, seen, _ in call.attempts):
                 return  # the same attempt reported by a sync and an async callback
             call.attempts.append((ended, call_id, attempt))
-            call.generation += 1
-            generation = call.generation
+            call.last_seen = time.monotonic()
+            if not ok and self._sweeper is None:
+                self._sweeper = threading.Thread(
+                    target=self._sweep, name="routeledger-litellm", daemon=True
+                )
+                self._sweeper.start()
         if ok:
             self._finish(trace_id)
-            return
-        timer = threading.Timer(
-            self.failed_call_settle_seconds, self._finish, (trace_id, generation)
-        )
-        timer.daemon = True
-        timer.start()
 
-    def _finish(self, trace_id: str, generation: int | None = None) -> bool:
+    def _sweep(self) -> None:
+        """Sends the calls that only failed and heard nothing more for the settle time: one
+        thread for all of them, waking a few times per settle time."""
+        while True:
+            time.sleep(min(1.0, self.failed_call_settle_seconds / 4))
+            cutoff = time.monotonic() - self.failed_call_settle_seconds
+            with self._lock:
+                settled = [t for t, call in self._calls.items() if call.last_seen <= cutoff]
+            for trace_id in settled:
+                self._finish(trace_id, settled_before=cutoff)
+
+    def _finish(self, trace_id: str, settled_before: float | None = None) -> bool:
         with self._lock:
             call = self._calls.get(trace_id)
-            if call is None or (generation is not None and generation != call.generation):
+            if call is None or (settled_before is not None and call.last_seen > settled_before):
                 return False  # sent already, or more attempts arrived since
             del self._calls[trace_id]
             self._sent[trace_id] = None
