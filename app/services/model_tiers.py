@@ -37,11 +37,15 @@ def load_tier_map(
     conn: Connection, *, project_id: int, models: Iterable[str] | None = None
 ) -> TierMap:
     """The project's map; only the entries of `models` when given."""
+    if models is not None:
+        models = sorted(set(models))
+        if not models:
+            return TierMap({})
     query = select(model_tiers.c.model, model_tiers.c.tier).where(
         model_tiers.c.project_id == project_id
     )
     if models is not None:
-        query = query.where(model_tiers.c.model.in_(sorted(set(models))))
+        query = query.where(model_tiers.c.model.in_(models))
     return TierMap({row.model: row.tier for row in conn.execute(query)})
 
 
