@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         default=50.0, description="default calls per second per API key (burst: 2 seconds' worth)"
     )
     routeledger_db_pool_size: int = 10
+    routeledger_clock_offset_seconds: float = Field(
+        default=0.0,
+        description="moves the service's clock by this much (scripts/test-at runs the whole "
+        "suite at a chosen instant with it); leave it 0",
+    )
     routeledger_rollup_connections: int = Field(
         default=2, ge=1, description="connections the rollup job works on at once (a core each)"
     )
