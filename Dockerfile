@@ -9,6 +9,7 @@ COPY app app
 COPY migrations migrations
 COPY workers workers
 COPY dashboards dashboards
+COPY tools tools
 COPY sdk sdk
 RUN pip wheel --no-cache-dir --wheel-dir /wheels . ./sdk
 

@@ -6,14 +6,16 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
+from app.periods import InvalidPeriod, as_utc, floor_day, floor_hour, parse_instant, utc_now
 from app.settings import get_settings
+from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -43,13 +45,9 @@ def main() -> None:
 
 
 def _migrate() -> None:
-    from app import migrate
-    from app.db import transaction
-    from app.services.pricing import sync_catalog
+    from app.migrate import migrate
 
-    migrate.upgrade()
-    with transaction() as conn:
-        sync = sync_catalog(conn)
+    sync = migrate()
     if sync.created:
         console.print(
             f"price catalog: genai-prices {sync.version}, {sync.prices_added} prices added"
@@ -201,7 +199,7 @@ def key() -> None:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(["ingest", "read", "admin"]),
+    type=click.Choice(KEY_SCOPES),
 )
 def key_create(project_name: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create a key; the secret is printed once."""
@@ -255,11 +253,12 @@ def _utc_hour(value: datetime | None) -> datetime | None:
     """A date or whole hour given on the command line, taken as UTC."""
     if value is None:
         return None
-    if (value.minute, value.second) != (0, 0):
+    at = as_utc(value)
+    if at != floor_hour(at):
         raise click.BadParameter(
             f"{value:%Y-%m-%dT%H:%M:%S} is not a whole hour", param_hint="--start"
         )
-    return value.replace(tzinfo=UTC)
+    return at
 
 
 @main.command()
@@ -346,13 +345,11 @@ def replay(
     With --send, every simulated request goes to the service as experiment arm <policy>."""
     from rich.table import Table
 
-    from app.services import replay as sim
+    from tools import replay as sim
 
     if send and not (endpoint and api_key):
         raise click.UsageError("--send needs --endpoint and --api-key (or their env variables)")
-    start = _utc_hour(start) or (
-        datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
-    )
+    start = _utc_hour(start) or floor_day(utc_now()) - timedelta(days=days)
     policies = []
     for kind in kinds or ("cascade", "threshold", "all-cheap", "all-premium"):
         if kind == "threshold":
@@ -412,7 +409,7 @@ def _send_replay(
     from rich.progress import Progress
     from routeledger import RouteLedger
 
-    from app.services.replay import send
+    from tools.replay import send
 
     total = sum(len(run.requests) for run in runs)
     client = RouteLedger(api_key=api_key, endpoint=endpoint, max_queue=total)
@@ -461,7 +458,7 @@ def user() -> None:
 @user.command("create")
 @click.argument("email")
 @click.option("--project", "project_name", required=True)
-@click.option("--role", type=click.Choice(["viewer", "admin"]), required=True)
+@click.option("--role", type=click.Choice(DASHBOARD_ROLES), required=True)
 @click.option(
     "--password",
     default=None,
@@ -496,7 +493,7 @@ def user_create(email: str, project_name: str, role: str, password: str | None) 
 def _load_demo(endpoint: str, **plan_options) -> None:
     import httpx
 
-    from app.services import demo
+    from tools import demo
 
     deadline = time.monotonic() + 60
     while True:
@@ -616,10 +613,9 @@ def jobs_run(
 
 def _utc_instant(value: str) -> datetime:
     try:
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not ISO 8601") from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+        return parse_instant(value, name="--start/--end")
+    except InvalidPeriod as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @main.group("export")
@@ -696,10 +692,10 @@ def _export(project_name: str, start: str | None, end: str | None, output: Path,
     from rich.progress import Progress
 
     from app.db import connection
-    from app.services.metrics import InvalidPeriod, period
+    from app.periods import hourly_period
 
     try:
-        within = period(start, end)
+        within = hourly_period(start, end)
     except InvalidPeriod as error:
         raise click.UsageError(str(error)) from None
     with connection() as conn:

@@ -10,16 +10,11 @@ from pydantic import TypeAdapter
 
 from app.api import admin, alerts, exports, health, ingest, metrics, traces
 from app.api.bodies import BodyLimitAndGzip
-from app.services.ingest import field_path
+from app.schemas import describe_errors
 
 
 def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
-    messages = []
-    for item in error.errors():
-        loc = [p for p in item["loc"] if p != "body"]
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
-        messages.append(f"{field_path(loc)}: {message}")
-    return JSONResponse({"detail": "; ".join(messages)}, status_code=422)
+    return JSONResponse({"detail": describe_errors(error.errors(), whole="body")}, status_code=422)
 
 
 def create_app() -> FastAPI:

@@ -1,13 +1,18 @@
-"""Runs Alembic from code, so `routeledger migrate` works from any directory."""
+"""Runs Alembic from code, so `routeledger migrate` works from any directory, and loads the
+installed price catalog."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 
 import migrations
+
+if TYPE_CHECKING:
+    from app.services.pricing import CatalogSync
 
 
 def alembic_config() -> Config:
@@ -22,3 +27,14 @@ def upgrade(revision: str = "head") -> None:
 
 def downgrade(revision: str = "base") -> None:
     command.downgrade(alembic_config(), revision)
+
+
+def migrate() -> CatalogSync:
+    """What `routeledger migrate` does: the schema to head, then the installed genai-prices
+    catalog loaded if it is new to the database."""
+    from app.db import transaction
+    from app.services.pricing import sync_catalog
+
+    upgrade()
+    with transaction() as conn:
+        return sync_catalog(conn)

@@ -27,6 +27,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from app.rollup_figures import ATTEMPT_FIGURES, CUSTOMER_FIGURES, REQUEST_FIGURES
+from app.vocabulary import (
+    ALERT_METRICS,
+    ALERT_STATES,
+    ATTEMPT_STATUSES,
+    DASHBOARD_ROLES,
+    DRIFT_DIMENSIONS,
+    GRANULARITIES,
+    KEY_SCOPES,
+    sql_list,
+)
+
 # Alembic's recommended convention: every constraint gets a predictable name.
 metadata = MetaData(
     naming_convention={
@@ -37,10 +49,6 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-
-DEFAULT_TIERS = {"cheap": 1, "standard": 2, "premium": 3}
-SCOPES = ("ingest", "read", "admin")
-ATTEMPT_STATUSES = ("ok", "error", "timeout", "rejected")
 
 
 def _created_at() -> Column:
@@ -82,7 +90,7 @@ api_keys = Table(
     _created_at(),
     Column("revoked_at", DateTime(timezone=True)),
     CheckConstraint(
-        "scopes <@ ARRAY['ingest','read','admin']::text[] and cardinality(scopes) > 0",
+        f"scopes <@ ARRAY[{sql_list(KEY_SCOPES)}]::text[] and cardinality(scopes) > 0",
         name="known_scopes",
     ),
     Index("ix_api_keys_project_id", "project_id"),
@@ -221,7 +229,7 @@ attempts = Table(
     Column("experiment_name", Text),
     Column("experiment_arm", Text),
     PrimaryKeyConstraint("project_id", "ts", "request_id", "position"),
-    CheckConstraint("status in ('ok','error','timeout','rejected')", name="known_status"),
+    CheckConstraint(f"status in ({sql_list(ATTEMPT_STATUSES)})", name="known_status"),
     CheckConstraint(
         "(cost_source is null) = (cost_usd is null)"
         " and (cost_source = 'price') = (price_id is not null)",
@@ -288,32 +296,23 @@ dirty_hours = Table(
     PrimaryKeyConstraint("job", "project_id", "hour"),
 )
 
-# How far a job has consumed the stream of newly received rows.
-job_watermarks = Table(
-    "job_watermarks",
+# Hours whose rows were written (requests, feedback, revenue records), appended in the same
+# transaction as the rows: a job moves the marks it can see into dirty_hours, so it finds every
+# committed row whatever its timestamps (see app.services.rollups).
+dirty_marks = Table(
+    "dirty_marks",
     metadata,
-    Column("job", Text, primary_key=True),
-    Column("watermark", DateTime(timezone=True), nullable=False),
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("job", Text, nullable=False),
+    Column("project_id", BigInteger, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
 )
 
 
 def _request_figures() -> list[Column]:
-    """The summed figures of a request rollup row."""
-    counts = (
-        "requests", "attempts", "fallbacks", "escalations", "failovers", "failed",
-        "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-    )  # fmt: skip
+    """The summed figures of a request rollup row, and its latency histogram."""
     return [
-        *(Column(name, BigInteger, nullable=False) for name in counts),
-        # Sum of the known request costs; unpriced_requests says how many are incomplete.
-        Column("cost_usd", Numeric, nullable=False),
-        Column("unpriced_requests", BigInteger, nullable=False),
-        # Sum of the known baseline costs; baseline_unknown counts the requests without one.
-        Column("baseline_cost_usd", Numeric, nullable=False),
-        Column("baseline_unknown", BigInteger, nullable=False),
-        Column("revenue_usd", Numeric, nullable=False),
-        Column("quality_sum", Float, nullable=False),
-        Column("quality_count", BigInteger, nullable=False),
+        *(figure.column() for figure in REQUEST_FIGURES),
         # Sparse latency histogram: bucket numbers (see app.services.rollups), their counts.
         Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
         Column("latency_counts", ARRAY(BigInteger), nullable=False),
@@ -333,9 +332,7 @@ def _attempt_figures() -> list[Column]:
     return [
         Column("model", Text, nullable=False),
         Column("tier", Text, nullable=False),
-        Column("attempts", BigInteger, nullable=False),
-        Column("cost_usd", Numeric, nullable=False),
-        Column("unpriced_attempts", BigInteger, nullable=False),
+        *(figure.column() for figure in ATTEMPT_FIGURES),
     ]
 
 
@@ -395,14 +392,7 @@ def _experiment() -> list:
 
 
 def _customer_figures() -> list:
-    return [
-        Column("requests", BigInteger, nullable=False),
-        Column("input_tokens", BigInteger, nullable=False),
-        Column("output_tokens", BigInteger, nullable=False),
-        Column("cost_usd", Numeric, nullable=False),
-        Column("unpriced_requests", BigInteger, nullable=False),
-        Column("revenue_usd", Numeric, nullable=False),
-    ]
+    return [figure.column() for figure in CUSTOMER_FIGURES]
 
 
 # Requests per day, feature, customer, intended and served tier, served model and arm, and
@@ -451,7 +441,7 @@ customer_margins = Table(
     Column("unpriced_requests", BigInteger, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("project_id", "granularity", "period_start", "customer_id"),
-    CheckConstraint("granularity in ('day','month')", name="known_granularity"),
+    CheckConstraint(f"granularity in ({sql_list(GRANULARITIES)})", name="known_granularity"),
 )
 
 drift_results = Table(
@@ -469,19 +459,7 @@ drift_results = Table(
     Column("reference_distribution", JSONB, nullable=False),
     Column("computed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("project_id", "feature", "dimension", "window_end"),
-    CheckConstraint("dimension in ('tier','confidence','input_tokens')", name="known_dimension"),
-)
-
-ALERT_METRICS = (
-    "escalation_rate",
-    "fallback_rate",
-    "failover_rate",
-    "cost_per_request",
-    "spend",
-    "negative_margin",
-    "drift_psi",
-    "unpriced_requests",
-    "policy_deviation",
+    CheckConstraint(f"dimension in ({sql_list(DRIFT_DIMENSIONS)})", name="known_dimension"),
 )
 
 alert_rules = Table(
@@ -502,9 +480,7 @@ alert_rules = Table(
     Column("enabled", Boolean, nullable=False, server_default="true"),
     _created_at(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint(
-        "metric in (" + ",".join(f"'{m}'" for m in ALERT_METRICS) + ")", name="known_metric"
-    ),
+    CheckConstraint(f"metric in ({sql_list(ALERT_METRICS)})", name="known_metric"),
     CheckConstraint(
         "threshold is not null or baseline_multiplier is not null", name="has_condition"
     ),
@@ -535,7 +511,7 @@ alerts = Table(
     Column("fired_notified_at", DateTime(timezone=True)),
     Column("last_reminder_at", DateTime(timezone=True)),
     Column("resolved_notified_at", DateTime(timezone=True)),
-    CheckConstraint("state in ('firing','resolved')", name="known_state"),
+    CheckConstraint(f"state in ({sql_list(ALERT_STATES)})", name="known_state"),
     Index("ix_alerts_project_id", "project_id", "fired_at"),
     # One open alert per rule, whatever races.
     Index(
@@ -604,7 +580,6 @@ repriced_attempts = Table(
 )
 
 # Indexes on the partitioned event tables (created on every partition).
-Index("ix_requests_received_at", requests.c.received_at)
 # Metrics of one customer read the hours outside its whole days from the requests and
 # attempts.
 Index(
@@ -622,8 +597,6 @@ Index(
 
 
 # --- dashboard logins (issue 6) ----------------------------------------------------------
-
-DASHBOARD_ROLES = ("viewer", "admin")
 
 users = Table(
     "users",
@@ -646,7 +619,7 @@ memberships = Table(
     Column("role", Text, nullable=False),
     _created_at(),
     PrimaryKeyConstraint("user_id", "project_id"),
-    CheckConstraint("role in ('viewer','admin')", name="known_role"),
+    CheckConstraint(f"role in ({sql_list(DASHBOARD_ROLES)})", name="known_role"),
     Index("ix_memberships_project_id", "project_id"),
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from pydantic import (
     StrictStr,
 )
 
-from app.models import ALERT_METRICS
+from app.vocabulary import ALERT_METRICS, ALERT_STATES, ATTEMPT_STATUSES, KEY_SCOPES
 
 MAX_STRING = 200
 MAX_ATTEMPTS = 20
@@ -63,6 +64,31 @@ def _timestamp_text(value: Any) -> Any:
 Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
 
 
+def field_path(loc: Iterable[Any], *, whole: str) -> str:
+    """`attempts[0].tier`: a validation error's location; `whole` names an empty one."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or whole
+
+
+def describe_errors(errors: Iterable[dict], *, whole: str) -> str:
+    """`field: message; ...` for pydantic's errors, each field named by its path (without
+    FastAPI's `body` prefix or validators' names); `whole` names the thing validated."""
+    parts = []
+    for item in errors:
+        loc = [
+            p for p in item["loc"]
+            if p != "body" and not (isinstance(p, str) and p.startswith("function-"))
+        ]  # fmt: skip
+        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        parts.append(f"{field_path(loc, whole=whole)}: {message}")
+    return "; ".join(parts)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -89,7 +115,7 @@ class Attempt(Strict):
     cache_write_tokens: TokenCount = 0
     cost_usd: MoneyOrNone = None
     latency_ms: Millis | None = None
-    status: Literal["ok", "error", "timeout", "rejected"]
+    status: Literal[ATTEMPT_STATUSES]
     reason: Text | None = None
 
 
@@ -219,7 +245,7 @@ class RevenueResult(BaseModel):
 
 class KeyIn(Strict):
     name: RequiredText
-    scopes: Annotated[list[Literal["ingest", "read", "admin"]], Field(min_length=1)]
+    scopes: Annotated[list[Literal[KEY_SCOPES]], Field(min_length=1)]
     rate_limit_per_second: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
 
 
@@ -270,7 +296,8 @@ class RoutingMetricsOut(BaseModel):
     intended_split: dict[str, float]
     served_split: dict[str, float] = Field(description="over requests that did not fail")
     policy_split: dict[str, float] | None = Field(
-        description="request-weighted policies in force, per feature and hour"
+        description="the policies the requests were held to (each request to its feature's "
+        "policy in force at its time), weighted by requests"
     )
     policy_deviation: float | None
     cost_usd: MoneyText
@@ -363,7 +390,7 @@ class AlertOut(BaseModel):
     rule_id: int
     rule_name: str
     metric: str
-    state: Literal["firing", "resolved"]
+    state: Literal[ALERT_STATES]
     fired_at: datetime
     resolved_at: datetime | None
     value: float = Field(description="the value when it fired")

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
         gt=0,
         description="a trace's request is assembled once no span of it arrived for this long",
     )
+    routeledger_clock_offset_seconds: float = Field(
+        default=0.0,
+        description="moves the service's clock by this much (scripts/test-at runs the whole "
+        "suite at a chosen instant with it); leave it 0",
+    )
     routeledger_rollup_connections: int = Field(
         default=2, ge=1, description="connections the rollup job works on at once (a core each)"
     )

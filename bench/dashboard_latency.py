@@ -110,31 +110,29 @@ def load(*, project_id: int, requests: int, days: int, customers: int, end: date
 
 def prepare(project_id: int, *, start: datetime) -> None:
     from app.db import transaction
+    from app.schemas import AlertRuleIn, AlertScope, PolicyIn
     from app.services import alerts, policies
 
     with transaction() as conn:
         for feature in FEATURES:
-            policies.set_policy(
-                conn,
-                project_id=project_id,
-                feature=feature,
+            policy = PolicyIn(
                 split={"cheap": 0.7, "standard": 0.25, "premium": 0.05},
-                effective_from=start,
+                effective_from=start.isoformat(),
             )
+            policies.set_policy(conn, project_id=project_id, feature=feature, policy=policy)
         alerts.create_rule(
             conn,
             project_id=project_id,
-            rule={
-                "name": "escalation spike",
-                "metric": "escalation_rate",
-                "scope": {"feature": "support-chat"},
-                "window_minutes": 60,
-                "threshold": None,
-                "baseline_multiplier": 2,
-                "min_requests": 50,
-                "cooldown_minutes": 60,
-                "recipients": ["pm@example.com"],
-            },
+            rule=AlertRuleIn(
+                name="escalation spike",
+                metric="escalation_rate",
+                scope=AlertScope(feature="support-chat"),
+                window_minutes=60,
+                baseline_multiplier=2,
+                min_requests=50,
+                cooldown_minutes=60,
+                recipients=["pm@example.com"],
+            ),
         )
 
 

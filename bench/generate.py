@@ -7,7 +7,7 @@ seeded), a million per transaction: 6 features, 300 customers with a skewed shar
 traffic, 70/23/7 % intended cheap/standard/premium, 20 % fallbacks that escalate one tier,
 1 % failed, an experiment with two arms on half the traffic, log-spread latencies, quality
 on 30 % and revenue on 10 % of the requests. Each request has one or two attempts whose
-costs add up to the request's. Every row is stamped received now, so the rollup sees it new.
+costs add up to the request's. The hours written are marked for the rollup, as ingest does.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ def generate(
     engine: Engine, *, project_id: int, rows: int, end: datetime, days: int, seed: float = 0.42
 ) -> float:
     """Writes `rows` requests spread evenly over the `days` before `end`; returns seconds."""
+    from app.periods import HOUR, floor_hour
     from app.services.partitions import ensure_partitions, month_start
+    from app.services.rollups import ROLLUP_JOB, mark_written
 
     start = end - timedelta(days=days)
     ensure_partitions(engine, {month_start(start + timedelta(days=d)) for d in range(days + 1)})
@@ -119,6 +121,9 @@ def generate(
                 text(_ATTEMPTS),
                 {"project_id": project_id, "low": low, "high": high},
             )
+            # As ingest does: the hours written, marked in the same transaction.
+            hours = [floor_hour(low) + HOUR * h for h in range(int((high - low) / HOUR) + 2)]
+            mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=hours)
     return time.perf_counter() - started
 
 

@@ -107,16 +107,10 @@ def raw_copy(events: list[dict], project_id: int) -> float:
     """The same rows, derived ahead of time, written by COPY alone: the floor for ingest."""
     from app.db import get_engine
     from app.schemas import Event
-    from app.services.ingest import (
-        ATTEMPT_COLUMNS,
-        ATTEMPT_TYPES,
-        REQUEST_COLUMNS,
-        REQUEST_TYPES,
-        derive,
-        load_project_context,
-    )
+    from app.services.ingest import ATTEMPTS_COPY, REQUESTS_COPY, derive
     from app.services.partitions import ensure_partitions, month_start
     from app.services.pricing import PriceBook
+    from app.services.projects import load_project_context
 
     engine = get_engine()
     parsed = [Event.model_validate({**e, "request_id": str(uuid.uuid4())}) for e in events]
@@ -124,7 +118,8 @@ def raw_copy(events: list[dict], project_id: int) -> float:
     with engine.connect() as conn:
         project = load_project_context(conn, project_id=project_id)
         models = {(a.model, a.provider) for e in parsed for a in e.attempts}
-        models.add((project.baseline_model, None))
+        if project.baseline:
+            models.add((project.baseline.model, project.baseline.provider))
         prices = PriceBook.load(conn, project_id=project_id, models=models)
     now = datetime.now(UTC)
     rows = [derive(e, project=project, prices=prices, received_at=now) for e in parsed]
@@ -137,20 +132,10 @@ def raw_copy(events: list[dict], project_id: int) -> float:
             ) as copy:
                 copy.set_types(("int8", "uuid", "timestamptz"))
                 for row in rows:
-                    copy.write_row((project_id, row.request_row[2], row.request_row[1]))
-            with cur.copy(
-                f"copy requests ({', '.join(REQUEST_COLUMNS)}) from stdin (format binary)"
-            ) as copy:
-                copy.set_types(REQUEST_TYPES)
-                for row in rows:
-                    copy.write_row(row.request_row)
-            with cur.copy(
-                f"copy attempts ({', '.join(ATTEMPT_COLUMNS)}) from stdin (format binary)"
-            ) as copy:
-                copy.set_types(ATTEMPT_TYPES)
-                for row in rows:
-                    for attempt in row.attempt_rows:
-                        copy.write_row(attempt)
+                    copy.write_row((project_id, row.request_row["request_id"],
+                                    row.request_row["ts"]))  # fmt: skip
+            REQUESTS_COPY.write(cur, (row.request_row for row in rows))
+            ATTEMPTS_COPY.write(cur, (a for row in rows for a in row.attempt_rows))
         raw.driver_connection.commit()
         return time.perf_counter() - started
     finally:

@@ -38,7 +38,7 @@ def main() -> None:
         run = run_rollup(engine)
         seconds = time.perf_counter() - started
         again = time.perf_counter()
-        run_rollup(engine)  # what a beat tick right after costs: the lookback re-rolls it all
+        run_rollup(engine)  # what a beat tick right after costs: nothing new to roll
         rerun_seconds = time.perf_counter() - again
         peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(

@@ -9,12 +9,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from app.db import connection, transaction
+from app.periods import HOUR, Period, next_hour, utc_now
 from app.services import alerts, dashboard_queries, metrics
-from app.services.metrics import Filters, Period, RoutingMetrics
+from app.services.metrics import Filters, RoutingMetrics
 
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 512
@@ -80,11 +81,11 @@ def routing_totals(project_id: int, within: Period, scope: Filters) -> RoutingMe
 def routing_over_time(project_id: int, within: Period, scope: Filters) -> list[RoutingMetrics]:
     """The same figures per time bucket, the bucket sized to the period, up to this hour
     (the hours still to come would read as a drop to zero)."""
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    now = next_hour(utc_now())
     return read(
         dashboard_queries.routing_series,
         project_id=project_id,
-        within=Period(within.start, max(within.start + timedelta(hours=1), min(within.end, now))),
+        within=Period(within.start, max(within.start + HOUR, min(within.end, now))),
         filters=scope,
         bucket_hours=bucket_hours(within),
     )

@@ -3,12 +3,12 @@ that a link shows what its sender saw."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from urllib.parse import urlencode
 
 from dash import Input, clientside_callback, dcc, html
 
-from app.services.metrics import Period
+from app.periods import Period, days_period, utc_now
 from dashboards import auth
 
 DEFAULT_DAYS = 7
@@ -23,7 +23,7 @@ def _day(value: str | None, default: date) -> date:
 
 def date_range(component_id: str, query: dict) -> dcc.DatePickerRange:
     """Whole days, the last one included; by default the last DEFAULT_DAYS days."""
-    today = datetime.now(UTC).date()
+    today = utc_now().date()
     end = _day(query.get("end"), today)
     start = _day(query.get("start"), end - timedelta(days=DEFAULT_DAYS - 1))
     return dcc.DatePickerRange(
@@ -39,14 +39,10 @@ def date_range(component_id: str, query: dict) -> dcc.DatePickerRange:
 
 def period_of(start_date: str | None, end_date: str | None) -> Period:
     """[first day's midnight, the midnight after the last day), in UTC."""
-    today = datetime.now(UTC).date()
+    today = utc_now().date()
     end = _day(end_date, today)
     start = min(_day(start_date, end - timedelta(days=DEFAULT_DAYS - 1)), end)
-    return Period(_midnight(start), _midnight(end + timedelta(days=1)))
-
-
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return days_period(start, end)
 
 
 def dropdown(component_id: str, options: list[str], value: str | None, placeholder: str):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from tests.events import batch, event
-from tests.test_ingest_api import auth, post, stored_request
+from tests.helpers import auth, batch, event, post, stored_request
 
 
 def test_feedback_sets_quality_and_refuses_unknown_requests(http, fresh_project, database_url):

@@ -14,14 +14,12 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 
-from app.services.alerts import run_alerts
+from app.periods import utc_now
+from app.services import alerts, rollups
 from app.services.emails import send_pending
 from app.services.ingest import Batch, ingest_batch
-from app.services.rollups import run_rollup
 from app.settings import get_settings
-from tests.conftest import free_port, make_project
-from tests.events import attempt, event
-from tests.test_ingest_api import auth
+from tests.helpers import attempt, auth, event, free_port, make_project
 
 
 class Inbox:
@@ -62,8 +60,12 @@ def recipient() -> str:
     return f"pm-{uuid.uuid4().hex[:8]}@example.com"
 
 
+# The tests' clock: a few minutes before the new year, so windows and days straddle it.
+NOW = datetime(2026, 12, 31, 23, 55, tzinfo=UTC)
+
+
 def minutes_ago(minutes: float) -> str:
-    return (datetime.now(UTC) - timedelta(minutes=minutes)).isoformat()
+    return (NOW - timedelta(minutes=minutes)).isoformat()
 
 
 def traffic(count: int, *, escalated: bool) -> list[dict]:
@@ -74,8 +76,17 @@ def traffic(count: int, *, escalated: bool) -> list[dict]:
     ]
 
 
-def ingest(engine, project_id: int, events: list[dict]) -> None:
-    assert ingest_batch(engine, project_id=project_id, batch=Batch(events)).accepted == len(events)
+def ingest(engine, project_id: int, events: list[dict], *, now: datetime = NOW) -> None:
+    result = ingest_batch(engine, project_id=project_id, batch=Batch(events), now=now)
+    assert result.accepted == len(events)
+
+
+def run_rollup(engine, *, now: datetime = NOW) -> None:
+    rollups.run_rollup(engine, now=now)
+
+
+def run_alerts(engine, *, now: datetime = NOW) -> None:
+    alerts.run_alerts(engine, now=now)
 
 
 def test_an_escalation_spike_fires_once_and_resolves_once(engine, http, smtp_server):
@@ -136,6 +147,7 @@ def project_with_rule(**rule) -> tuple:
     """A new project with one alert rule (window 60 min, cooldown 60 min unless given),
     and the rule's recipient."""
     from app.db import transaction
+    from app.schemas import AlertRuleIn
     from app.services.alerts import create_rule
 
     project = make_project()
@@ -143,7 +155,7 @@ def project_with_rule(**rule) -> tuple:
     defaults = {"scope": {}, "window_minutes": 60, "baseline_multiplier": None,
                 "min_requests": 0, "cooldown_minutes": 60, "recipients": [pm]}  # fmt: skip
     with transaction() as conn:
-        create_rule(conn, project_id=project.id, rule={**defaults, **rule})
+        create_rule(conn, project_id=project.id, rule=AlertRuleIn(**{**defaults, **rule}))
     return project, pm
 
 
@@ -155,9 +167,8 @@ def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_s
     ingest(
         engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
     )
-    now = datetime.now(UTC)
     for minutes in (0, 1, 4, 6, 7, 12):  # fires at 0, reminders at 6 and 12
-        run_alerts(engine, now=now + timedelta(minutes=minutes))
+        run_alerts(engine, now=NOW + timedelta(minutes=minutes))
     send_pending(engine)
     subjects = [m["Subject"] for m in smtp_server.to(pm)]
     assert [s.split(":")[0] for s in subjects] == [
@@ -170,9 +181,9 @@ def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_s
 def pending_rows(database_url: str, address: str) -> list[tuple]:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
-            "select status, attempts, next_attempt_at > now() from email_outbox "
+            "select status, attempts, next_attempt_at > %s from email_outbox "
             "where %s = any(recipients)",
-            (address,),
+            (utc_now(), address),
         ).fetchall()
 
 
@@ -199,8 +210,8 @@ def test_mail_waits_while_smtp_is_down_and_goes_once_it_is_back(engine, database
     try:
         with psycopg.connect(database_url) as conn:  # as if the backoff had passed
             conn.execute(
-                "update email_outbox set next_attempt_at = now() where %s = any(recipients)",
-                (address,),
+                "update email_outbox set next_attempt_at = %s where %s = any(recipients)",
+                (utc_now(), address),
             )
         send_pending(engine)
         send_pending(engine)
@@ -263,11 +274,12 @@ def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
     from app.services.digest import queue_digests
 
     project, pm = project_with_rule(name="spend", metric="spend", threshold=1000)
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    ingest(engine, project.id, [event(attempt(), timestamp=yesterday.isoformat())])
-    run_rollup(engine)
-    queue_digests(engine)
-    queue_digests(engine)
+    today = datetime(2027, 1, 1, 8, tzinfo=UTC)
+    yesterday = today - timedelta(days=1)
+    ingest(engine, project.id, [event(attempt(), timestamp=yesterday.isoformat())], now=today)
+    run_rollup(engine, now=today)
+    queue_digests(engine, now=today)
+    queue_digests(engine, now=today)
     send_pending(engine)
     digests = smtp_server.to(pm)
     assert len(digests) == 1 and "daily digest" in digests[0]["Subject"]
@@ -328,13 +340,13 @@ def test_window_totals_read_whole_hours_from_rollups_and_the_minutes_around_them
     engine, database_url
 ):
     from app.db import transaction
+    from app.periods import Period, floor_hour
     from app.services.alerts import ROLLED_AFTER, measure, window_totals
-    from app.services.metrics import Period
-    from app.services.rollups import floor_hour
 
     project = make_project()
-    # Two minutes into an hour, so the hour before is over but not yet ROLLED_AFTER.
-    now = datetime.now(UTC).replace(minute=2, second=0, microsecond=0)
+    # Two minutes into an hour (the first of a year), so the hour before is over but not yet
+    # ROLLED_AFTER.
+    now = datetime(2027, 1, 1, 0, 2, tzinfo=UTC)
     # 30 hours of traffic, one request every 7 minutes at odd seconds, of two features,
     # two customers, escalated or not, with a fallback or not, priced or unpriced.
     events = []
@@ -354,10 +366,10 @@ def test_window_totals_read_whole_hours_from_rollups_and_the_minutes_around_them
                 timestamp=(now - timedelta(minutes=7 * i, seconds=13)).isoformat(),
             )
         )
-    ingest(engine, project.id, events)
-    run_rollup(engine)
+    ingest(engine, project.id, events, now=now)
+    run_rollup(engine, now=now)
     # Not rolled up yet, in an hour over for less than ROLLED_AFTER: counted all the same.
-    ingest(engine, project.id, [event(timestamp=(now - timedelta(minutes=4)).isoformat())])
+    ingest(engine, project.id, [event(timestamp=(now - timedelta(minutes=4)).isoformat())], now=now)
 
     columns = {"feature": "feature", "customer_id": "customer_id", "model": "served_model"}
     windows = [

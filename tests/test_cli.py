@@ -13,20 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import REPO, free_port
-from tests.events import batch, event
-
-
-def routeledger(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **kwargs,
-    )
+from tests.helpers import REPO, batch, event, free_port, routeledger
 
 
 def test_project_create_prints_keys_as_json(database_url):

@@ -8,7 +8,7 @@ import pytest
 
 from app.db import transaction
 from app.services import users
-from tests.conftest import make_project
+from tests.helpers import make_project
 
 PASSWORD = "correct-horse-battery"
 

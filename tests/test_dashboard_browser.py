@@ -6,96 +6,33 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 from decimal import Decimal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 
-from app.services import demo
-from tests.conftest import ARTIFACTS
-
-ADMIN = demo.DEMO_LOGINS["admin"]
-VIEWER = demo.DEMO_LOGINS["viewer"]
-
-# path -> a CSS selector that only matches once the page shows data
-PAGES = {
-    "/": "#overview-spend .trace",
-    "/routing": "#routing-splits .trace",
-    "/customers": "#customers-table td[data-dash-column='requests']",
-    "/customers/globex": "#customer-money .trace",
-    "/models": "#models-table td[data-dash-column='attempts']",
-    "/experiments": "#experiments-arms .trace",
-    "/drift": "#drift-psi .trace",
-    "/alerts": "#alerts-table td[data-dash-column='rule']",
-    "/prices": "#prices-catalog td[data-dash-column='model']",
-    "/exports": "#exports-total-cost",
-}
+from tests.helpers import (
+    ADMIN,
+    PAGES,
+    VIEWER,
+    choose,
+    console_errors,
+    open_page,
+    shot,
+    sign_in,
+    text_of,
+    wait_for,
+    wait_until,
+)
+from tools import demo
 
 
 @pytest.fixture
 def site(browser, live_dashboard, demo_project):
     browser.get_log("browser")  # start each test with an empty console
     return live_dashboard.url
-
-
-def wait_for(browser, selector: str, timeout: float = 20):
-    try:
-        return WebDriverWait(browser, timeout).until(
-            lambda d: d.find_elements(By.CSS_SELECTOR, selector) or False
-        )[0]
-    except TimeoutException:
-        shot(browser, "timeout")
-        raise AssertionError(f"{selector} did not appear on {browser.current_url}") from None
-
-
-def wait_until(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def shot(browser, name: str) -> None:
-    browser.save_screenshot(str(ARTIFACTS / f"dashboard-{name}.png"))
-
-
-def console_errors(browser) -> list[str]:
-    return [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def sign_in(browser, site: str, login: tuple[str, str]) -> None:
-    browser.delete_all_cookies()
-    browser.get(f"{site}/login")
-    browser.find_element(By.ID, "email").send_keys(login[0])
-    browser.find_element(By.ID, "password").send_keys(login[1])
-    browser.find_element(By.ID, "sign-in").click()
-    wait_for(browser, "#whoami")
-
-
-def choose(browser, dropdown_id: str, value: str) -> None:
-    """Picks an option of a Dash dropdown (a button opening a list of options)."""
-    browser.find_element(By.ID, dropdown_id).click()
-    wait_for(browser, f"[role=option] input[value='{value}']").find_element(
-        By.XPATH, "./ancestor::*[@role='option']"
-    ).click()
-
-
-def open_page(browser, site: str, path: str) -> None:
-    browser.get(site + path)
-    wait_for(browser, PAGES[path.split("?")[0]])
-    # Let the remaining callbacks of the page finish.
-    wait_until(
-        lambda: not browser.find_elements(By.CSS_SELECTOR, "[data-dash-is-loading='true']"),
-        what="callbacks to finish",
-    )
 
 
 def test_sign_in_refuses_a_wrong_password(browser, site):
@@ -126,15 +63,6 @@ def test_every_page_renders_with_data_and_no_console_error(browser, site):
     browser.get(f"{site}/alerts")
     assert demo.ALERT_RULE in wait_for(browser, "#alerts-table td[data-dash-column='rule']").text
     assert "resolved" in browser.find_element(By.ID, "alerts-table").text
-
-
-def text_of(browser, element_id: str) -> str:
-    """The element's text now (key figures are re-rendered, so found again each time)."""
-    found = browser.find_elements(By.ID, element_id)
-    try:
-        return found[0].text if found else ""
-    except StaleElementReferenceException:
-        return ""
 
 
 def test_a_filter_changes_a_figure_and_the_url(browser, site):

@@ -10,16 +10,8 @@ from app.db import transaction
 from app.services import demo
 from app.services.projects import project_id_by_name
 from app.services.traces import receive_export
+from tests.helpers import ADMIN, choose, console_errors, shot, sign_in, wait_for, wait_until
 from tests.otlp_spans import call, export, new_span_id, new_trace_id
-from tests.test_dashboard_browser import (
-    ADMIN,
-    choose,
-    console_errors,
-    shot,
-    sign_in,
-    wait_for,
-    wait_until,
-)
 
 MODEL = "acme-held-model"
 

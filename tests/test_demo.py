@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from app.db import connection, transaction
-from app.services import demo, metrics, policies, projects, users
+from app.periods import next_hour, trailing, utc_now
+from app.services import metrics, policies, projects, users
+from tools import demo
 
 PLAN = demo.DemoPlan(end=datetime(2026, 11, 22, tzinfo=UTC), requests_per_hour=30)
 
@@ -48,7 +50,8 @@ def test_the_loaded_demo_populates_the_project(demo_project):
     assert demo_project.requests > 1000
     with connection() as conn:
         project_id = projects.project_id_by_name(conn, name=demo_project.project)
-        within = metrics.Period(*_last_days(9))
+        # The demo ends now: its days are the last ones.
+        within = trailing(timedelta(days=9), end=next_hour(utc_now()))
         customers = metrics.customer_metrics(conn, project_id=project_id, within=within)
         for feature in demo.FEATURES:
             assert policies.policy_history(conn, project_id=project_id, feature=feature.name)
@@ -72,10 +75,3 @@ def test_the_loaded_demo_populates_the_project(demo_project):
     with transaction() as conn:
         email, password = demo.DEMO_LOGINS["admin"]
         assert users.authenticate(conn, email=email, password=password)
-
-
-def _last_days(days: int):
-    from datetime import timedelta
-
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    return end - timedelta(days=days), end

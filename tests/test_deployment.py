@@ -7,7 +7,7 @@ import yaml
 
 from app.cli import main as cli
 from app.settings import Settings
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]

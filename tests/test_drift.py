@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from app.periods import floor_hour
 from app.services.drift import psi, run_drift
 from app.services.ingest import Batch, ingest_batch
-from app.services.rollups import floor_hour, run_rollup
-from tests.conftest import make_project
-from tests.events import attempt, event
+from app.services.rollups import run_rollup
+from tests.helpers import attempt, event, make_project
 
 
 def test_psi_of_identical_distributions_is_zero():
@@ -35,7 +35,7 @@ def before(end: datetime, **delta: int) -> str:
 
 def test_the_drift_job_stores_psi_and_both_distributions(engine, database_url):
     project = make_project()
-    now = datetime.now(UTC)
+    now = datetime(2027, 3, 1, 0, 30, tzinfo=UTC)  # the reference window is in February
     end = floor_hour(now)
     reference = [
         event(attempt(tier="cheap", input_tokens=100), intended_tier="cheap",
@@ -47,8 +47,9 @@ def test_the_drift_job_stores_psi_and_both_distributions(engine, database_url):
               router={"confidence": 0.55}, timestamp=before(end, hours=2, minutes=i))
         for i, tier in enumerate(["cheap", "premium"] * 10)
     ]  # fmt: skip
-    assert ingest_batch(engine, project_id=project.id, batch=Batch(reference + current)).accepted
-    run_rollup(engine)
+    batch = Batch(reference + current)
+    assert ingest_batch(engine, project_id=project.id, batch=batch, now=now).accepted
+    run_rollup(engine, now=now)
     run_drift(engine, now=now)
     run_drift(engine, now=now)  # idempotent: the same rows
     with psycopg.connect(database_url) as conn:

@@ -15,12 +15,10 @@ from decimal import Decimal
 
 import pytest
 
+from app.periods import Period
 from app.services.exports import neutralise, periods, six_places
-from app.services.metrics import Period
 from app.services.rollups import run_rollup
-from tests.conftest import REPO
-from tests.events import attempt, batch, event
-from tests.test_ingest_api import auth, post
+from tests.helpers import REPO, attempt, auth, batch, event, post
 
 REQUEST_HEADER = [
     "request_id", "timestamp", "received_at", "customer_id", "feature", "user_tier",
@@ -35,7 +33,8 @@ CUSTOMER_HEADER = [
     "period_start", "period_end", "customer_id", "requests", "input_tokens", "output_tokens",
     "cost_usd", "revenue_usd", "margin_usd", "margin_pct", "unpriced_requests",
 ]  # fmt: skip
-MIDNIGHT = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+# The last three days of October (fixed: the same on any day the suite runs).
+MIDNIGHT = datetime(2026, 11, 1, tzinfo=UTC)
 DAY1, DAY2, DAY3 = (MIDNIGHT - timedelta(days=n) for n in (3, 2, 1))
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z$")
 

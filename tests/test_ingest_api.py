@@ -6,39 +6,23 @@ import gzip
 import json
 import threading
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import httpx
-import psycopg
 import pytest
 
-from tests.events import attempt, batch, event
-
-
-def auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def post(http: httpx.Client, key: str, body, **kwargs) -> httpx.Response:
-    return http.post("/v1/requests", json=body, headers=auth(key), **kwargs)
-
-
-def stored_request(database_url: str, request_id: str) -> dict | None:
-    with psycopg.connect(database_url) as conn:
-        conn.row_factory = psycopg.rows.dict_row
-        return conn.execute(
-            "select * from requests where request_id = %s", (request_id,)
-        ).fetchone()
-
-
-def stored_attempts(database_url: str, request_id: str) -> list[dict]:
-    with psycopg.connect(database_url) as conn:
-        conn.row_factory = psycopg.rows.dict_row
-        return conn.execute(
-            "select * from attempts where request_id = %s order by position", (request_id,)
-        ).fetchall()
-
+from app.periods import utc_now
+from tests.helpers import (
+    attempt,
+    auth,
+    batch,
+    event,
+    make_project,
+    post,
+    stored_attempts,
+    stored_request,
+)
 
 # --- answer codes ------------------------------------------------------------------------
 
@@ -194,7 +178,7 @@ BAD_EVENTS = {
     "unknown tier": (event(attempt(tier="gold")), "attempts[0].tier"),
     "unknown intended tier": (event(intended_tier="platinum"), "intended_tier"),
     "far future": (
-        event(timestamp=(datetime.now(UTC) + timedelta(days=2)).isoformat()),
+        event(timestamp=(utc_now() + timedelta(days=2)).isoformat()),
         "timestamp",
     ),
     "no offset": (event(timestamp="2026-11-22T10:15:30"), "timestamp"),
@@ -393,7 +377,7 @@ def test_unpriced_model_is_null_never_zero(http, fresh_project, database_url):
 
 
 def test_baseline_cost_uses_the_project_baseline_model(http, database_url, live_api):
-    from tests.conftest import make_project
+    from tests.helpers import attempt, batch, event
 
     project = make_project(baseline_model="frontier-x")
     http.post(
@@ -428,7 +412,7 @@ def test_baseline_cost_uses_the_project_baseline_model(http, database_url, live_
 
 
 def test_a_key_sees_only_its_own_project(http, fresh_project, live_api, database_url):
-    from tests.conftest import make_project
+    from tests.helpers import batch, event
 
     other = make_project()
     private_model = f"private-{uuid.uuid4().hex[:6]}"

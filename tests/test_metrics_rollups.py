@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -15,33 +16,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
+from sqlalchemy import text
 
+from app.periods import Period, floor_day, floor_hour
+from app.schemas import PolicyIn, PriceIn
+from app.services import rollups
 from app.services.dashboard_queries import routing_series, total_of
 from app.services.ingest import Batch, ingest_batch
-from app.services.metrics import (
-    Filters,
-    Period,
-    customer_metrics,
-    routing_metrics,
-    shares,
-    total_variation,
-)
-from app.services.policies import set_policy
+from app.services.metrics import Filters, customer_metrics, routing_metrics, shares
+from app.services.policies import set_policy, total_variation
 from app.services.pricing import add_prices
-from app.services.rollups import (
-    LATENCY_BOUNDS_MS,
-    ROLLUPS,
-    floor_day,
-    floor_hour,
-    latency_quantile,
-    reroll_hours,
-    run_rollup,
-)
-from tests.conftest import make_project, received_long_ago
+from app.services.rollups import LATENCY_BOUNDS_MS, ROLLUPS, latency_quantile, reroll_hours
+from tests.helpers import make_project
 
+# Fixed instants, across the end of a day and of a month: the same on any day the suite runs.
 HOURS = 5
-NOW_HOUR = floor_hour(datetime.now(UTC))
-FIRST_HOUR = NOW_HOUR - timedelta(hours=HOURS + 1)
+FIRST_HOUR = datetime(2026, 5, 31, 21, tzinfo=UTC)
+NOW_HOUR = FIRST_HOUR + timedelta(hours=HOURS + 1)
+# When the tests' events are ingested and rolled up ("now" for ingest and the rollup job).
+NOW = NOW_HOUR + timedelta(minutes=10)
 EPOCH_PRICE = "2000-01-01T00:00:00Z"
 
 attempts_st = st.fixed_dictionaries(
@@ -91,8 +84,12 @@ def to_event(spec: dict, *, base: datetime = FIRST_HOUR) -> dict:
 
 
 def ingest(engine, project_id: int, events: list[dict]) -> None:
-    result = ingest_batch(engine, project_id=project_id, batch=Batch(events))
+    result = ingest_batch(engine, project_id=project_id, batch=Batch(events), now=NOW)
     assert not result.errors, result.errors
+
+
+def run_rollup(engine, **options):
+    return rollups.run_rollup(engine, now=NOW, **options)
 
 
 def priced_project(engine):
@@ -102,10 +99,10 @@ def priced_project(engine):
             conn,
             project_id=project.id,
             prices=[
-                {"model": "acme-small", "input_per_mtok": "0.25", "output_per_mtok": "1.25",
-                 "effective_from": EPOCH_PRICE},
-                {"model": "acme-large", "input_per_mtok": "3", "output_per_mtok": "15",
-                 "cache_read_per_mtok": "0.3", "effective_from": EPOCH_PRICE},
+                PriceIn(model="acme-small", input_per_mtok="0.25", output_per_mtok="1.25",
+                        effective_from=EPOCH_PRICE),
+                PriceIn(model="acme-large", input_per_mtok="3", output_per_mtok="15",
+                        cache_read_per_mtok="0.3", effective_from=EPOCH_PRICE),
             ],
         )  # fmt: skip
     return project
@@ -135,13 +132,24 @@ def selected(row: dict, filters: Filters, within: Period) -> bool:
     )
 
 
-def direct_policy(rows: list[dict], policy_from: datetime, split: dict) -> tuple:
-    """The chat policy applies to chat requests of hours starting at or after policy_from."""
-    covered = [r for r in rows if r["feature"] == "chat" and floor_hour(r["ts"]) >= policy_from]
-    if not covered:
+def direct_policy(rows: list[dict], policies: list[tuple[datetime, dict]]) -> tuple:
+    """Each chat request is held to the chat policy in force at its time (the latest of
+    `policies`, (effective_from, split) pairs, from before it); the policy split is their
+    request-weighted mix."""
+    held = []
+    for row in rows:
+        in_force = [split for since, split in sorted(policies, key=lambda p: p[0])
+                    if since <= row["ts"]]  # fmt: skip
+        if row["feature"] == "chat" and in_force:
+            held.append((row, in_force[-1]))
+    if not held:
         return None, None
-    intended = shares(Counter(r["intended_tier"] for r in covered))
-    return split, total_variation(intended, split)
+    mix: Counter = Counter()
+    for _, split in held:
+        for tier, share in split.items():
+            mix[tier] += share / len(held)
+    intended = shares(Counter(row["intended_tier"] for row, _ in held))
+    return dict(mix), total_variation(intended, dict(mix))
 
 
 def direct_latency(rows: list[dict], q: float) -> float | None:
@@ -154,6 +162,26 @@ def direct_latency(rows: list[dict], q: float) -> float | None:
     return latency_quantile(histogram, q)
 
 
+SPLITS = (
+    {"cheap": 0.7, "standard": 0.2, "premium": 0.1},
+    {"cheap": 0.5, "standard": 0.3, "premium": 0.2},
+    {"cheap": 1.0},
+)
+
+
+def chat_policies(engine, project_id: int, *, base: datetime, minutes: list[int]) -> list:
+    """Chat policies taking effect `minutes` after `base` (on the hour or not), each with the
+    next of SPLITS; returns them as (effective_from, split)."""
+    policies = [
+        (base + timedelta(minutes=m), SPLITS[i % len(SPLITS)]) for i, m in enumerate(minutes)
+    ]
+    with engine.begin() as conn:
+        for since, split in policies:
+            policy = PolicyIn(split=split, effective_from=since.isoformat())
+            set_policy(conn, project_id=project_id, feature="chat", policy=policy)
+    return policies
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -164,17 +192,13 @@ def direct_latency(rows: list[dict], q: float) -> float | None:
     filters=filters_st,
     first=st.integers(0, HOURS - 1),
     length=st.integers(1, HOURS + 1),
+    policy_minutes=st.lists(st.integers(0, HOURS * 60), max_size=3, unique=True),
 )
 def test_rollup_metrics_equal_direct_computation(
-    engine, database_url, specs, filters, first, length
+    engine, database_url, specs, filters, first, length, policy_minutes
 ):
     project = priced_project(engine)
-    policy_from = FIRST_HOUR + timedelta(hours=2)
-    split = {"cheap": 0.7, "standard": 0.2, "premium": 0.1}
-    with engine.begin() as conn:
-        set_policy(
-            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
-        )
+    policies = chat_policies(engine, project.id, base=FIRST_HOUR, minutes=policy_minutes)
     ingest(engine, project.id, [to_event(s) for s in specs])
     run_rollup(engine)
 
@@ -182,15 +206,14 @@ def test_rollup_metrics_equal_direct_computation(
         FIRST_HOUR + timedelta(hours=first), FIRST_HOUR + timedelta(hours=first + length)
     )
     assert_metrics_equal_raw_rows(engine, database_url, project.id, within, filters,
-                                  policy=(policy_from, split))  # fmt: skip
+                                  policies=policies)  # fmt: skip
 
 
 def assert_metrics_equal_raw_rows(
-    engine, database_url: str, project_id: int, within: Period, filters: Filters, *, policy
+    engine, database_url: str, project_id: int, within: Period, filters: Filters, *, policies
 ) -> None:
     """routing_metrics and customer_metrics over the rollups equal the same figures computed
-    from the raw rows; `policy` is the chat feature's (effective_from, split)."""
-    policy_from, split = policy
+    from the raw rows; `policies` are the chat feature's (effective_from, split)."""
     with engine.connect() as conn:
         got = routing_metrics(conn, project_id=project_id, within=within, filters=filters)
 
@@ -219,7 +242,7 @@ def assert_metrics_equal_raw_rows(
     scores = [r["quality_score"] for r in rows if r["quality_score"] is not None]
     assert got.mean_quality == (pytest.approx(sum(scores) / len(scores)) if scores else None)
 
-    policy, deviation = direct_policy(rows, policy_from, split)
+    policy, deviation = direct_policy(rows, policies)
     assert got.policy_split == (pytest.approx(policy) if policy else None)
     assert got.policy_deviation == (pytest.approx(deviation) if deviation is not None else None)
     assert got.latency_p50_ms == pytest.approx(direct_latency(rows, 0.5))
@@ -254,7 +277,7 @@ def assert_metrics_equal_raw_rows(
 
 # Several whole days before today: the daily rollups hold them once the rollup has run.
 DAYS = 4
-FIRST_DAY = floor_day(datetime.now(UTC)) - timedelta(days=DAYS)
+FIRST_DAY = datetime(2026, 2, 26, tzinfo=UTC)  # to March 2: across the end of February
 
 
 @settings(
@@ -273,27 +296,27 @@ FIRST_DAY = floor_day(datetime.now(UTC)) - timedelta(days=DAYS)
     filters=filters_st,
     first=st.integers(0, DAYS * 24 - 1),
     length=st.integers(1, DAYS * 24 + 30),
-    policy_hour=st.sampled_from([0, 24, 24 + 13, 48 + 7]),
+    policy_minutes=st.lists(
+        st.sampled_from([0, 24 * 60, (24 + 13) * 60, (24 + 13) * 60 + 20, (48 + 7) * 60 + 59]),
+        max_size=2,
+        unique=True,
+    ),
 )
 def test_metrics_over_days_equal_direct_computation(
-    engine, database_url, specs, filters, first, length, policy_hour
+    engine, database_url, specs, filters, first, length, policy_minutes
 ):
     """Whole days come from the daily rollups, the hours around them from the hourly ones,
-    a day on which the policy changed after midnight hour by hour: the same figures."""
+    a day on which a policy changed after midnight hour by hour, an hour in which it changed
+    after the hour from the raw rows: the same figures."""
     project = priced_project(engine)
-    policy_from = FIRST_DAY + timedelta(hours=policy_hour)
-    split = {"cheap": 0.5, "standard": 0.3, "premium": 0.2}
-    with engine.begin() as conn:
-        set_policy(
-            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
-        )
+    policies = chat_policies(engine, project.id, base=FIRST_DAY, minutes=policy_minutes)
     ingest(engine, project.id, [to_event(spec, base=FIRST_DAY) for spec in specs])
     run_rollup(engine)
 
     start = FIRST_DAY + timedelta(hours=first)
     within = Period(start, start + timedelta(hours=length))
     assert_metrics_equal_raw_rows(engine, database_url, project.id, within, filters,
-                                  policy=(policy_from, split))  # fmt: skip
+                                  policies=policies)  # fmt: skip
     requests, _ = raw_rows(database_url, project.id)
     rows = [r for r in requests if selected(r, filters, within)]
     with engine.connect() as conn:
@@ -305,24 +328,23 @@ def test_metrics_over_days_equal_direct_computation(
     assert daily.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
 
 
-def test_a_policy_taking_effect_during_a_day_applies_from_its_hour(engine, database_url):
+def test_a_policy_taking_effect_within_an_hour_holds_the_requests_after_it(engine, database_url):
     project = priced_project(engine)
     day = FIRST_DAY + timedelta(days=2)
-    policy_from = day + timedelta(hours=13)
-    split = {"cheap": 0.5, "standard": 0.3, "premium": 0.2}
-    with engine.begin() as conn:
-        set_policy(
-            conn, project_id=project.id, feature="chat", split=split, effective_from=policy_from
-        )
+    policies = chat_policies(engine, project.id, base=day, minutes=[13 * 60 + 20, 15 * 60])
     events = spread_events(HOURS * 4)
     for i, event in enumerate(events):
         event["timestamp"] = (day + timedelta(hours=10 + i % 8, minutes=i)).isoformat()
         event["intended_tier"] = ("cheap", "premium")[i % 2]
     ingest(engine, project.id, events)
     run_rollup(engine)
-    assert_metrics_equal_raw_rows(engine, database_url, project.id,
-                                  Period(day - timedelta(days=1), day + timedelta(days=2)),
-                                  Filters(), policy=(policy_from, split))  # fmt: skip
+    within = Period(day - timedelta(days=1), day + timedelta(days=2))
+    assert_metrics_equal_raw_rows(engine, database_url, project.id, within, Filters(),
+                                  policies=policies)  # fmt: skip
+    with engine.connect() as conn:
+        split = routing_metrics(conn, project_id=project.id, within=within).policy_split
+    # Requests of 13:00-13:20 had no policy; those of 13:20-15:00 the first, later the second.
+    assert split != SPLITS[0] and split != SPLITS[1]
 
 
 def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
@@ -378,7 +400,7 @@ def test_the_current_day_is_not_folded_before_it_is_over(engine, database_url):
         days = conn.execute(
             "select distinct day from rollup_routing_daily where project_id = %s", (project.id,)
         ).fetchall()
-    today = floor_day(datetime.now(UTC))
+    today = floor_day(NOW)
     assert all(day < today for (day,) in days)
     assert len(days) == len({floor_day(FIRST_HOUR + timedelta(hours=h)) for h in range(HOURS)}
                             - {today})  # fmt: skip
@@ -423,7 +445,7 @@ def test_rerunning_the_rollup_changes_nothing(engine, database_url):
     run_rollup(engine)
     first = [row[:-1] for row in rollup_snapshot(database_url, project.id)]
     assert len(first) == HOURS
-    run_rollup(engine)  # re-rolls the hours received within the lookback: the same rows
+    run_rollup(engine)
     assert [row[:-1] for row in rollup_snapshot(database_url, project.id)] == first
 
 
@@ -431,7 +453,6 @@ def test_a_late_event_re_rolls_only_its_hour(engine, database_url):
     project = priced_project(engine)
     ingest(engine, project.id, spread_events(HOURS))
     run_rollup(engine)
-    received_long_ago(project.id)
     before = {row[0]: row for row in rollup_snapshot(database_url, project.id)}
     late = spread_events(1)  # the first hour again
     ingest(engine, project.id, late)
@@ -451,7 +472,6 @@ def test_late_feedback_re_rolls_its_hour(engine):
     events = spread_events(2)
     ingest(engine, project.id, events)
     run_rollup(engine)
-    received_long_ago(project.id)  # only the feedback can get the hour re-rolled now
     within = Period(FIRST_HOUR, NOW_HOUR)
     with engine.connect() as conn:
         assert routing_metrics(conn, project_id=project.id, within=within).mean_quality is None
@@ -524,3 +544,49 @@ def test_rolling_on_two_connections_gives_the_rows_of_one(engine, database_url):
     run = run_rollup(engine, connections=2)
     assert run.days >= 4
     assert rollup_tables_snapshot(database_url, project.id) == one
+
+
+def test_a_commit_held_open_across_a_rollup_still_reaches_the_metrics(engine):
+    """An ingest that waits behind a lock commits after a rollup ran, stamped received long
+    before that rollup: the next rollup still counts it."""
+    project = priced_project(engine)
+    ingest(engine, project.id, spread_events(1))
+    run_rollup(engine)
+    late = spread_events(2)[1:]
+    blocker = engine.connect()
+    blocker.begin()
+    blocker.execute(text("lock table request_keys in share mode"))  # ingest's insert waits
+    waiting = threading.Thread(
+        target=ingest_batch,
+        args=(engine,),
+        kwargs={"project_id": project.id, "batch": Batch(late), "now": NOW - timedelta(minutes=3)},
+    )
+    try:
+        waiting.start()
+        wait_for_lock_wait(engine, "insert into request_keys")
+        run_rollup(engine)
+    finally:
+        blocker.rollback()
+        blocker.close()
+        waiting.join(timeout=60)
+    run_rollup(engine)
+    with engine.connect() as conn:
+        found = routing_metrics(conn, project_id=project.id, within=Period(FIRST_HOUR, NOW_HOUR))
+    assert found.requests == 2
+
+
+def wait_for_lock_wait(engine, query_start: str) -> None:
+    """Waits until a session runs a query starting so and waits for a lock."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            if conn.execute(
+                text(
+                    "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
+                    "and query like :start"
+                ),
+                {"start": query_start + "%"},
+            ).first():
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no session waited on a lock running {query_start!r}")

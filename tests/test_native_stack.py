@@ -10,13 +10,24 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import httpx
 import pytest
 
-from tests.conftest import REPO, free_port, make_project
-from tests.events import attempt, batch, event
-from tests.test_dashboard_browser import open_page, sign_in, text_of, wait_until
+from app.periods import HOUR, floor_hour
+from tests.helpers import (
+    REPO,
+    attempt,
+    batch,
+    event,
+    free_port,
+    make_project,
+    open_page,
+    sign_in,
+    text_of,
+    wait_until,
+)
 
 
 def _wait_ready(url: str, deadline: float) -> None:
@@ -69,8 +80,9 @@ def test_up_with_redis_ingests_rolls_up_and_shows_on_the_dashboard(database_url,
         assert response.status_code == 200, response.text
 
         # No job is run by hand: beat schedules the rollup, the worker runs it.
-        hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime())
-        end = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(time.time() + 3600))
+        hour = floor_hour(datetime.fromisoformat(events[0]["timestamp"]))
+        end = (hour + HOUR).isoformat()
+        hour = hour.isoformat()
 
         def rolled_up() -> bool:
             metrics = httpx.get(

@@ -13,8 +13,8 @@ from app.models import DEFAULT_TIERS
 from app.services.model_tiers import TierMap
 from app.services.otlp import REQUEST_ID_NAMESPACE, due_drafts, extract_spans
 from app.services.traces import receive_export
+from tests.helpers import auth, make_project
 from tests.otlp_spans import START, call, export, new_span_id, new_trace_id, span
-from tests.test_ingest_api import auth
 
 TIERS = TierMap({"acme-small": "cheap", "acme-large": "premium"})
 
@@ -159,7 +159,6 @@ def test_spans_that_are_not_model_calls_are_ignored_not_refused():
 
 
 def test_one_call_in_two_traces_counts_once(engine):
-    from tests.conftest import make_project
 
     project = make_project(baseline_model=None)
     first = call(
@@ -178,7 +177,6 @@ def test_one_call_in_two_traces_counts_once(engine):
 
 
 def test_model_tiers_map_models_whose_names_hold_slashes(http, live_api):
-    from tests.conftest import make_project
 
     project = make_project()
     admin, read = auth(project.admin_key), auth(project.read_key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import os
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import openai
@@ -35,17 +35,16 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from app.services.rollups import floor_hour, run_rollup
+from app.periods import utc_now
 from app.services.traces import run_settle
 from tests import otlp_spans
-from tests.conftest import make_project
 from tests.fake_openai import (
     CACHED_TOKENS,
     COMPLETION_TOKENS,
     DATE_SUFFIX,
     PROMPT_TOKENS,
 )
-from tests.test_ingest_api import auth
+from tests.helpers import auth, by_model, make_project, metrics, set_price
 
 PROMPT = "what is the secret word of order 1234?"
 MESSAGES = [{"role": "user", "content": PROMPT}]
@@ -103,33 +102,6 @@ def map_tiers(http, project, tiers: dict[str, str]) -> None:
             f"/v1/model-tiers/{model}", json={"tier": tier}, headers=auth(project.admin_key)
         )
         assert response.status_code == 200, response.text
-
-
-def set_price(http, project, model: str) -> None:
-    """$1 per million input tokens, $2 output, $0.5 cache reads."""
-    response = http.post(
-        "/v1/prices",
-        json={"prices": [{"model": model, "input_per_mtok": "1", "output_per_mtok": "2",
-                          "cache_read_per_mtok": "0.5",
-                          "effective_from": "2020-01-01T00:00:00Z"}]},
-        headers=auth(project.admin_key),
-    )  # fmt: skip
-    assert response.status_code == 201, response.text
-
-
-def metrics(http, engine, project, path: str = "routing", **filters) -> dict:
-    """Metrics over the hours around now: the real clients stamp spans with the real clock."""
-    run_rollup(engine)
-    hour = floor_hour(datetime.now(UTC))
-    params = {"start": (hour - timedelta(hours=1)).isoformat(),
-              "end": (hour + timedelta(hours=2)).isoformat(), **filters}  # fmt: skip
-    response = http.get(f"/v1/metrics/{path}", params=params, headers=auth(project.read_key))
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def by_model(body: dict) -> dict[str, dict]:
-    return {m["model"]: m for m in body["by_model"]}
 
 
 def stored_spans(project) -> list[str]:
@@ -347,9 +319,9 @@ def test_a_request_whose_parent_never_arrives_is_assembled_once_settled(
         assert provider.force_flush()
         assert len(stored_spans(project)) == 2 and project.count_requests() == 0
 
-        run_settle(engine, now=datetime.now(UTC) + timedelta(seconds=5))
+        run_settle(engine, now=utc_now() + timedelta(seconds=5))
         assert project.count_requests() == 0  # not quiet for long enough yet
-        summary = run_settle(engine, now=datetime.now(UTC) + timedelta(seconds=31))
+        summary = run_settle(engine, now=utc_now() + timedelta(seconds=31))
         assert summary.requests >= 1
 
     assert stored_spans(project) == []

@@ -6,13 +6,13 @@ import csv
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.services.replay import (
+from tests.helpers import ALL_POLICIES, DATA, GPT4, GSM8K, MIXTRAL
+from tools.replay import (
     Policy,
     ReplayError,
     catalog_price_book,
@@ -24,17 +24,7 @@ from app.services.replay import (
     spread,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routellm"
-GSM8K = DATA / "gsm8k" / "gsm8k_responses.csv"
-MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-GPT4 = "gpt-4-1106-preview"
 START = datetime(2026, 11, 1, tzinfo=UTC)
-ALL_POLICIES = [
-    Policy("cascade"),
-    Policy("threshold", premium_share=0.3),
-    Policy("all-cheap"),
-    Policy("all-premium"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +57,7 @@ def test_gsm8k_cascade_escalates_exactly_the_prompts_the_cheap_model_got_wrong(
     either_right = [r for r in gsm8k_rows if r[MIXTRAL] == "True" or r[GPT4] == "True"]
     cascade = runs["cascade"]
     assert len(cascade.requests) == len(gsm8k_rows) == 1319
-    escalated = [r for r in cascade.requests if r.escalated]
+    escalated = [r for r in cascade.requests if r.facts.is_escalation]
     assert len(escalated) == len(cheap_wrong) == 477
     assert cascade.escalation_rate == pytest.approx(477 / 1319)
     assert cascade.premium_share == cascade.escalation_rate
@@ -76,7 +66,7 @@ def test_gsm8k_cascade_escalates_exactly_the_prompts_the_cheap_model_got_wrong(
         cheap, premium = request.attempts
         assert (cheap.model, cheap.status, cheap.reason) == (MIXTRAL, "rejected", "quality_check")
         assert (premium.model, premium.status) == (GPT4, "ok")
-    assert all(len(r.attempts) == 1 for r in cascade.requests if not r.escalated)
+    assert all(len(r.attempts) == 1 for r in cascade.requests if not r.facts.is_escalation)
 
 
 def test_gsm8k_single_model_policies_score_each_models_accuracy(gsm8k_runs, gsm8k_rows):
@@ -162,7 +152,7 @@ def test_mt_bench_judgements_are_pivoted_per_question_and_turn(prices):
     (cascade,), _ = replay(
         evalset, policies=[Policy("cascade")], route=route, prices=prices, start=START, days=2
     )
-    assert sum(r.escalated for r in cascade.requests) == failed
+    assert sum(r.facts.is_escalation for r in cascade.requests) == failed
     mixtral_scores = {
         (j["question_id"], j["turn"]): j["score"] for j in judgements if j["model"] == MIXTRAL
     }

@@ -14,10 +14,9 @@ from decimal import Decimal
 
 import pytest
 
-from app.services.replay import catalog_price_book, choose_route, load_eval, replay
 from app.services.rollups import run_rollup
-from tests.conftest import REPO, make_project
-from tests.test_replay import ALL_POLICIES, GPT4, GSM8K
+from tests.helpers import ALL_POLICIES, GPT4, GSM8K, REPO, make_project
+from tools.replay import catalog_price_book, choose_route, load_eval, replay
 
 
 def _replay_command(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -36,7 +35,7 @@ def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
     live_api, engine, http, tmp_path
 ):
     project = make_project(baseline_model=GPT4)
-    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(3)
+    start = datetime(2026, 10, 30, tzinfo=UTC)  # two days, to the end of October
     end = start + timedelta(days=2)
     args = ["--start", f"{start:%Y-%m-%d}", "--days", "2", "--send", "--experiment", "gsm8k"]
     env = {
@@ -86,7 +85,7 @@ def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
         assert len(rows) == 1319
         assert sum(Decimal(r["cost_usd"]) for r in rows) == run.cost_usd
         assert sum(r["is_escalation"] == "true" for r in rows) == sum(
-            r.escalated for r in run.requests
+            r.facts.is_escalation for r in run.requests
         )
         assert sum(float(r["quality_score"]) for r in rows) == pytest.approx(run.quality * 1319)
 

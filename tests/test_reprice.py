@@ -8,16 +8,23 @@ from decimal import Decimal
 
 import psycopg
 
-from app.services.ingest import Batch, ingest_batch
-from app.services.metrics import Period, routing_metrics
+from app.periods import Period
+from app.schemas import PriceIn
+from app.services import ingest, rollups
+from app.services.ingest import Batch
+from app.services.metrics import routing_metrics
 from app.services.pricing import add_prices
 from app.services.reprice import correct_prices, run_reprice
-from app.services.rollups import floor_hour, run_rollup
-from tests.conftest import make_project, received_long_ago
-from tests.events import attempt, event
+from tests.helpers import attempt, event, make_project
 
-HOUR = floor_hour(datetime.now(UTC)) - timedelta(hours=2)
+# The last hour of June; the hour after it is July's.
+HOUR = datetime(2026, 6, 30, 23, tzinfo=UTC)
 WITHIN = Period(HOUR, HOUR + timedelta(hours=1))
+NOW = HOUR + timedelta(hours=5)
+
+
+def ingest_batch(engine, **kwargs):
+    return ingest.ingest_batch(engine, now=NOW, **kwargs)
 
 
 def price(engine, project_id: int, model: str, input_price: str, since: datetime) -> None:
@@ -25,13 +32,13 @@ def price(engine, project_id: int, model: str, input_price: str, since: datetime
         add_prices(
             conn,
             project_id=project_id,
-            prices=[{"model": model, "input_per_mtok": input_price, "output_per_mtok": "0",
-                     "effective_from": since}],
+            prices=[PriceIn(model=model, input_per_mtok=input_price, output_per_mtok="0",
+                            effective_from=since.isoformat())],
         )  # fmt: skip
 
 
 def metrics(engine, project_id: int):
-    run_rollup(engine)
+    rollups.run_rollup(engine, now=NOW)
     with engine.connect() as conn:
         return routing_metrics(conn, project_id=project_id, within=WITHIN)
 
@@ -45,7 +52,6 @@ def test_unpriced_requests_are_priced_once_a_price_exists(engine):
     ingest_batch(engine, project_id=project.id, batch=Batch(events))
     before = metrics(engine, project.id)
     assert before.unpriced_requests == 3 and before.baseline_unknown == 3
-    received_long_ago(project.id)  # only the re-pricing can get the hour re-rolled now
     run_reprice(engine)  # no price yet: nothing to do for this project
     assert metrics(engine, project.id).unpriced_requests == 3
 
@@ -75,7 +81,6 @@ def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
     )
     ingest_batch(engine, project_id=project.id, batch=Batch([inside, client_cost, outside]))
     assert metrics(engine, project.id).cost_usd == Decimal("1.5")
-    received_long_ago(project.id)  # only the correction can get the hour re-rolled now
 
     # The price was wrong since the start of HOUR: a corrected price and an explicit correction.
     price(engine, project.id, "acme-small", "3", HOUR)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from app.services import pricing
-from tests.conftest import ADMIN_URL, _with_database
+from tests.helpers import ADMIN_URL, batch, event, post, with_database
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def scratch_database(database_url):
     name = f"routeledger_scratch_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'create database "{name}"')
-    url = _with_database(ADMIN_URL, name)
+    url = with_database(ADMIN_URL, name)
     os.environ["DATABASE_URL"] = url
     get_settings.cache_clear()
     try:
@@ -209,8 +209,6 @@ def test_catalog_lookup_exact_then_matching_then_provider(engine):
 
 
 def test_requests_land_in_monthly_partitions(http, fresh_project, database_url):
-    from tests.events import batch, event
-    from tests.test_ingest_api import post
 
     old = event(timestamp="2024-02-29T23:59:59.999Z")
     post(http, fresh_project.ingest_key, batch(old))

@@ -6,8 +6,7 @@ import pytest
 
 from app.db import connection, transaction
 from app.services import users
-from tests.conftest import make_project
-from tests.test_cli import routeledger
+from tests.helpers import make_project, routeledger
 
 
 def test_a_login_is_stored_as_an_argon2_hash_and_checked(database_url):

@@ -17,8 +17,7 @@ from celery import Celery
 
 from app.db import sqlalchemy_url
 from app.services.ingest import Batch, ingest_batch
-from tests.conftest import REPO, make_project
-from tests.events import event
+from tests.helpers import REPO, event, make_project
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 

@@ -70,9 +70,7 @@ def get_prices(
     summary="Add the project's own prices; each applies from its effective_from on",
 )
 def post_prices(body: PricesIn, caller: AdminCaller, conn: Db) -> PriceList:
-    ids = pricing.add_prices(
-        conn, project_id=caller.project_id, prices=[p.model_dump() for p in body.prices]
-    )
+    ids = pricing.add_prices(conn, project_id=caller.project_id, prices=body.prices)
     conn.commit()
     rows = [
         r
@@ -103,13 +101,7 @@ def put_policy(feature: str, body: PolicyIn, caller: AdminCaller, conn: Db) -> P
     if not 1 <= len(feature) <= 200:
         raise HTTPException(422, "feature: 1 to 200 characters")
     try:
-        set_policy(
-            conn,
-            project_id=caller.project_id,
-            feature=feature,
-            split=body.split,
-            effective_from=body.effective_from,
-        )
+        set_policy(conn, project_id=caller.project_id, feature=feature, policy=body)
     except InvalidPolicy as error:
         raise HTTPException(422, str(error)) from None
     conn.commit()

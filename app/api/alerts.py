@@ -14,14 +14,6 @@ from app.services.alerts import InvalidRule, RuleNotFound
 router = APIRouter(prefix="/v1", tags=["alerts"])
 
 
-def _stored(body: AlertRuleIn | AlertRuleChanges, *, exclude_unset: bool = True) -> dict:
-    """The rule's fields as the service stores them (the scope without its empty keys)."""
-    values = body.model_dump(exclude_unset=exclude_unset)
-    if "scope" in values:
-        values["scope"] = body.scope.model_dump(exclude_none=True)
-    return values
-
-
 @router.get("/alert-rules", response_model=list[AlertRuleOut])
 def get_rules(caller: ReadCaller, conn: Db) -> list[dict]:
     return alerts.list_rules(conn, project_id=caller.project_id)
@@ -30,9 +22,7 @@ def get_rules(caller: ReadCaller, conn: Db) -> list[dict]:
 @router.post("/alert-rules", response_model=AlertRuleOut, status_code=201)
 def post_rule(body: AlertRuleIn, caller: AdminCaller, conn: Db) -> dict:
     try:
-        created = alerts.create_rule(
-            conn, project_id=caller.project_id, rule=_stored(body, exclude_unset=False)
-        )
+        created = alerts.create_rule(conn, project_id=caller.project_id, rule=body)
     except InvalidRule as error:
         raise HTTPException(422, str(error)) from None
     conn.commit()
@@ -43,7 +33,7 @@ def post_rule(body: AlertRuleIn, caller: AdminCaller, conn: Db) -> dict:
 def patch_rule(rule_id: int, body: AlertRuleChanges, caller: AdminCaller, conn: Db) -> dict:
     try:
         changed = alerts.update_rule(
-            conn, project_id=caller.project_id, rule_id=rule_id, changes=_stored(body)
+            conn, project_id=caller.project_id, rule_id=rule_id, changes=body
         )
     except RuleNotFound as error:
         raise HTTPException(404, str(error)) from None

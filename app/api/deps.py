@@ -11,7 +11,8 @@ from fastapi import Depends, HTTPException, Query, Request
 from sqlalchemy import Connection
 
 from app.db import connection
-from app.services.metrics import Filters, InvalidPeriod, Period, period
+from app.periods import InvalidPeriod, Period, hourly_period
+from app.services.metrics import Filters
 from app.services.projects import Caller, authenticate
 from app.settings import get_settings
 
@@ -106,6 +107,6 @@ RequestFilters = Annotated[Filters, Depends(filters_param)]
 def period_param(start: str | None, end: str | None) -> Period:
     """The [start, end) of a call, or a 422 that names the bad bound."""
     try:
-        return period(start, end)
+        return hourly_period(start, end)
     except InvalidPeriod as error:
         raise HTTPException(422, str(error)) from None

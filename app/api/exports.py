@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import Bound, ReadCaller, RequestFilters, period_param
 from app.db import connection
+from app.periods import Period
 from app.services import exports
-from app.services.metrics import Period
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 

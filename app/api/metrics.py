@@ -87,7 +87,7 @@ def get_customers(
                 customer_id=c.customer_id,
                 requests=c.requests,
                 cost_usd=money_text(c.cost_usd),
-                revenue_usd=money_text(c.revenue_usd),
+                revenue_usd=money_text(c.total_revenue_usd),
                 margin_usd=money_text(c.margin_usd),
                 margin_pct=float(c.margin_pct) if c.margin_pct is not None else None,
                 unpriced_requests=c.unpriced_requests,

@@ -14,39 +14,39 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
 from app.models import alert_rules, alerts
+from app.periods import Period, floor_hour, trailing, utc_now
+from app.rollup_figures import REQUEST_FIGURES, named, totals_sql
+from app.schemas import AlertRuleChanges, AlertRuleIn
 from app.services.emails import dashboard_url, queue_email, report_email
 from app.services.metrics import (
     MONEY_CONTEXT,
-    CustomerFigures,
+    REQUESTS,
     Filters,
-    Period,
     add_record_revenue,
+    coverage,
+    customer_figures,
     revenue_records,
-    shares,
-    total_variation,
 )
-from app.services.policies import policy_at
-from app.services.rollups import HOUR, floor_hour
+from app.services.policies import compare_with_policies
+from app.services.request_facts import RATE_COUNTS, rate
 
-RATE_METRICS = {
-    "escalation_rate": "escalations",
-    "fallback_rate": "fallbacks",
-    "failover_rate": "failovers",
-}
 # Metrics whose value over the reference window, scaled or not, makes a baseline.
-BASELINE_METRICS = {*RATE_METRICS, "cost_per_request", "spend", "unpriced_requests"}
+BASELINE_METRICS = {*RATE_COUNTS, "cost_per_request", "spend", "unpriced_requests"}
 # Totals over a window: compared with a baseline scaled to the window's length.
 EXTENSIVE_METRICS = {"spend", "unpriced_requests"}
 REFERENCE_WINDOW = timedelta(days=7)
-SCOPE_COLUMNS = {"feature": "feature", "customer_id": "customer_id", "model": "served_model"}
 # A reference window reads an hour from the rollups once the hour has been over this long (the
 # rollup job is at most a minute behind ingest), the minutes after it from the raw rows.
 ROLLED_AFTER = timedelta(minutes=5)
+# What a window's totals read: the counts the measured metrics need.
+WINDOW_FIGURES = named(
+    REQUEST_FIGURES,
+    "requests", *RATE_COUNTS.values(), "unpriced_requests", "cost_usd",
+)  # fmt: skip
 
 
 class InvalidRule(ValueError):
@@ -58,6 +58,14 @@ class RuleNotFound(LookupError):
 
 
 # --- rules -----------------------------------------------------------------------------------
+
+
+def _stored(rule: AlertRuleIn | AlertRuleChanges, *, only_set: bool) -> dict:
+    """The rule's fields as stored (the scope without its empty keys)."""
+    values = rule.model_dump(exclude_unset=only_set)
+    if "scope" in values:
+        values["scope"] = rule.scope.model_dump(exclude_none=True)
+    return values
 
 
 def check_rule(rule: dict) -> dict:
@@ -73,10 +81,10 @@ def check_rule(rule: dict) -> dict:
     return rule
 
 
-def create_rule(conn: Connection, *, project_id: int, rule: dict) -> dict:
-    check_rule(rule)
+def create_rule(conn: Connection, *, project_id: int, rule: AlertRuleIn) -> dict:
+    values = check_rule(_stored(rule, only_set=False))
     rule_id = conn.execute(
-        insert(alert_rules).values(project_id=project_id, **rule).returning(alert_rules.c.id)
+        insert(alert_rules).values(project_id=project_id, **values).returning(alert_rules.c.id)
     ).scalar_one()
     return get_rule(conn, project_id=project_id, rule_id=rule_id)
 
@@ -99,13 +107,16 @@ def list_rules(conn: Connection, *, project_id: int) -> list[dict]:
     return [dict(row._mapping) for row in rows]
 
 
-def update_rule(conn: Connection, *, project_id: int, rule_id: int, changes: dict) -> dict:
+def update_rule(
+    conn: Connection, *, project_id: int, rule_id: int, changes: AlertRuleChanges
+) -> dict:
     current = get_rule(conn, project_id=project_id, rule_id=rule_id)
-    check_rule({**current, **changes})
+    values = _stored(changes, only_set=True)
+    check_rule({**current, **values})
     conn.execute(
         update(alert_rules)
         .where(alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id)
-        .values(**changes, updated_at=text("now()"))
+        .values(**values, updated_at=utc_now())
     )
     return get_rule(conn, project_id=project_id, rule_id=rule_id)
 
@@ -146,12 +157,29 @@ class Measurement:
     reference: float | None = None
 
 
-def _scope_sql(scope: dict) -> tuple[str, dict]:
-    clauses, params = [], {}
-    for key, value in scope.items():
-        clauses.append(f"{SCOPE_COLUMNS[key]} = :scope_{key}")
-        params[f"scope_{key}"] = value
-    return "".join(f" and {c}" for c in clauses), params
+def window_source(
+    conn: Connection,
+    *,
+    project_id: int,
+    scope: dict,
+    within: Period,
+    rolled_before: datetime | None = None,
+    customers: bool = False,
+) -> tuple[str, dict]:
+    """The scope's requests in the window, as rollup rows (see Filters.source): read from
+    the raw rows (alerts look at minutes, the rollups at hours), except its whole hours
+    before `rolled_before`, which come from the rollups (a rule's week of reference traffic
+    is too many rows to read every minute). `customers`: rows keyed by customer too."""
+    filters = Filters(feature=scope.get("feature"), customer_id=scope.get("customer_id"))
+    cover = coverage(
+        conn, project_id=project_id, within=within, rolled_before=rolled_before or within.start
+    )
+    table = REQUESTS if customers else filters.rollups[0]
+    source, params = filters.source(table, project_id=project_id, cover=cover)
+    if "model" in scope:
+        source = f"(select * from {source} s where served_model = :scope_model)"
+        params["scope_model"] = scope["model"]
+    return source, params
 
 
 def window_totals(
@@ -161,63 +189,19 @@ def window_totals(
     scope: dict,
     within: Period,
     rolled_before: datetime | None = None,
-) -> Any:
-    """Counts and cost of the scope's requests in the window: from the raw rows (alerts look
-    at minutes, the rollups at hours), except its whole hours before `rolled_before`, which
-    come from the rollups (a rule's week of reference traffic is too many rows to read every
-    minute)."""
-    # The rolled hours [first, last), empty when first == last; raw rows on either side.
-    first = floor_hour(within.start)
-    first = min(first + HOUR if first < within.start else first, within.end)
-    last = max(first, min(floor_hour(within.end), rolled_before or first))
-    scope_sql, params = _scope_sql(scope)
-    params |= {"project_id": project_id, "start": within.start, "first": first, "last": last,
-               "end": within.end}  # fmt: skip
-    rolled = "select 0, 0, 0, 0, 0, 0"
-    if first < last:
-        filters = Filters(feature=scope.get("feature"), customer_id=scope.get("customer_id"))
-        source, source_params = filters.request_source(
-            conn, project_id=project_id, within=Period(first, last)
-        )
-        params.update(source_params)
-        rolled = f"""
-            select sum(requests), sum(escalations), sum(fallbacks), sum(failovers),
-                   sum(unpriced_requests), sum(cost_usd)
-            from {source} r {"where served_model = :scope_model" if "model" in scope else ""}
-        """
-    return conn.execute(
-        text(
-            f"""
-            select coalesce(sum(requests), 0)::bigint as requests,
-                   coalesce(sum(escalations), 0)::bigint as escalations,
-                   coalesce(sum(fallbacks), 0)::bigint as fallbacks,
-                   coalesce(sum(failovers), 0)::bigint as failovers,
-                   coalesce(sum(unpriced_requests), 0)::bigint as unpriced_requests,
-                   coalesce(sum(cost_usd), 0) as cost_usd
-            from (
-                select count(*) as requests,
-                       count(*) filter (where is_escalation) as escalations,
-                       count(*) filter (where is_fallback) as fallbacks,
-                       count(*) filter (where is_failover) as failovers,
-                       count(*) filter (where is_unpriced) as unpriced_requests,
-                       sum(cost_usd) as cost_usd
-                from requests
-                where project_id = :project_id {scope_sql}
-                  and (ts >= :start and ts < :first or ts >= :last and ts < :end)
-                union all
-                {rolled}
-            ) parts (requests, escalations, fallbacks, failovers, unpriced_requests, cost_usd)
-            """
-        ),
-        params,
-    ).one()
+):
+    """The sums of WINDOW_FIGURES over the scope's requests in the window."""
+    source, params = window_source(
+        conn, project_id=project_id, scope=scope, within=within, rolled_before=rolled_before
+    )
+    return conn.execute(text(f"select {totals_sql(WINDOW_FIGURES)} from {source} r"), params).one()
 
 
-def _value(metric: str, totals: Any) -> float | None:
-    if metric in RATE_METRICS:
-        return getattr(totals, RATE_METRICS[metric]) / totals.requests if totals.requests else None
+def _value(metric: str, totals) -> float | None:
+    if metric in RATE_COUNTS:
+        return rate(getattr(totals, RATE_COUNTS[metric]), totals.requests)
     if metric == "cost_per_request":
-        return float(totals.cost_usd) / totals.requests if totals.requests else None
+        return rate(totals.cost_usd, totals.requests)
     if metric == "spend":
         return float(totals.cost_usd)
     return float(totals.unpriced_requests)
@@ -225,26 +209,10 @@ def _value(metric: str, totals: Any) -> float | None:
 
 def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Period) -> Measurement:
     """The largest cost − revenue of a customer of the scope over the window."""
-    scope_sql, params = _scope_sql(scope)
-    figures: dict[str, CustomerFigures] = {}
-    for row in conn.execute(
-        text(
-            f"""
-            select customer_id, count(*) as requests, coalesce(sum(cost_usd), 0) as cost_usd,
-                   coalesce(sum(revenue_usd), 0) as revenue_usd
-            from requests
-            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
-            group by customer_id
-            """
-        ),
-        {"project_id": project_id, "start": within.start, "end": within.end, **params},
-    ):
-        figures[row.customer_id] = CustomerFigures(
-            customer_id=row.customer_id,
-            requests=row.requests,
-            cost_usd=row.cost_usd,
-            request_revenue_usd=row.revenue_usd,
-        )
+    source, params = window_source(
+        conn, project_id=project_id, scope=scope, within=within, customers=True
+    )
+    figures = customer_figures(conn, source=source, params=params)
     records = revenue_records(
         conn, project_id=project_id, within=within, customer_id=scope.get("customer_id")
     )
@@ -258,36 +226,13 @@ def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Perio
 def _policy_deviation(
     conn: Connection, *, project_id: int, scope: dict, within: Period
 ) -> Measurement:
-    """The intended split of the window against the policies in force at its end, weighted
-    by each feature's requests; features without a policy are left out."""
-    scope_sql, params = _scope_sql(scope)
-    rows = conn.execute(
-        text(
-            f"""
-            select feature, intended_tier, count(*) as requests from requests
-            where project_id = :project_id and ts >= :start and ts < :end {scope_sql}
-            group by feature, intended_tier
-            """
-        ),
-        {"project_id": project_id, "start": within.start, "end": within.end, **params},
-    ).all()
-    policies = {
-        feature: policy_at(conn, project_id=project_id, feature=feature, at=within.end)
-        for feature in {row.feature for row in rows}
-    }
-    covered = [row for row in rows if policies[row.feature] is not None]
-    total = sum(row.requests for row in covered)
-    if not total:
+    """The window's intended split against the policies in force (each request held to its
+    feature's policy at its time); features without a policy are left out."""
+    source, params = window_source(conn, project_id=project_id, scope=scope, within=within)
+    found = compare_with_policies(conn, source=source, params=params)
+    if found is None:
         return Measurement(None, 0)
-    intended: dict[str, int] = {}
-    expected: dict[str, float] = {}
-    for row in covered:
-        intended[row.intended_tier] = intended.get(row.intended_tier, 0) + row.requests
-    for feature in {row.feature for row in covered}:
-        weight = sum(row.requests for row in covered if row.feature == feature) / total
-        for tier, share in policies[feature]["split"].items():
-            expected[tier] = expected.get(tier, 0.0) + share * weight
-    return Measurement(total_variation(shares(intended), expected), total)
+    return Measurement(found.deviation, found.requests)
 
 
 def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> Measurement:
@@ -310,7 +255,7 @@ def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> 
 
 def rule_window(rule: dict, now: datetime) -> Period:
     """The trailing window a rule looks at, ending now."""
-    return Period(now - timedelta(minutes=rule["window_minutes"]), now)
+    return trailing(timedelta(minutes=rule["window_minutes"]), end=now)
 
 
 def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
@@ -326,7 +271,7 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
     totals = window_totals(conn, project_id=project_id, scope=scope, within=within)
     reference = None
     if rule["baseline_multiplier"] is not None:
-        before = Period(within.start - REFERENCE_WINDOW, within.start)
+        before = trailing(REFERENCE_WINDOW, end=within.start)
         past = window_totals(
             conn, project_id=project_id, scope=scope, within=before,
             rolled_before=floor_hour(now - ROLLED_AFTER),
@@ -393,7 +338,7 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
     if row is None:
         return None  # deleted or disabled since it was listed
     rule = dict(row._mapping)
-    now = now or conn.execute(text("select now()")).scalar_one()
+    now = now or utc_now()
     found = measure(conn, rule=rule, now=now)
     limit = exceeded_limit(rule, found)
     open_alert = conn.execute(

@@ -12,15 +12,10 @@ from decimal import Decimal
 from sqlalchemy import Connection, select, text
 
 from app.models import drift_results
-from app.services.metrics import (
-    MONEY_CONTEXT,
-    TOTAL_FIELDS,
-    TOTALS_SQL,
-    Filters,
-    Period,
-    RoutingMetrics,
-)
-from app.services.rollups import BIN_ORIGIN, BIN_ORIGIN_SQL, latency_quantile
+from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
+from app.rollup_figures import REQUEST_FIGURES, named
+from app.services.metrics import MONEY_CONTEXT, TOTALS_SQL, Filters, RoutingMetrics
+from app.services.rollups import latency_quantile
 
 
 def routing_series(
@@ -59,16 +54,14 @@ def routing_series(
     return list(series.values())
 
 
-_MONEY = ("cost_usd", "baseline_cost_usd", "revenue_usd")
-_COUNTS = tuple(name for name in TOTAL_FIELDS if name not in _MONEY)
-
-
 def _add(into: RoutingMetrics, part) -> None:
     """Adds the sums of `part` (a row of sums or another RoutingMetrics) into `into`."""
-    for name in _COUNTS:
-        setattr(into, name, getattr(into, name) + _plain(getattr(part, name)))
-    for name in _MONEY:
-        setattr(into, name, MONEY_CONTEXT.add(getattr(into, name), getattr(part, name)))
+    for figure in REQUEST_FIGURES:
+        value = getattr(part, figure.name)
+        if figure.kind == "money":
+            setattr(into, figure.name, MONEY_CONTEXT.add(getattr(into, figure.name), value))
+        else:
+            setattr(into, figure.name, getattr(into, figure.name) + figure.python_type(value))
     if isinstance(part, RoutingMetrics):
         tiers = [
             (into.intended_counts, part.intended_counts),
@@ -89,11 +82,6 @@ def total_of(series: list[RoutingMetrics]) -> RoutingMetrics:
     for point in series:
         _add(total, point)
     return total
-
-
-def _plain(value: Decimal | float) -> int | float:
-    """sum() of a bigint column comes back as numeric: counts as int, sums of floats as float."""
-    return int(value) if isinstance(value, Decimal) else value
 
 
 def served_model_latency(
@@ -192,6 +180,12 @@ def wilson_interval(successes: int, n: int) -> Estimate:
     return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
+# The rollup figures an arm counts, from its requests.
+_ARM_COUNTS = named(
+    REQUEST_FIGURES, "requests", "escalations", "unpriced_requests", "quality_count"
+)
+
+
 def experiment_arms(
     conn: Connection, *, project_id: int, within: Period, experiment: str
 ) -> list[ArmFigures]:
@@ -199,20 +193,18 @@ def experiment_arms(
     quality, with 95% intervals (from the requests themselves: intervals need spreads,
     which the rollups do not keep). Means are exact; spreads, only used for the
     intervals, are computed in double precision."""
+    counts = ", ".join(f"{f.aggregate} as {f.name}" for f in _ARM_COUNTS)
     rows = conn.execute(
         text(
-            """
-            select experiment_arm as arm, count(*) as requests,
-                   count(*) filter (where is_escalation) as escalations,
-                   sum(cost_usd) / count(*) as cost_mean,
-                   stddev_samp(cost_usd::float8) as cost_sd,
-                   count(*) filter (where is_unpriced) as unpriced,
-                   count(quality_score) as quality_n, avg(quality_score) as quality_mean,
-                   stddev_samp(quality_score) as quality_sd
-            from requests
-            where project_id = :project_id and experiment_name = :experiment
-              and ts >= :start and ts < :end
-            group by experiment_arm order by experiment_arm
+            f"""
+            select r.experiment_arm as arm, {counts},
+                   sum(r.cost_usd) / count(*) as cost_mean,
+                   stddev_samp(r.cost_usd::float8) as cost_sd,
+                   avg(r.quality_score) as quality_mean, stddev_samp(r.quality_score) as quality_sd
+            from requests r
+            where r.project_id = :project_id and r.experiment_name = :experiment
+              and r.ts >= :start and r.ts < :end
+            group by r.experiment_arm order by r.experiment_arm
             """
         ),
         {
@@ -230,9 +222,9 @@ def experiment_arms(
                 _float(row.cost_mean), _float(row.cost_sd), row.requests
             ),
             escalation_rate=wilson_interval(row.escalations, row.requests),
-            mean_quality=mean_interval(row.quality_mean, row.quality_sd, row.quality_n),
-            quality_count=row.quality_n,
-            unpriced_requests=row.unpriced,
+            mean_quality=mean_interval(row.quality_mean, row.quality_sd, row.quality_count),
+            quality_count=row.quality_count,
+            unpriced_requests=row.unpriced_requests,
         )
         for row in rows
     ]

@@ -7,14 +7,14 @@ Sent to everyone on the project's alert rules, once per project and day (dedupe 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
+from app.periods import DAY, Period, floor_day, utc_now
 from app.services.alerts import list_alerts
 from app.services.emails import dashboard_url, queue_email, report_email
-from app.services.metrics import Period, customer_metrics, money_text, routing_metrics
-from app.services.rollups import floor_day
+from app.services.metrics import customer_metrics, money_text, routing_metrics
 
 WORST_CUSTOMERS = 5
 
@@ -67,7 +67,7 @@ def queue_digests(engine: Engine, *, now: datetime | None = None) -> DigestRun:
     """Queues yesterday's digest of every project whose alert rules name recipients."""
     queued = 0
     with engine.connect() as conn:
-        now = now or conn.execute(text("select now()")).scalar_one()
+        now = now or utc_now()
         targets = conn.execute(
             text(
                 "select r.project_id, p.name, array_agg(distinct x) as recipients "
@@ -75,8 +75,8 @@ def queue_digests(engine: Engine, *, now: datetime | None = None) -> DigestRun:
                 "unnest(r.recipients) as x where r.enabled group by 1, 2 order by 1"
             )
         ).all()
-    day = floor_day(now) - timedelta(days=1)
-    within = Period(day, day + timedelta(days=1))
+    day = floor_day(now) - DAY
+    within = Period(day, day + DAY)
     for target in targets:
         with engine.begin() as conn:
             subject = f"[RouteLedger] {target.name}: daily digest for {day:%Y-%m-%d}"

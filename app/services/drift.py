@@ -16,8 +16,8 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.models import drift_results
+from app.periods import floor_hour, utc_now
 from app.services.metrics import shares
-from app.services.rollups import floor_hour
 
 CURRENT_WINDOW = timedelta(hours=24)
 REFERENCE_WINDOW = timedelta(days=7)
@@ -103,7 +103,7 @@ def run_drift(engine: Engine, *, now: datetime | None = None) -> DriftRun:
     """Computes and stores the drift of every feature for the window ending this hour."""
     stored = 0
     with engine.begin() as conn:
-        now = now or conn.execute(text("select now()")).scalar_one()
+        now = now or utc_now()
         end = floor_hour(now)
         projects = (
             conn.execute(
@@ -151,7 +151,7 @@ def run_drift(engine: Engine, *, now: datetime | None = None) -> DriftRun:
                                 "reference_distribution",
                             )
                         }
-                        | {"computed_at": text("now()")},
+                        | {"computed_at": utc_now()},
                     )
                 )
             stored += len(rows)

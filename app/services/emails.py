@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.models import email_outbox
+from app.periods import utc_now
 from app.settings import get_settings
 
 DEFAULT_SENDER = "RouteLedger <routeledger@localhost>"
@@ -45,6 +46,7 @@ class Email:
 
 def queue_email(conn: Connection, *, project_id: int | None, dedupe_key: str, email: Email) -> bool:
     """Queues an email once per dedupe key; False when that key was already queued."""
+    now = utc_now()
     result = conn.execute(
         pg_insert(email_outbox)
         .values(
@@ -55,6 +57,8 @@ def queue_email(conn: Connection, *, project_id: int | None, dedupe_key: str, em
             subject=email.subject,
             text_body=email.text_body,
             html_body=email.html_body,
+            created_at=now,
+            next_attempt_at=now,
         )
         .on_conflict_do_nothing(index_elements=["dedupe_key"])
         .returning(email_outbox.c.id)
@@ -162,35 +166,36 @@ def send_pending(engine: Engine, *, limit: int = 100) -> SendRun:
             row = conn.execute(
                 text(
                     "select * from email_outbox where status = 'pending' "
-                    "and next_attempt_at <= now() order by id limit 1 for update skip locked"
-                )
+                    "and next_attempt_at <= :now order by id limit 1 for update skip locked"
+                ),
+                {"now": utc_now()},
             ).first()
             if row is None:
                 break
             try:
                 deliver(row)
             except (OSError, smtplib.SMTPException) as error:
-                # From the clock, not the transaction's start: a delivery can take minutes.
+                # From after the delivery: it can take minutes.
                 failed += 1
                 conn.execute(
                     text(
                         "update email_outbox set attempts = attempts + 1, last_error = :error, "
-                        "next_attempt_at = clock_timestamp() + :delay where id = :id"
+                        "next_attempt_at = :next where id = :id"
                     ),
                     {
                         "id": row.id,
                         "error": repr(error)[:1000],
-                        "delay": retry_delay(row.attempts + 1),
+                        "next": utc_now() + retry_delay(row.attempts + 1),
                     },
                 )
                 continue
             sent += 1
             conn.execute(
                 text(
-                    "update email_outbox set status = 'sent', sent_at = now(), "
+                    "update email_outbox set status = 'sent', sent_at = :now, "
                     "attempts = attempts + 1, last_error = null where id = :id"
                 ),
-                {"id": row.id},
+                {"id": row.id, "now": utc_now()},
             )
     return SendRun(sent=sent, failed=failed)
 

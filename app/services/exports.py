@@ -16,16 +16,14 @@ import csv
 import io
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import Connection
 
-from app.services.margins import month_of, period_of
-from app.services.metrics import Filters, Period, customer_metrics
-from app.services.rollups import floor_day
+from app.periods import Period, calendar_parts, iso_utc
+from app.services.metrics import Filters, customer_metrics
+from app.vocabulary import GRANULARITIES
 
-GRANULARITIES = ("day", "month")
 CHUNK_BYTES = 256 * 1024
 _FORMULA_STARTS = ("=", "+", "-", "@")
 _SIX_PLACES = Decimal("0.000001")
@@ -43,10 +41,6 @@ class Chunk:
 def neutralise(value: str) -> str:
     """A text cell a spreadsheet would take as a formula, made plain text."""
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
-
-
-def iso_utc(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _csv_bytes(rows: Iterable[Iterable]) -> bytes:
@@ -176,14 +170,7 @@ def periods(within: Period, granularity: str) -> list[Period]:
     """The calendar days or months (UTC) of the period, the first and last clipped to it."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity: must be one of {', '.join(GRANULARITIES)}")
-    floor = floor_day if granularity == "day" else month_of
-    parts = []
-    start = within.start
-    while start < within.end:
-        end = min(period_of(granularity, floor(start)).end, within.end)
-        parts.append(Period(start, end))
-        start = end
-    return parts
+    return calendar_parts(within, granularity)
 
 
 def customers_csv(
@@ -204,7 +191,7 @@ def customers_csv(
                 c.input_tokens,
                 c.output_tokens,
                 six_places(c.cost_usd),
-                six_places(c.revenue_usd),
+                six_places(c.total_revenue_usd),
                 six_places(c.margin_usd),
                 six_places(c.margin_pct),
                 c.unpriced_requests,

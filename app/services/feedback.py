@@ -6,8 +6,10 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from app.models import feedback, request_keys, requests
-from app.schemas import FeedbackItem, FeedbackResult, ItemError
-from app.services.ingest import Batch, describe_validation_error, request_id_of
+from app.periods import utc_now
+from app.schemas import FeedbackItem, FeedbackResult, ItemError, describe_errors
+from app.services.ingest import Batch, request_id_of
+from app.services.rollups import ROLLUP_JOB, mark_written
 
 
 def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> FeedbackResult:
@@ -19,7 +21,7 @@ def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> Feedb
         try:
             items.append((index, FeedbackItem.model_validate(raw)))
         except ValidationError as error:
-            message = describe_validation_error(error)
+            message = describe_errors(error.errors(include_url=False), whole="item")
             errors.append(ItemError(index=index, request_id=request_id_of(raw), error=message))
     ids = sorted({item.request_id for _, item in items})
     known = dict(
@@ -30,6 +32,7 @@ def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> Feedb
         ).all()
     )
     rows = []
+    now = utc_now()
     for index, item in items:
         if item.request_id not in known:
             errors.append(
@@ -48,10 +51,14 @@ def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> Feedb
                 "score": item.score,
                 "source": item.source,
                 "comment": item.comment,
+                "received_at": now,
             }
         )
     if rows:
         conn.execute(insert(feedback), rows)
+        mark_written(
+            conn, job=ROLLUP_JOB, project_id=project_id, hours=(r["request_ts"] for r in rows)
+        )
         latest = {row["request_id"]: row for row in rows}  # later items in the batch win
         conn.execute(
             update(requests)

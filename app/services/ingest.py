@@ -10,21 +10,46 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import orjson
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Connection, Engine
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    Numeric,
+    SmallInteger,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from app.schemas import MAX_BATCH_EVENTS, MAX_METADATA_BYTES, Event, IngestResult, ItemError
+from app.models import attempts, requests
+from app.periods import utc_now
+from app.schemas import (
+    MAX_BATCH_EVENTS,
+    MAX_METADATA_BYTES,
+    Event,
+    IngestResult,
+    ItemError,
+    describe_errors,
+    field_path,
+)
 from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
-from app.services.projects import project_baseline, project_tiers
+from app.services.projects import ProjectContext, load_project_context
+from app.services.request_facts import attempt_cost, baseline_cost, request_cost, request_facts
+from app.services.rollups import ROLLUP_JOB, mark_written
 
 MAX_FUTURE = timedelta(days=1)
 _events_adapter = TypeAdapter(list[Event])
@@ -84,27 +109,6 @@ def read_batch(raw: bytes, *, key: str) -> Batch:
 # --- validation ------------------------------------------------------------------------
 
 
-def field_path(loc: Iterable[Any]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "event"
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False):
-        loc = [p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{field_path(loc)}: {message}")
-    return "; ".join(parts)
-
-
 def find_bad_text(value: Any, loc: tuple = ()) -> tuple | None:
     """The path of the first string holding invalid UTF-8 (a lone surrogate), if any."""
     if isinstance(value, str):
@@ -144,7 +148,7 @@ def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemErr
     for index, raw_event in enumerate(raw_events):
         bad_text = find_bad_text(raw_event) if batch.has_bad_text else None
         if bad_text is not None:
-            message = f"{field_path(bad_text)}: not valid UTF-8"
+            message = f"{field_path(bad_text, whole='event')}: not valid UTF-8"
         elif not isinstance(raw_event, dict):
             message = "event: must be a JSON object"
         else:
@@ -152,7 +156,7 @@ def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemErr
                 valid.append((index, Event.model_validate(raw_event)))
                 continue
             except ValidationError as error:
-                message = describe_validation_error(error)
+                message = describe_errors(error.errors(include_url=False), whole="event")
         errors.append(ItemError(index=index, request_id=_safe_id(raw_event), error=message))
     return valid, errors
 
@@ -184,163 +188,145 @@ def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> s
 
 @dataclass
 class StoredRequest:
-    request_row: tuple
-    attempt_rows: list[tuple]
+    """One request as stored: its requests row and its attempts rows, by column name."""
 
-
-REQUEST_COLUMNS = (
-    "project_id", "ts", "request_id", "received_at", "customer_id", "feature", "user_tier",
-    "task_type", "intended_tier", "served_tier", "served_model", "served_provider",
-    "attempt_count", "is_fallback", "is_escalation", "is_failover", "is_failed",
-    "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "latency_ms",
-    "cost_usd", "unpriced_attempts", "is_unpriced", "baseline_cost_usd", "baseline_price_id",
-    "quality_score", "quality_source", "revenue_usd", "router_strategy", "router_version",
-    "router_confidence", "router_latency_ms", "experiment_name", "experiment_arm", "metadata",
-)  # fmt: skip
-REQUEST_TYPES = (
-    "int8", "timestamptz", "uuid", "timestamptz", "text", "text", "text",
-    "text", "text", "text", "text", "text",
-    "int2", "bool", "bool", "bool", "bool",
-    "int8", "int8", "int8", "int8", "float8",
-    "numeric", "int2", "bool", "numeric", "int8",
-    "float8", "text", "numeric", "text", "text",
-    "float8", "float8", "text", "text", "jsonb",
-)  # fmt: skip
-ATTEMPT_COLUMNS = (
-    "project_id", "ts", "request_id", "position", "model", "provider", "tier", "status",
-    "reason", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-    "latency_ms", "cost_usd", "cost_source", "price_id", "feature", "customer_id",
-    "experiment_name", "experiment_arm",
-)  # fmt: skip
-ATTEMPT_TYPES = (
-    "int8", "timestamptz", "uuid", "int2", "text", "text", "text", "text",
-    "text", "int8", "int8", "int8", "int8",
-    "float8", "numeric", "text", "int8", "text", "text",
-    "text", "text",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ProjectContext:
-    project_id: int
-    tier_ranks: dict[str, int]
-    baseline_model: str | None
-    baseline_provider: str | None
-
-
-def served_attempt(attempts):
-    """The served attempt: the last one whose status is ok (None when the request failed)."""
-    return next((a for a in reversed(attempts) if a.status == "ok"), None)
+    request_row: dict[str, Any]
+    attempt_rows: list[dict[str, Any]]
 
 
 def derive(
     event: Event, *, project: ProjectContext, prices: PriceBook, received_at: datetime
 ) -> StoredRequest:
+    """The rows of an event: its facts and costs (app.services.request_facts) beside what
+    it says."""
     ts = event.timestamp.astimezone(UTC)
     attempts = event.attempts
-    intended = event.intended_tier or attempts[0].tier
-    served = served_attempt(attempts)
-    ranks = project.tier_ranks
+    facts = request_facts(
+        attempts, intended_tier=event.intended_tier, tier_ranks=project.tier_ranks
+    )
     experiment = event.experiment
-    experiment_name = experiment.name if experiment else None
-    experiment_arm = experiment.arm if experiment else None
-
-    cost = Decimal(0)
-    unpriced = 0
+    # The request's keys, on its row and copied onto each attempt's (they never change).
+    keys = {
+        "project_id": project.project_id,
+        "ts": ts,
+        "request_id": event.request_id,
+        "feature": event.feature,
+        "customer_id": event.customer_id,
+        "experiment_name": experiment.name if experiment else None,
+        "experiment_arm": experiment.arm if experiment else None,
+    }
     attempt_rows = []
-    latency_total = None
     for position, attempt in enumerate(attempts):
-        if attempt.cost_usd is not None:
-            attempt_cost, cost_source, price_id = attempt.cost_usd, "client", None
-        else:
-            attempt_cost, price_id = prices.cost_at(attempt.model, attempt.provider, ts, attempt)
-            cost_source = "price" if price_id is not None else None
-        if attempt_cost is None:
-            unpriced += 1
-        else:
-            cost += attempt_cost
-        if attempt.latency_ms is not None:
-            latency_total = (latency_total or 0.0) + attempt.latency_ms
+        cost = attempt_cost(attempt, client_cost=attempt.cost_usd, prices=prices, at=ts)
         attempt_rows.append(
-            (
-                project.project_id,
-                ts,
-                event.request_id,
-                position,
-                attempt.model,
-                attempt.provider,
-                attempt.tier,
-                attempt.status,
-                attempt.reason,
-                attempt.input_tokens,
-                attempt.output_tokens,
-                attempt.cache_read_tokens,
-                attempt.cache_write_tokens,
-                attempt.latency_ms,
-                attempt_cost,
-                cost_source,
-                price_id,
-                event.feature,
-                event.customer_id,
-                experiment_name,
-                experiment_arm,
-            )  # fmt: skip
+            {
+                **keys,
+                "position": position,
+                "model": attempt.model,
+                "provider": attempt.provider,
+                "tier": attempt.tier,
+                "status": attempt.status,
+                "reason": attempt.reason,
+                "input_tokens": attempt.input_tokens,
+                "output_tokens": attempt.output_tokens,
+                "cache_read_tokens": attempt.cache_read_tokens,
+                "cache_write_tokens": attempt.cache_write_tokens,
+                "latency_ms": attempt.latency_ms,
+                "cost_usd": cost.cost_usd,
+                "cost_source": cost.source,
+                "price_id": cost.price_id,
+            }
         )
-
-    baseline, baseline_price_id = baseline_cost(served, project=project, prices=prices, ts=ts)
-    router = event.router
-    quality = event.quality
-    request_row = (
-        project.project_id, ts, event.request_id, received_at, event.customer_id, event.feature,
-        event.user_tier, event.task_type, intended,
-        served.tier if served else None, served.model if served else None,
-        served.provider if served else None,
-        len(attempts), len(attempts) >= 2,
-        served is not None and ranks[served.tier] > ranks[intended],
-        any(a.status in ("error", "timeout") for a in attempts),
-        served is None,
-        sum(a.input_tokens for a in attempts), sum(a.output_tokens for a in attempts),
-        sum(a.cache_read_tokens for a in attempts), sum(a.cache_write_tokens for a in attempts),
-        latency_total, cost, unpriced, unpriced > 0, baseline, baseline_price_id,
-        quality.score if quality else None, quality.source if quality else None,
-        event.revenue_usd,
-        router.strategy if router else None, router.version if router else None,
-        router.confidence if router else None, router.latency_ms if router else None,
-        experiment_name, experiment_arm,
-        Jsonb(event.metadata) if event.metadata is not None else None,
-    )  # fmt: skip
+    cost = request_cost(row["cost_usd"] for row in attempt_rows)
+    served = facts.served
+    baseline, baseline_price_id = baseline_cost(
+        served, baseline=project.baseline, prices=prices, at=ts
+    )
+    latencies = [a.latency_ms for a in attempts if a.latency_ms is not None]
+    router, quality = event.router, event.quality
+    request_row = {
+        **keys,
+        "received_at": received_at,
+        "user_tier": event.user_tier,
+        "task_type": event.task_type,
+        "intended_tier": facts.intended_tier,
+        "served_tier": served.tier if served else None,
+        "served_model": served.model if served else None,
+        "served_provider": served.provider if served else None,
+        "attempt_count": facts.attempt_count,
+        "is_fallback": facts.is_fallback,
+        "is_escalation": facts.is_escalation,
+        "is_failover": facts.is_failover,
+        "is_failed": facts.is_failed,
+        "input_tokens": sum(a.input_tokens for a in attempts),
+        "output_tokens": sum(a.output_tokens for a in attempts),
+        "cache_read_tokens": sum(a.cache_read_tokens for a in attempts),
+        "cache_write_tokens": sum(a.cache_write_tokens for a in attempts),
+        "latency_ms": sum(latencies) if latencies else None,
+        "cost_usd": cost.known_usd,
+        "unpriced_attempts": cost.unpriced_attempts,
+        "is_unpriced": cost.is_unpriced,
+        "baseline_cost_usd": baseline,
+        "baseline_price_id": baseline_price_id,
+        "quality_score": quality.score if quality else None,
+        "quality_source": quality.source if quality else None,
+        "revenue_usd": event.revenue_usd,
+        "router_strategy": router.strategy if router else None,
+        "router_version": router.version if router else None,
+        "router_confidence": router.confidence if router else None,
+        "router_latency_ms": router.latency_ms if router else None,
+        "metadata": Jsonb(event.metadata) if event.metadata is not None else None,
+    }
     return StoredRequest(request_row, attempt_rows)
 
 
-def baseline_cost(
-    served, *, project: ProjectContext, prices: PriceBook, ts: datetime
-) -> tuple[Decimal | None, int | None]:
-    """The served attempt's tokens at the baseline model's price; 0 for a failed request,
-    None (unknown) when the project has no baseline model or it has no price."""
-    if served is None:
-        return Decimal(0), None
-    if project.baseline_model is None:
-        return None, None
-    return prices.cost_at(project.baseline_model, project.baseline_provider, ts, served)
+# PostgreSQL's names of the column types, for COPY in binary (a subclass before its base).
+_COPY_TYPE_NAMES = (
+    (BigInteger, "int8"), (SmallInteger, "int2"), (Integer, "int4"), (Boolean, "bool"),
+    (DateTime, "timestamptz"), (UUID, "uuid"), (Text, "text"), (Float, "float8"),
+    (Numeric, "numeric"), (JSONB, "jsonb"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CopyLayout:
+    """How rows of a table go through COPY: its columns, their types, a row's values."""
+
+    statement: str
+    types: tuple[str, ...]
+    values: Callable[[dict[str, Any]], tuple]
+
+    @classmethod
+    def of(cls, table: Table) -> CopyLayout:
+        names = [column.name for column in table.columns]
+        types = tuple(
+            next(pg for sa_type, pg in _COPY_TYPE_NAMES if isinstance(column.type, sa_type))
+            for column in table.columns
+        )
+        return cls(
+            f"copy {table.name} ({', '.join(names)}) from stdin (format binary)",
+            types,
+            itemgetter(*names),
+        )
+
+    def write(self, cursor, rows: Iterable[dict[str, Any]]) -> None:
+        with cursor.copy(self.statement) as copy:
+            copy.set_types(self.types)
+            for row in rows:
+                copy.write_row(self.values(row))
+
+
+REQUESTS_COPY = CopyLayout.of(requests)
+ATTEMPTS_COPY = CopyLayout.of(attempts)
 
 
 # --- the whole batch -------------------------------------------------------------------
 
 
-def load_project_context(conn: Connection, *, project_id: int) -> ProjectContext:
-    baseline_model, baseline_provider = project_baseline(conn, project_id=project_id)
-    return ProjectContext(
-        project_id=project_id,
-        tier_ranks=project_tiers(conn, project_id=project_id),
-        baseline_model=baseline_model,
-        baseline_provider=baseline_provider,
-    )
-
-
 def ingest_batch(
     engine: Engine, *, project_id: int, batch: Batch, now: datetime | None = None
 ) -> IngestResult:
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     valid, errors = validate_events(batch)
 
     with engine.connect() as conn:
@@ -366,8 +352,8 @@ def ingest_batch(
 
         ensure_partitions(engine, {month_start(e.timestamp) for e in unique.values()})
         models = {(a.model, a.provider) for e in unique.values() for a in e.attempts}
-        if project.baseline_model:
-            models.add((project.baseline_model, project.baseline_provider))
+        if project.baseline:
+            models.add((project.baseline.model, project.baseline.provider))
         prices = PriceBook.load(conn, project_id=project_id, models=models)
         derived = {
             rid: derive(event, project=project, prices=prices, received_at=now)
@@ -388,7 +374,7 @@ def _store(
 ) -> set[uuid.UUID]:
     # Sorted ids: two batches sharing ids lock them in the same order and never deadlock.
     ids = sorted(derived)
-    timestamps = [derived[i].request_row[1] for i in ids]
+    timestamps = [derived[i].request_row["ts"] for i in ids]
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
         cur.execute(
@@ -400,19 +386,9 @@ def _store(
         new_ids = {row[0] for row in cur.fetchall()}
         if not new_ids:
             return new_ids
-        with cur.copy(
-            f"copy requests ({', '.join(REQUEST_COLUMNS)}) from stdin (format binary)"
-        ) as copy:
-            copy.set_types(REQUEST_TYPES)
-            for rid in ids:
-                if rid in new_ids:
-                    copy.write_row(derived[rid].request_row)
-        with cur.copy(
-            f"copy attempts ({', '.join(ATTEMPT_COLUMNS)}) from stdin (format binary)"
-        ) as copy:
-            copy.set_types(ATTEMPT_TYPES)
-            for rid in ids:
-                if rid in new_ids:
-                    for row in derived[rid].attempt_rows:
-                        copy.write_row(row)
+        stored = [derived[rid].request_row for rid in ids if rid in new_ids]
+        REQUESTS_COPY.write(cur, stored)
+        ATTEMPTS_COPY.write(cur, (row for rid in ids if rid in new_ids
+                                  for row in derived[rid].attempt_rows))  # fmt: skip
+    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=(r["ts"] for r in stored))
     return new_ids

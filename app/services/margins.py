@@ -8,57 +8,20 @@ rerun or two workers at once give the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, insert, select, text
+from sqlalchemy import Connection, Engine, delete, insert, select
 
 from app.models import customer_margins
-from app.services.metrics import CustomerFigures, Period, customer_metrics
-from app.services.rollups import (
-    LOOKBACK,
-    MARGINS_JOB,
-    advance_watermark,
-    drain_dirty_hours,
-    floor_day,
-)
+from app.periods import Period, floor_day, grain_period, month_of
+from app.services.metrics import CustomerFigures, customer_metrics
+from app.services.rollups import MARGINS_JOB, collect_dirty_hours, drain_dirty_hours
 
 DAYS_PER_TRANSACTION = 31
 
 
-def month_of(at: datetime) -> datetime:
-    return floor_day(at).replace(day=1)
-
-
-def next_month(month: datetime) -> datetime:
-    return month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
-
-
-def period_of(granularity: str, start: datetime) -> Period:
-    end = start + timedelta(days=1) if granularity == "day" else next_month(start)
-    return Period(start, end)
-
-
-def _mark_revenue_days(conn: Connection, *, now: datetime) -> None:
-    """Marks the days overlapped by revenue records that arrived since the last run."""
-    since = advance_watermark(conn, job="margins.revenue", until=now) - LOOKBACK
-    conn.execute(
-        text(
-            """
-            insert into dirty_hours (job, project_id, hour)
-            select distinct :job, project_id, day
-            from revenue_records,
-                 generate_series(date_bin('1 day', period_start, timestamptz '2000-01-01Z'),
-                                 period_end - interval '1 microsecond', '1 day') as day
-            where created_at >= :since and created_at < :until
-            on conflict do nothing
-            """
-        ),
-        {"job": MARGINS_JOB, "since": since, "until": now},
-    )
-
-
 def recompute(conn: Connection, *, project_id: int, granularity: str, start: datetime) -> None:
-    within = period_of(granularity, start)
+    within = grain_period(granularity, start)
     conn.execute(
         delete(customer_margins).where(
             customer_margins.c.project_id == project_id,
@@ -85,7 +48,7 @@ def _row(figures: CustomerFigures, *, project_id: int, granularity: str, within:
         "input_tokens": figures.input_tokens,
         "output_tokens": figures.output_tokens,
         "cost_usd": figures.cost_usd,
-        "revenue_usd": figures.revenue_usd,
+        "revenue_usd": figures.total_revenue_usd,
         "margin_usd": figures.margin_usd,
         "margin_pct": figures.margin_pct,
         "unpriced_requests": figures.unpriced_requests,
@@ -107,11 +70,9 @@ def recompute_hours(conn: Connection, project_id: int, hours: list[datetime]) ->
         recompute(conn, project_id=project_id, granularity="month", start=month)
 
 
-def run_margins(engine: Engine, *, now: datetime | None = None) -> MarginsRun:
+def run_margins(engine: Engine) -> MarginsRun:
     with engine.begin() as conn:
-        conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.margins.collect'))"))
-        now = now or conn.execute(text("select now()")).scalar_one()
-        _mark_revenue_days(conn, now=now)
+        collect_dirty_hours(conn, job=MARGINS_JOB)
     projects, hours = drain_dirty_hours(
         engine, job=MARGINS_JOB, limit=DAYS_PER_TRANSACTION * 24, work=recompute_hours
     )

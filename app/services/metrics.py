@@ -9,119 +9,131 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import dataclass, field, make_dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from app.periods import BIN_ORIGIN_SQL, DAY, Period, floor_day, floor_hour, next_hour
+from app.rollup_figures import (
+    ATTEMPT_FIGURES,
+    CUSTOMER_FIGURES,
+    REQUEST_FIGURES,
+    Figure,
+    totals_sql,
+)
+from app.services.policies import PolicyComparison, compare_with_policies
+from app.services.request_facts import RATE_COUNTS, rate
 from app.services.rollups import (
     ATTEMPTS,
-    BIN_ORIGIN_SQL,
     CUSTOMERS,
     DAILY,
-    DAY,
     HOURLY,
     REQUESTS,
     ROLLUP_DAILY_JOB,
     ROUTING,
     ROUTING_ATTEMPTS,
     RollupTable,
-    floor_day,
     latency_quantile,
     raw_rows,
     raw_select,
 )
 
 MONEY_CONTEXT = decimal.Context(prec=50)
-
-
-class InvalidPeriod(ValueError):
-    """422: a bound that is not a whole hour, or an empty period."""
-
-
-def parse_hour(value: str, *, name: str) -> datetime:
-    """A whole UTC hour from an ISO 8601 date (its midnight) or date-time; naive is UTC."""
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=UTC)
-        at = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidPeriod(f"{name}: {value!r} is not an ISO 8601 date or date-time") from None
-    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-    if (at.minute, at.second, at.microsecond) != (0, 0, 0):
-        raise InvalidPeriod(f"{name}: {value!r} is not a whole hour (metrics are hourly)")
-    return at
-
-
-def period(start: str | None, end: str | None, *, now: datetime | None = None) -> Period:
-    """The period of a metrics call; by default the 24 hours up to the end of this hour."""
-    now = now or datetime.now(UTC)
-    end_at = parse_hour(end, name="end") if end else _next_hour(now)
-    start_at = parse_hour(start, name="start") if start else end_at - timedelta(days=1)
-    if start_at >= end_at:
-        raise InvalidPeriod("start: must be before end")
-    return Period(start_at, end_at)
-
-
-def _next_hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-
-
-@dataclass(frozen=True)
-class Period:
-    start: datetime
-    end: datetime
+Range = tuple[datetime, datetime]
 
 
 @dataclass(frozen=True)
 class Coverage:
-    """The rollup rows that make up a period, as half-open ranges: its whole days read from
-    the daily tables, every other hour from the hourly ones."""
+    """What a period is read from, as half-open ranges: its whole days from the daily
+    rollups, its other whole hours from the hourly ones, and the rest from the raw rows.
 
-    hours: tuple[tuple[datetime, datetime], ...]
-    days: tuple[tuple[datetime, datetime], ...] = ()
+    Each row read carries the start of its bin (a day, an hour, or a raw range), and no
+    policy takes effect inside a bin: the policy in force at a row's bin start is the policy
+    of each of its requests (see app.services.policies)."""
+
+    hours: tuple[Range, ...]
+    days: tuple[Range, ...] = ()
+    raw: tuple[Range, ...] = ()
 
 
-def coverage(conn: Connection, *, project_id: int, within: Period, daily: bool = True) -> Coverage:
-    """Reads whole days from the daily rollups except the days that must be read hour by
-    hour: a day whose daily rows are not folded yet (waiting for the rollup job, as the
-    current day does until it is over), and a day on which a policy took effect after
-    midnight (the policy rule goes hour by hour). `daily=False` reads hours only."""
-    first, last = floor_day(within.start), floor_day(within.end)
-    if first < within.start:
-        first += DAY
-    if not daily or first >= last:
-        return Coverage(hours=((within.start, within.end),))
-    by_hour = set(
+def coverage(
+    conn: Connection,
+    *,
+    project_id: int,
+    within: Period,
+    daily: bool = True,
+    rolled_before: datetime | None = None,
+) -> Coverage:
+    """The coverage of a period. Whole hours come from the rollups (only those before
+    `rolled_before`, when given), whole days from the daily rollups (unless `daily` is
+    false), except:
+
+    - a day whose daily rows are not folded yet (waiting for the rollup job, as the current
+      day does until it is over), or on which a policy took effect after midnight, is read
+      hour by hour;
+    - an hour in which a policy took effect after its start is read from the raw rows;
+    - raw ranges are cut where a policy takes effect.
+    """
+    changes = sorted(
+        conn.execute(
+            text(
+                "select distinct effective_from from policies where project_id = :project_id "
+                "and effective_from > :start and effective_from < :end"
+            ),
+            {"project_id": project_id, "start": within.start, "end": within.end},
+        ).scalars()
+    )
+    first_hour = min(next_hour(within.start - _TICK), within.end)  # the first whole hour
+    last_hour = max(first_hour, floor_hour(within.end))
+    if rolled_before is not None:
+        last_hour = max(first_hour, min(last_hour, floor_hour(rolled_before)))
+    split_hours = {floor_hour(at) for at in changes if at != floor_hour(at)}
+    unfolded = _unfolded_days(conn, project_id=project_id, first=first_hour, last=last_hour)
+    by_hour_days = unfolded | {floor_day(at) for at in changes if at != floor_day(at)}
+
+    hours: list[Range] = []
+    days: list[Range] = []
+    raw: list[Range] = []
+    _extend(raw, within.start, first_hour)
+    at = first_hour
+    while at < last_hour:
+        day_end = floor_day(at) + DAY
+        if daily and at == floor_day(at) and day_end <= last_hour and at not in by_hour_days:
+            _extend(days, at, day_end)
+            at = day_end
+            continue
+        _extend(raw if at in split_hours else hours, at, at + HOURLY.width)
+        at += HOURLY.width
+    _extend(raw, last_hour, within.end)
+    return Coverage(hours=tuple(hours), days=tuple(days), raw=_cut(raw, changes))
+
+
+# A microsecond: the end of the hour holding the instant just before a bound.
+_TICK = DAILY.width / 86_400_000_000
+
+
+def _unfolded_days(
+    conn: Connection, *, project_id: int, first: datetime, last: datetime
+) -> set[datetime]:
+    if first >= last:
+        return set()
+    return set(
         conn.execute(
             text(
                 f"""
-                select hour from dirty_hours
+                select distinct date_bin('1 day', hour, {BIN_ORIGIN_SQL}) from dirty_hours
                 where job = :job and project_id = :project_id and hour >= :first and hour < :last
-                union
-                select date_bin('1 day', effective_from, {BIN_ORIGIN_SQL}) from policies
-                where project_id = :project_id and effective_from > :first
-                  and effective_from < :last
-                  and effective_from <> date_bin('1 day', effective_from, {BIN_ORIGIN_SQL})
                 """
             ),
-            {"job": ROLLUP_DAILY_JOB, "project_id": project_id, "first": first, "last": last},
+            {"job": ROLLUP_DAILY_JOB, "project_id": project_id, "first": floor_day(first),
+             "last": last},
         ).scalars()
-    )
-    hours: list[tuple[datetime, datetime]] = []
-    days: list[tuple[datetime, datetime]] = []
-    _extend(hours, within.start, first)
-    day = first
-    while day < last:
-        _extend(hours if day in by_hour else days, day, day + DAY)
-        day += DAY
-    _extend(hours, last, within.end)
-    return Coverage(hours=tuple(hours), days=tuple(days))
+    )  # fmt: skip
 
 
-def _extend(ranges: list[tuple[datetime, datetime]], start: datetime, end: datetime) -> None:
+def _extend(ranges: list[Range], start: datetime, end: datetime) -> None:
     """Adds [start, end) to sorted ranges, merged with the last one when they touch."""
     if start >= end:
         return
@@ -129,6 +141,17 @@ def _extend(ranges: list[tuple[datetime, datetime]], start: datetime, end: datet
         ranges[-1] = (ranges[-1][0], end)
     else:
         ranges.append((start, end))
+
+
+def _cut(ranges: list[Range], at: list[datetime]) -> tuple[Range, ...]:
+    """The ranges, each split at the instants inside it."""
+    parts = []
+    for start, end in ranges:
+        for cut in (c for c in at if start < c < end):
+            parts.append((start, cut))
+            start = cut
+        parts.append((start, end))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -150,44 +173,50 @@ class Filters:
 
     def source(self, table: RollupTable, *, project_id: int, cover: Coverage) -> tuple[str, dict]:
         """A subquery of `table`'s rows that make up the covered period and pass the filters
-        (each row's bin start named `hour`, whether an hour or a day), and its parameters.
-        A grain the table does not keep is computed from the raw rows of its ranges."""
+        (each row's bin start named `hour`, whether an hour, a day or a raw range), and its
+        parameters. A grain the table does not keep is computed from the raw rows."""
         params: dict = {"project_id": project_id, **self.columns()}
+        raw_filters = "".join(
+            f" and {table.raw_alias}.{column} = :{column}" for column in self.columns()
+        )
         selects = []
         for grain, ranges in ((HOURLY, cover.hours), (DAILY, cover.days)):
             if not ranges:
                 continue
-            kept = grain in table.grains
-            spans = []
-            for i, (start, end) in enumerate(ranges):
-                low, high = f"{grain.suffix}_start_{i}", f"{grain.suffix}_end_{i}"
-                params[low], params[high] = start, end
-                spans.append(
-                    f"{grain.column} >= :{low} and {grain.column} < :{high}"
-                    if kept
-                    else raw_rows(table, low=f":{low}", high=f":{high}")
+            bounds = _bound(params, grain.suffix, ranges)
+            if grain in table.grains:
+                spans = " or ".join(
+                    f"{grain.column} >= :{low} and {grain.column} < :{high}" for low, high in bounds
                 )
-            prefix = "" if kept else f"{table.raw_alias}."
-            where = f"({' or '.join(spans)})" + "".join(
-                f" and {prefix}{column} = :{column}" for column in self.columns()
-            )
-            if kept:
+                filters = "".join(f" and {column} = :{column}" for column in self.columns())
                 selects.append(
                     f"select {grain.column} as hour, {', '.join(table.columns)} "
-                    f"from {table.at(grain)} where project_id = :project_id and {where}"
+                    f"from {table.at(grain)} where project_id = :project_id and ({spans}){filters}"
                 )
             else:
-                selects.append(
-                    f"select bin as hour, {', '.join(table.columns)} "
-                    f"from ({raw_select(table, grain=grain, where=where)}) raw"
+                spans = " or ".join(
+                    raw_rows(table, low=f":{lo}", high=f":{hi}") for lo, hi in bounds
                 )
+                bin_sql = grain.bin_of(f"{table.raw_alias}.ts")
+                selects.append(_from_raw(table, bin_sql=bin_sql, where=f"({spans}){raw_filters}"))
+        for low, high in _bound(params, "raw", cover.raw):
+            where = raw_rows(table, low=f":{low}", high=f":{high}") + raw_filters
+            selects.append(_from_raw(table, bin_sql=f"cast(:{low} as timestamptz)", where=where))
         return f"({' union all '.join(selects)})", params
 
     def request_source(
-        self, conn: Connection, *, project_id: int, within: Period, daily: bool = True
+        self,
+        conn: Connection,
+        *,
+        project_id: int,
+        within: Period,
+        daily: bool = True,
+        rolled_before: datetime | None = None,
     ) -> tuple[str, dict]:
         """`source` of the request rollup to read, over the coverage of the period."""
-        cover = coverage(conn, project_id=project_id, within=within, daily=daily)
+        cover = coverage(
+            conn, project_id=project_id, within=within, daily=daily, rolled_before=rolled_before
+        )
         return self.source(self.rollups[0], project_id=project_id, cover=cover)
 
     def columns(self) -> dict[str, str]:
@@ -201,8 +230,23 @@ class Filters:
         return {column: value for column, value in pairs.items() if value is not None}
 
 
-def ratio(part, whole) -> float | None:
-    return float(part) / float(whole) if whole else None
+def _from_raw(table: RollupTable, *, bin_sql: str, where: str) -> str:
+    """SQL: `table`'s rows computed from the raw rows that pass `where`, binned by `bin_sql`,
+    with the bin named `hour`."""
+    return (
+        f"select bin as hour, {', '.join(table.columns)} "
+        f"from ({raw_select(table, bin_sql=bin_sql, where=where)}) raw"
+    )
+
+
+def _bound(params: dict, prefix: str, ranges: Iterable[Range]) -> list[tuple[str, str]]:
+    """Names the ranges' bounds as parameters; returns the names."""
+    names = []
+    for i, (start, end) in enumerate(ranges):
+        low, high = f"{prefix}_start_{i}", f"{prefix}_end_{i}"
+        params[low], params[high] = start, end
+        names.append((low, high))
+    return names
 
 
 def money_text(value: Decimal | None) -> str | None:
@@ -213,60 +257,67 @@ def money_text(value: Decimal | None) -> str | None:
 # --- routing ------------------------------------------------------------------------------
 
 
-@dataclass
-class ModelFigures:
+def _totals_class(name: str, figures: tuple[Figure, ...]) -> type:
+    """A dataclass with one field per figure, each 0 by default."""
+    return make_dataclass(
+        name, [(f.name, f.python_type, field(default=f.zero)) for f in figures], kw_only=True
+    )
+
+
+# The sums of the rollup figures (app.rollup_figures) over some requests, and over some
+# attempts of one model and tier.
+RequestTotals = _totals_class("RequestTotals", REQUEST_FIGURES)
+AttemptTotals = _totals_class("AttemptTotals", ATTEMPT_FIGURES)
+
+
+def set_totals(into, row, figures: tuple[Figure, ...]) -> None:
+    """Copies the figures' sums from a row read with `totals_sql(figures)`."""
+    for figure in figures:
+        setattr(into, figure.name, getattr(row, figure.name))
+
+
+@dataclass(kw_only=True)
+class ModelFigures(AttemptTotals):
     model: str
     tier: str
-    attempts: int = 0
     served: int = 0
-    cost_usd: Decimal = Decimal(0)
-    unpriced_attempts: int = 0
     quality_sum: float = 0.0
     quality_count: int = 0
 
     @property
     def mean_quality(self) -> float | None:
-        return ratio(self.quality_sum, self.quality_count)
+        return rate(self.quality_sum, self.quality_count)
 
 
-@dataclass
-class RoutingMetrics:
+@dataclass(kw_only=True)
+class RoutingMetrics(RequestTotals):
+    """The routing figures of some requests over a period: the sums of every rollup figure,
+    and what DESIGN.md derives from them."""
+
     start: datetime
     end: datetime
-    requests: int = 0
-    attempts: int = 0
-    fallbacks: int = 0
-    escalations: int = 0
-    failovers: int = 0
-    failed: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    unpriced_requests: int = 0
-    baseline_cost_usd: Decimal = Decimal(0)
-    baseline_unknown: int = 0
-    revenue_usd: Decimal = Decimal(0)
-    quality_sum: float = 0.0
-    quality_count: int = 0
     intended_counts: dict[str, int] = field(default_factory=dict)
     served_counts: dict[str, int] = field(default_factory=dict)
-    policy_split: dict[str, float] | None = None
-    policy_deviation: float | None = None
+    policy: PolicyComparison | None = None
     latency_p50_ms: float | None = None
     latency_p95_ms: float | None = None
     by_model: list[ModelFigures] = field(default_factory=list)
 
+    def rate(self, name: str) -> float | None:
+        """A rate of RATE_COUNTS: fallback_rate, escalation_rate, failover_rate."""
+        return rate(getattr(self, RATE_COUNTS[name]), self.requests)
+
     @property
     def fallback_rate(self) -> float | None:
-        return ratio(self.fallbacks, self.requests)
+        return self.rate("fallback_rate")
 
     @property
     def escalation_rate(self) -> float | None:
-        return ratio(self.escalations, self.requests)
+        return self.rate("escalation_rate")
 
     @property
     def failover_rate(self) -> float | None:
-        return ratio(self.failovers, self.requests)
+        return self.rate("failover_rate")
 
     @property
     def cost_per_request(self) -> Decimal | None:
@@ -283,6 +334,14 @@ class RoutingMetrics:
         return shares(self.served_counts)
 
     @property
+    def policy_split(self) -> dict[str, float] | None:
+        return self.policy.split if self.policy else None
+
+    @property
+    def policy_deviation(self) -> float | None:
+        return self.policy.deviation if self.policy else None
+
+    @property
     def baseline_known(self) -> bool:
         return self.baseline_unknown == 0
 
@@ -294,11 +353,11 @@ class RoutingMetrics:
     @property
     def savings_pct(self) -> float | None:
         savings = self.savings_usd
-        return ratio(savings, self.baseline_cost_usd) if savings is not None else None
+        return rate(savings, self.baseline_cost_usd) if savings is not None else None
 
     @property
     def mean_quality(self) -> float | None:
-        return ratio(self.quality_sum, self.quality_count)
+        return rate(self.quality_sum, self.quality_count)
 
 
 def shares(counts: dict[str, int]) -> dict[str, float]:
@@ -306,26 +365,7 @@ def shares(counts: dict[str, int]) -> dict[str, float]:
     return {key: n / total for key, n in sorted(counts.items())} if total else {}
 
 
-def total_variation(left: dict[str, float], right: dict[str, float]) -> float:
-    """½ Σ |left − right| over the keys of both."""
-    return 0.5 * sum(abs(left.get(k, 0.0) - right.get(k, 0.0)) for k in set(left) | set(right))
-
-
-TOTALS_SQL = """
-    sum(requests)::bigint as requests, sum(attempts)::bigint as attempts,
-    sum(fallbacks)::bigint as fallbacks, sum(escalations)::bigint as escalations,
-    sum(failovers)::bigint as failovers, sum(failed)::bigint as failed,
-    sum(input_tokens)::bigint as input_tokens, sum(output_tokens)::bigint as output_tokens,
-    sum(cost_usd) as cost_usd, sum(unpriced_requests)::bigint as unpriced_requests,
-    sum(baseline_cost_usd) as baseline_cost_usd, sum(baseline_unknown)::bigint as baseline_unknown,
-    sum(revenue_usd) as revenue_usd, sum(quality_sum) as quality_sum,
-    sum(quality_count)::bigint as quality_count
-"""
-TOTAL_FIELDS = (
-    "requests", "attempts", "fallbacks", "escalations", "failovers", "failed", "input_tokens",
-    "output_tokens", "cost_usd", "unpriced_requests", "baseline_cost_usd", "baseline_unknown",
-    "revenue_usd", "quality_sum", "quality_count",
-)  # fmt: skip
+TOTALS_SQL = totals_sql(REQUEST_FIGURES)
 
 
 def routing_metrics(
@@ -367,28 +407,19 @@ def routing_metrics(
         elif row.by_intended:
             result.intended_counts[row.intended_tier] = row.requests
         elif row.requests:
-            for name in TOTAL_FIELDS:
-                setattr(result, name, getattr(row, name))
+            set_totals(result, row, REQUEST_FIGURES)
 
     for row in conn.execute(
-        text(
-            f"""
-            select model, tier, sum(attempts)::bigint as attempts, sum(cost_usd) as cost_usd,
-                   sum(unpriced_attempts)::bigint as unpriced_attempts
-            from {attempts} r group by model, tier
-            """
-        ),
+        text(f"select model, tier, {totals_sql(ATTEMPT_FIGURES)} from {attempts} r group by 1, 2"),
         params,
     ):
         figures = by_model.setdefault(
             (row.model, row.tier), ModelFigures(model=row.model, tier=row.tier)
         )
-        figures.attempts = row.attempts
-        figures.cost_usd = row.cost_usd
-        figures.unpriced_attempts = row.unpriced_attempts
+        set_totals(figures, row, ATTEMPT_FIGURES)
     result.by_model = [by_model[key] for key in sorted(by_model)]
 
-    result.policy_split, result.policy_deviation = _policy(conn, source=requests, params=params)
+    result.policy = compare_with_policies(conn, source=requests, params=params)
     histogram = latency_histogram(conn, source=requests, params=params)
     result.latency_p50_ms = latency_quantile(histogram, 0.5)
     result.latency_p95_ms = latency_quantile(histogram, 0.95)
@@ -410,90 +441,43 @@ def latency_histogram(conn: Connection, *, source: str, params: dict) -> dict[in
     return {row.bucket: row.n for row in rows}
 
 
-def _policy(
-    conn: Connection, *, source: str, params: dict
-) -> tuple[dict[str, float] | None, float | None]:
-    """The policy split the requests should have had, and their distance from it.
-
-    Each hour of each feature is held to the policy in force at the start of that hour, so
-    the policy split of a period is the request-weighted mix of those policies; requests of
-    features without a policy are left out of both sides. A daily row's hours all share the
-    policy in force at its midnight (coverage reads the other days hour by hour).
-    """
-    rows = conn.execute(
-        text(
-            f"""
-            with in_force as (
-                select feature, split, effective_from as since,
-                       lead(effective_from) over (partition by feature
-                                                  order by effective_from) as until
-                from policies where project_id = :project_id
-            )
-            select p.split, r.intended_tier, sum(r.requests)::bigint as requests
-            from {source} r
-            join in_force p on p.feature = r.feature and r.hour >= p.since
-                           and (p.until is null or r.hour < p.until)
-            group by p.split, r.intended_tier
-            """
-        ),
-        params,
-    ).all()
-    covered = sum(row.requests for row in rows)
-    if not covered:
-        return None, None
-    intended: dict[str, int] = {}
-    weights: dict[tuple, int] = {}
-    for row in rows:
-        intended[row.intended_tier] = intended.get(row.intended_tier, 0) + row.requests
-        key = tuple(sorted(row.split.items()))
-        weights[key] = weights.get(key, 0) + row.requests
-    policy: dict[str, float] = {}
-    for split, requests in weights.items():
-        for tier, share in split:
-            policy[tier] = policy.get(tier, 0.0) + share * requests / covered
-    policy = dict(sorted(policy.items()))
-    return policy, total_variation(shares(intended), policy)
-
-
 # --- customers: cost, revenue, margin -------------------------------------------------------
 
+CustomerTotals = _totals_class("CustomerTotals", CUSTOMER_FIGURES)
 
-@dataclass
-class CustomerFigures:
+
+@dataclass(kw_only=True)
+class CustomerFigures(CustomerTotals):
+    """One customer's figures over a period. `revenue_usd` (a rollup figure) is the sum of
+    the per-request revenue; `record_revenue_usd` the revenue records' prorated share."""
+
     customer_id: str
-    requests: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    request_revenue_usd: Decimal = Decimal(0)
     record_revenue_usd: Decimal = Decimal(0)
-    unpriced_requests: int = 0
 
     @property
-    def revenue_usd(self) -> Decimal:
-        return MONEY_CONTEXT.add(self.request_revenue_usd, self.record_revenue_usd)
+    def total_revenue_usd(self) -> Decimal:
+        return MONEY_CONTEXT.add(self.revenue_usd, self.record_revenue_usd)
 
     @property
     def margin_usd(self) -> Decimal:
-        return MONEY_CONTEXT.subtract(self.revenue_usd, self.cost_usd)
+        return MONEY_CONTEXT.subtract(self.total_revenue_usd, self.cost_usd)
 
     @property
     def margin_pct(self) -> Decimal | None:
         """margin / revenue; none when revenue is 0."""
-        revenue = self.revenue_usd
+        revenue = self.total_revenue_usd
         return MONEY_CONTEXT.divide(self.margin_usd, revenue) if revenue else None
 
 
-def prorated(
-    amount: Decimal, *, record: tuple[datetime, datetime], within: tuple[datetime, datetime]
-) -> Decimal:
-    """A revenue record's amount times the share of its period inside `within`, by seconds."""
-    overlap = min(record[1], within[1]) - max(record[0], within[0])
-    if overlap <= timedelta(0):
+def prorated(amount: Decimal, *, record: Period, within: Period) -> Decimal:
+    """A revenue record's amount times the share of its period inside `within`, by seconds
+    (to the microsecond)."""
+    overlap = within.overlap(record)
+    if not overlap:
         return Decimal(0)
-    micro = timedelta(microseconds=1)
+    micro = DAY / 86_400_000_000
     return MONEY_CONTEXT.divide(
-        MONEY_CONTEXT.multiply(amount, overlap // micro), (record[1] - record[0]) // micro
+        MONEY_CONTEXT.multiply(amount, overlap // micro), (record.end - record.start) // micro
     )
 
 
@@ -512,6 +496,19 @@ def revenue_records(
     return conn.execute(text(query), params).all()
 
 
+def customer_figures(conn: Connection, *, source: str, params: dict) -> dict[str, CustomerFigures]:
+    """Per customer, the sums of the customer figures of the rows of `source` (a subquery of
+    customer rollup rows, see Filters.source)."""
+    figures = {}
+    for row in conn.execute(
+        text(f"select customer_id, {totals_sql(CUSTOMER_FIGURES)} from {source} r group by 1"),
+        params,
+    ):
+        figures[row.customer_id] = CustomerFigures(customer_id=row.customer_id)
+        set_totals(figures[row.customer_id], row, CUSTOMER_FIGURES)
+    return figures
+
+
 def customer_metrics(
     conn: Connection, *, project_id: int, within: Period, customer_id: str | None = None
 ) -> list[CustomerFigures]:
@@ -521,29 +518,7 @@ def customer_metrics(
     source, params = Filters(customer_id=customer_id).source(
         CUSTOMERS, project_id=project_id, cover=cover
     )
-    figures: dict[str, CustomerFigures] = {}
-    for row in conn.execute(
-        text(
-            f"""
-            select customer_id, sum(requests)::bigint as requests,
-                   sum(input_tokens)::bigint as input_tokens,
-                   sum(output_tokens)::bigint as output_tokens, sum(cost_usd) as cost_usd,
-                   sum(revenue_usd) as revenue_usd,
-                   sum(unpriced_requests)::bigint as unpriced_requests
-            from {source} r group by customer_id
-            """
-        ),
-        params,
-    ):
-        figures[row.customer_id] = CustomerFigures(
-            customer_id=row.customer_id,
-            requests=row.requests,
-            input_tokens=row.input_tokens,
-            output_tokens=row.output_tokens,
-            cost_usd=row.cost_usd,
-            request_revenue_usd=row.revenue_usd,
-            unpriced_requests=row.unpriced_requests,
-        )
+    figures = customer_figures(conn, source=source, params=params)
     add_record_revenue(
         figures,
         revenue_records(conn, project_id=project_id, within=within, customer_id=customer_id),
@@ -556,13 +531,15 @@ def add_record_revenue(
     figures: dict[str, CustomerFigures], records: Iterable, *, within: Period
 ) -> None:
     for record in records:
-        customer = figures.setdefault(record.customer_id, CustomerFigures(record.customer_id))
+        customer = figures.setdefault(
+            record.customer_id, CustomerFigures(customer_id=record.customer_id)
+        )
         customer.record_revenue_usd = MONEY_CONTEXT.add(
             customer.record_revenue_usd,
             prorated(
                 record.amount_usd,
-                record=(record.period_start, record.period_end),
-                within=(within.start, within.end),
+                record=Period(record.period_start, record.period_end),
+                within=within,
             ),
         )
 

@@ -8,7 +8,7 @@ requests is an explicit job with an audit record.
 from __future__ import annotations
 
 import decimal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -21,6 +21,8 @@ from genai_prices import types as gp
 from sqlalchemy import Connection, func, insert, or_, select, text
 
 from app.models import model_prices, price_catalog_snapshots
+from app.periods import utc_now
+from app.schemas import PriceIn
 
 CATALOG_SOURCE = "genai-prices"
 # The first snapshot prices all history: nothing older than this is expected.
@@ -98,21 +100,25 @@ def normalize_provider(provider: str | None) -> str:
     return (provider or "").strip().lower()
 
 
-class PriceBook:
-    """The prices of the models of one batch, for one project, loaded in one query."""
+CatalogMatch = Callable[[str, "str | None"], "tuple[str, str] | None"]
 
-    def __init__(self, rows: Iterable[Price]):
+
+class PriceBook:
+    """The prices of some models for one project, and the one rule that says which price a
+    model call is charged at (`price_at`; README, "Which price applies")."""
+
+    def __init__(self, rows: Iterable[Price], *, match: CatalogMatch = catalog_match):
         self._by_model: dict[str, list[Price]] = {}
         for row in rows:
             self._by_model.setdefault(row.model, []).append(row)
-        for timeline in self._by_model.values():
-            timeline.sort(key=lambda p: p.effective_from)
-        self._resolved: dict[tuple[str, str], tuple[list[Price], list[Price]]] = {}
+        self._match = match
+        self._timelines: dict[tuple[str, str], tuple[list[Price], list[Price]]] = {}
 
     @classmethod
     def load(
         cls, conn: Connection, *, project_id: int, models: Iterable[tuple[str, str | None]]
     ) -> PriceBook:
+        """The project's own and the catalog's prices of these (model, provider) lookups."""
         names: set[str] = set()
         for model, provider in models:
             names.add(model)
@@ -143,10 +149,28 @@ class PriceBook:
         )
 
     def price_at(self, model: str, provider: str | None, at: datetime) -> Price | None:
-        """The price in force at `at`: the project's own price from its effective_from on,
-        else the catalog's (exact model name first, then the catalog's own matching)."""
-        own, catalog = self._candidates(model, normalize_provider(provider))
-        return _in_force(own, at) or _in_force(catalog, at)
+        """The price a call of `model` (at `provider`, when given) is charged at `at`:
+
+        1. The project's own prices of this exact model name come first: those posted for
+           the provider looked up or for no provider; with no provider looked up, those of
+           every provider. The one in force at `at` applies (the latest effective_from not
+           after `at`); at equal effective_from, a price of the provider looked up beats one
+           for no provider, and with no provider looked up, a price for no provider beats
+           the others, which go in alphabetical order of provider.
+        2. Else the catalog's: the prices of this exact model name (of the provider looked
+           up, when given), else those of the model the catalog's own matching finds for
+           the name (`claude-3-5-haiku-20241022` -> `claude-3-5-haiku-latest`). With no
+           provider looked up and the name priced at several providers, the catalog's
+           matching picks the provider (else the first in alphabetical order). The price of
+           that provider in force at `at` applies.
+        3. Else the model is unpriced: None.
+        """
+        provider = normalize_provider(provider)
+        own, catalog = self._candidates(model, provider)
+        in_force = [p for p in own if p.effective_from <= at]
+        if in_force:
+            return min(in_force, key=lambda p: _own_preference(p, provider))
+        return _in_force(catalog, at)
 
     def cost_at(
         self, model: str, provider: str | None, at: datetime, usage: TokenUsage
@@ -165,19 +189,25 @@ class PriceBook:
         return cost, price.id
 
     def _candidates(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
+        """The project's prices that may apply, and the catalog timeline that applies when
+        none of them is in force (oldest first)."""
         key = (model, provider)
-        if key not in self._resolved:
-            self._resolved[key] = self._resolve(model, provider)
-        return self._resolved[key]
+        if key not in self._timelines:
+            exact = self._by_model.get(model, [])
+            own = [
+                p for p in exact if p.project_id is not None and p.provider in ("", provider)
+            ] if provider else [p for p in exact if p.project_id is not None]  # fmt: skip
+            self._timelines[key] = (own, self._catalog_timeline(model, provider))
+        return self._timelines[key]
 
-    def _resolve(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
-        exact = self._by_model.get(model, [])
-        own = [p for p in exact if p.project_id is not None and p.provider in ("", provider)]
+    def _catalog_timeline(self, model: str, provider: str) -> list[Price]:
         catalog = [
-            p for p in exact if p.project_id is None and (not provider or p.provider == provider)
+            p
+            for p in self._by_model.get(model, [])
+            if p.project_id is None and (not provider or p.provider == provider)
         ]
-        match = catalog_match(model, provider or None)
-        if len(catalog) == 0 and match:
+        match = self._match(model, provider or None)
+        if not catalog and match:
             catalog = [
                 p
                 for p in self._by_model.get(match[1], [])
@@ -185,10 +215,20 @@ class PriceBook:
             ]
         providers = {p.provider for p in catalog}
         if len(providers) > 1:
-            # Same model name at several providers and none given: the catalog's choice.
-            preferred = match[0] if match and match[0] in providers else min(providers)
-            catalog = [p for p in catalog if p.provider == preferred]
-        return own, catalog
+            chosen = match[0] if match and match[0] in providers else min(providers)
+            catalog = [p for p in catalog if p.provider == chosen]
+        return sorted(catalog, key=lambda p: p.effective_from)
+
+
+def _own_preference(price: Price, provider: str) -> tuple:
+    """Sort key of the project's prices in force: the first one applies."""
+    if price.provider == provider:
+        rank = 0
+    elif price.provider == "":
+        rank = 1
+    else:
+        rank = 2
+    return (-price.effective_from.timestamp(), rank, price.provider)
 
 
 def _in_force(timeline: list[Price], at: datetime) -> Price | None:
@@ -262,7 +302,7 @@ def catalog_rows() -> list[dict]:
 def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSync:
     """Loads the installed genai-prices version once. The first snapshot prices all history;
     a later one adds only what changed, in force from now, so no stored cost moves."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     version = genai_prices.__version__
     conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.catalog'))"))
     exists = conn.execute(
@@ -345,7 +385,7 @@ def catalog_version(conn: Connection) -> str | None:
     ).scalar()
 
 
-def add_prices(conn: Connection, *, project_id: int, prices: list[dict]) -> list[int]:
+def add_prices(conn: Connection, *, project_id: int, prices: Iterable[PriceIn]) -> list[int]:
     """A project's own prices; each overrides the catalog from its effective_from on."""
     ids = []
     for price in prices:
@@ -354,13 +394,13 @@ def add_prices(conn: Connection, *, project_id: int, prices: list[dict]) -> list
                 insert(model_prices)
                 .values(
                     project_id=project_id,
-                    provider=normalize_provider(price.get("provider")),
-                    model=price["model"],
-                    input_per_mtok=price["input_per_mtok"],
-                    output_per_mtok=price["output_per_mtok"],
-                    cache_read_per_mtok=price.get("cache_read_per_mtok"),
-                    cache_write_per_mtok=price.get("cache_write_per_mtok"),
-                    effective_from=price["effective_from"],
+                    provider=normalize_provider(price.provider),
+                    model=price.model,
+                    input_per_mtok=price.input_per_mtok,
+                    output_per_mtok=price.output_per_mtok,
+                    cache_read_per_mtok=price.cache_read_per_mtok,
+                    cache_write_per_mtok=price.cache_write_per_mtok,
+                    effective_from=price.effective_from,
                     source="custom",
                 )
                 .returning(model_prices.c.id)

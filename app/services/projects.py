@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from sqlalchemy import Connection, insert, select, update
 
-from app.models import DEFAULT_TIERS, SCOPES, api_keys, projects, tiers
+from app.models import api_keys, projects, tiers
+from app.periods import utc_now
+from app.services.request_facts import BaselineModel
+from app.vocabulary import DEFAULT_TIERS, KEY_SCOPES
 
 KEY_PREFIX = "rl_"
 
@@ -70,7 +72,7 @@ def create_project(
     )
     keys = [
         create_key(conn, project_id=project_id, name=f"{scope} key", scopes=[scope])
-        for scope in SCOPES
+        for scope in KEY_SCOPES
     ]
     return project_id, keys
 
@@ -131,7 +133,7 @@ def revoke_key(conn: Connection, *, project_id: int, key_id: int) -> bool:
             api_keys.c.id == key_id,
             api_keys.c.revoked_at.is_(None),
         )
-        .values(revoked_at=datetime.now(UTC))
+        .values(revoked_at=utc_now())
     )
     return result.rowcount == 1
 
@@ -161,10 +163,25 @@ def project_tiers(conn: Connection, *, project_id: int) -> dict[str, int]:
     return {row.name: row.rank for row in rows}
 
 
-def project_baseline(conn: Connection, *, project_id: int) -> tuple[str | None, str | None]:
+@dataclass(frozen=True)
+class ProjectContext:
+    """What deriving a project's requests needs: its tiers' ranks and its baseline model."""
+
+    project_id: int
+    tier_ranks: dict[str, int]
+    baseline: BaselineModel | None
+
+
+def load_project_context(conn: Connection, *, project_id: int) -> ProjectContext:
     row = conn.execute(
         select(projects.c.baseline_model, projects.c.baseline_provider).where(
             projects.c.id == project_id
         )
     ).one()
-    return row.baseline_model, row.baseline_provider
+    return ProjectContext(
+        project_id=project_id,
+        tier_ranks=project_tiers(conn, project_id=project_id),
+        baseline=BaselineModel(row.baseline_model, row.baseline_provider)
+        if row.baseline_model
+        else None,
+    )

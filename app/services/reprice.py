@@ -16,13 +16,9 @@ from decimal import Decimal
 from sqlalchemy import Connection, Engine, insert, text
 
 from app.models import repriced_attempts, repricings
-from app.services.ingest import (
-    ProjectContext,
-    baseline_cost,
-    load_project_context,
-    served_attempt,
-)
 from app.services.pricing import PriceBook
+from app.services.projects import ProjectContext, load_project_context
+from app.services.request_facts import attempt_cost, baseline_cost, request_cost, served_attempt
 from app.services.rollups import ROLLUP_JOB, lock_project, mark_dirty
 
 REQUESTS_PER_TRANSACTION = 2000
@@ -77,8 +73,9 @@ def reprice_requests(
     keys = [(r.ts, r.request_id) for r in requests]
     by_request = _attempts_of(conn, project_id=project.project_id, keys=keys)
     names = {(a.model, a.provider) for rows in by_request.values() for a in rows}
-    if project.baseline_model:
-        names.add((project.baseline_model, project.baseline_provider))
+    baseline = project.baseline
+    if baseline:
+        names.add((baseline.model, baseline.provider))
     prices = PriceBook.load(conn, project_id=project.project_id, models=names)
     attempt_changes, request_updates = [], []
     cost_before = cost_after = Decimal(0)
@@ -89,34 +86,31 @@ def reprice_requests(
             cost, price_id = attempt.cost_usd, attempt.price_id
             wanted = attempt.model == model if model else attempt.cost_usd is None
             if wanted and attempt.cost_source != "client":
-                cost, price_id = prices.cost_at(
-                    attempt.model, attempt.provider, attempt.ts, attempt
-                )
+                priced = attempt_cost(attempt, client_cost=None, prices=prices, at=attempt.ts)
+                cost, price_id = priced.cost_usd, priced.price_id
                 if (cost, price_id) != (attempt.cost_usd, attempt.price_id):
                     attempt_changes.append((attempt, cost, price_id))
             costs.append(cost)
-        served = served_attempt(rows)
-        baseline, baseline_price_id = request.baseline_cost_usd, request.baseline_price_id
-        if baseline is None or model == project.baseline_model:
-            baseline, baseline_price_id = baseline_cost(
-                served, project=project, prices=prices, ts=request.ts
+        baseline_usd, baseline_price_id = request.baseline_cost_usd, request.baseline_price_id
+        if baseline_usd is None or (baseline is not None and model == baseline.model):
+            baseline_usd, baseline_price_id = baseline_cost(
+                served_attempt(rows), baseline=baseline, prices=prices, at=request.ts
             )
-        known = sum((c for c in costs if c is not None), Decimal(0))
-        unpriced = sum(c is None for c in costs)
-        if (known, unpriced, baseline) != (
+        total = request_cost(costs)
+        if (total.known_usd, total.unpriced_attempts, baseline_usd) != (
             request.cost_usd,
             request.unpriced_attempts,
             request.baseline_cost_usd,
         ):
             cost_before += request.cost_usd
-            cost_after += known
+            cost_after += total.known_usd
             request_updates.append(
                 {
                     "b_ts": request.ts,
                     "b_id": request.request_id,
-                    "cost": known,
-                    "unpriced": unpriced,
-                    "baseline": baseline,
+                    "cost": total.known_usd,
+                    "unpriced": total.unpriced_attempts,
+                    "baseline": baseline_usd,
                     "baseline_price_id": baseline_price_id,
                 }
             )

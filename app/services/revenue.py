@@ -5,7 +5,9 @@ from __future__ import annotations
 from sqlalchemy import Connection, insert
 
 from app.models import revenue_records
+from app.periods import Period, calendar_parts, floor_day
 from app.schemas import RevenueRecordIn
+from app.services.rollups import MARGINS_JOB, mark_written
 
 
 class InvalidRevenue(ValueError):
@@ -31,4 +33,11 @@ def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecor
             for r in records
         ],
     )
+    # The margins of every day a record overlaps change.
+    days = {
+        floor_day(day.start)
+        for r in records
+        for day in calendar_parts(Period(r.period_start, r.period_end), "day")
+    }
+    mark_written(conn, job=MARGINS_JOB, project_id=project_id, hours=days)
     return len(records)

@@ -1,12 +1,13 @@
 """Rollups: the tables every metric reads, recomputed hour by hour and day by day from raw
 rows.
 
-An hour is "dirty" when a request of that hour (by its timestamp) was received, or feedback
-on one arrived, since the rollup job last looked. The job finds dirty hours through
-requests.received_at and feedback.received_at, then recomputes each dirty hour of a project
-whole, from raw rows: delete its rollup rows, insert them again. Recomputing whole hours makes
-every run idempotent, and makes late events and late feedback re-roll only the hours they
-touch.
+An hour is "dirty" when a request of that hour (by its timestamp) was stored, or feedback on
+one arrived, since the rollup job last looked. Whoever writes such rows appends a mark of
+their hours (`mark_written`) in the same transaction; the job moves the marks it can see into
+dirty_hours, so it finds every committed row whatever its timestamps and however long its
+commit took, then recomputes each dirty hour of a project whole, from raw rows: delete its
+rollup rows, insert them again. Recomputing whole hours makes every run idempotent, and makes
+late events and late feedback re-roll only the hours they touch.
 
 Each hourly table has a daily twin, the same rows by UTC day, so that long periods read a row
 per day instead of 24. A re-rolled hour marks its day; a marked day is folded again once it
@@ -28,19 +29,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime
 
+from app.periods import BIN_ORIGIN_SQL, DAY, HOUR, floor_day, floor_hour, utc_now
+from app.rollup_figures import ATTEMPT_FIGURES, CUSTOMER_FIGURES, REQUEST_FIGURES, Figure
 from app.settings import get_settings
 
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
-# Rows are stamped received_at before their transaction commits; looking this far back each
-# run catches an ingest transaction that committed after the watermark passed its stamp.
-LOOKBACK = timedelta(minutes=2)
 ROLLUP_JOB = "rollup"
 # Days whose hourly rollups changed, to be folded into the daily tables once they are over.
 ROLLUP_DAILY_JOB = "rollup_daily"
@@ -51,19 +49,6 @@ MARGINS_JOB = "margins"
 LATENCY_BOUNDS_MS = tuple(2 ** (k / 4) for k in range(81))
 
 _HOURS = bindparam("hours", type_=ARRAY(DateTime(timezone=True)))
-# The origin of date_bin's hourly buckets, in Python and in SQL.
-BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
-BIN_ORIGIN_SQL = "timestamptz '2000-01-01 00:00:00+00'"
-
-
-def floor_hour(at: datetime) -> datetime:
-    at = at.astimezone(UTC)
-    return at.replace(minute=0, second=0, microsecond=0)
-
-
-def floor_day(at: datetime) -> datetime:
-    """The UTC midnight starting the day of `at`."""
-    return floor_hour(at).replace(hour=0)
 
 
 def lock_project(conn: Connection, *, job: str, project_id: int) -> None:
@@ -84,49 +69,44 @@ def lock_day(conn: Connection, *, project_id: int, day: datetime) -> None:
 
 
 def mark_dirty(conn: Connection, *, job: str, project_id: int, hours: Iterable[datetime]) -> None:
+    """Marks hours dirty for `job`, from within a job (a transaction that may wait on it)."""
+    _insert_hours(conn, "dirty_hours", job=job, project_id=project_id, hours=hours)
+
+
+def mark_written(conn: Connection, *, job: str, project_id: int, hours: Iterable[datetime]) -> None:
+    """Marks the hours of rows this transaction writes, for `job` to find once they commit.
+    An append: it never waits on the job (dirty_hours' unique key would)."""
+    _insert_hours(conn, "dirty_marks", job=job, project_id=project_id, hours=hours)
+
+
+def _insert_hours(
+    conn: Connection, table: str, *, job: str, project_id: int, hours: Iterable[datetime]
+) -> None:
     hours = sorted({floor_hour(h) for h in hours})
     if hours:
+        conflict = " on conflict do nothing" if table == "dirty_hours" else ""
         conn.execute(
             text(
-                "insert into dirty_hours (job, project_id, hour) "
-                "select :job, :project_id, h from unnest(:hours) as h on conflict do nothing"
+                f"insert into {table} (job, project_id, hour) "
+                f"select :job, :project_id, h from unnest(:hours) as h{conflict}"
             ).bindparams(_HOURS),
             {"job": job, "project_id": project_id, "hours": hours},
         )
 
 
-def advance_watermark(conn: Connection, *, job: str, until: datetime) -> datetime:
-    """Moves the job's watermark to `until`; returns where it was (the epoch at first)."""
-    previous = conn.execute(
-        text("select watermark from job_watermarks where job = :job for update"), {"job": job}
-    ).scalar()
+def collect_dirty_hours(conn: Connection, *, job: str) -> None:
+    """Moves the marks of committed writes for `job` into its dirty hours (a mark committed
+    meanwhile stays for the next run)."""
     conn.execute(
         text(
-            "insert into job_watermarks (job, watermark) values (:job, :until) "
-            "on conflict (job) do update set watermark = excluded.watermark"
-        ),
-        {"job": job, "until": until},
-    )
-    return previous or datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def collect_dirty_hours(conn: Connection, *, now: datetime) -> None:
-    """Marks the hours of everything received since the last collection as dirty."""
-    conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.rollup.collect'))"))
-    since = advance_watermark(conn, job=ROLLUP_JOB, until=now) - LOOKBACK
-    conn.execute(
-        text(
-            f"""
+            """
+            with taken as (delete from dirty_marks where job = :job returning project_id, hour)
             insert into dirty_hours (job, project_id, hour)
-            select distinct :job, project_id, date_bin('1 hour', ts, {BIN_ORIGIN_SQL})
-            from requests where received_at >= :since and received_at < :until
-            union
-            select distinct :job, project_id, date_bin('1 hour', request_ts, {BIN_ORIGIN_SQL})
-            from feedback where received_at >= :since and received_at < :until
+            select distinct :job, project_id, hour from taken
             on conflict do nothing
             """
         ),
-        {"job": ROLLUP_JOB, "since": since, "until": now},
+        {"job": job},
     )
 
 
@@ -167,31 +147,6 @@ def dirty_projects(conn: Connection, *, job: str) -> list[int]:
     return [row.project_id for row in rows]
 
 
-# Each figure of a rollup table as an aggregate over raw rows: requests `r`, attempts `a`.
-_REQUEST_SUMS = {
-    "requests": "count(*)",
-    "attempts": "sum(r.attempt_count)",
-    "fallbacks": "count(*) filter (where r.is_fallback)",
-    "escalations": "count(*) filter (where r.is_escalation)",
-    "failovers": "count(*) filter (where r.is_failover)",
-    "failed": "count(*) filter (where r.is_failed)",
-    "input_tokens": "sum(r.input_tokens)",
-    "output_tokens": "sum(r.output_tokens)",
-    "cache_read_tokens": "sum(r.cache_read_tokens)",
-    "cache_write_tokens": "sum(r.cache_write_tokens)",
-    "cost_usd": "coalesce(sum(r.cost_usd), 0)",
-    "unpriced_requests": "count(*) filter (where r.is_unpriced)",
-    "baseline_cost_usd": "coalesce(sum(r.baseline_cost_usd), 0)",
-    "baseline_unknown": "count(*) filter (where r.baseline_cost_usd is null)",
-    "revenue_usd": "coalesce(sum(r.revenue_usd), 0)",
-    "quality_sum": "coalesce(sum(r.quality_score), 0)",
-    "quality_count": "count(r.quality_score)",
-}
-_ATTEMPT_SUMS = {
-    "attempts": "count(*)",
-    "cost_usd": "coalesce(sum(a.cost_usd), 0)",
-    "unpriced_attempts": "count(*) filter (where a.cost_usd is null)",
-}
 _ROUTING = ("intended_tier", "served_tier", "served_model", "experiment_name", "experiment_arm")
 _EXPERIMENT = ("experiment_name", "experiment_arm")
 
@@ -223,7 +178,7 @@ class RollupTable:
 
     name: str
     dimensions: tuple[str, ...]
-    figures: tuple[str, ...]
+    figures: tuple[Figure, ...]
     histogram: bool = False
     of_attempts: bool = False
     grains: tuple[Grain, ...] = (HOURLY, DAILY)
@@ -244,32 +199,28 @@ class RollupTable:
     @property
     def columns(self) -> tuple[str, ...]:
         histogram = ("latency_buckets", "latency_counts") if self.histogram else ()
-        return (*self.dimensions, *self.figures, *histogram)
+        return (*self.dimensions, *(figure.name for figure in self.figures), *histogram)
 
 
 # Requests by feature, customer and route, and attempts by model with the same keys: what
 # metrics of one customer read. By the hour the customer makes about a row per request, so
 # these keep whole days only; the other hours of a customer are read from raw rows.
 REQUESTS = RollupTable(
-    "rollup", ("feature", "customer_id", *_ROUTING), tuple(_REQUEST_SUMS), histogram=True,
+    "rollup", ("feature", "customer_id", *_ROUTING), REQUEST_FIGURES, histogram=True,
     grains=(DAILY,),
 )  # fmt: skip
 ATTEMPTS = RollupTable(
     "rollup_models", ("feature", "customer_id", *_EXPERIMENT, "model", "tier"),
-    tuple(_ATTEMPT_SUMS), of_attempts=True, grains=(DAILY,),
+    ATTEMPT_FIGURES, of_attempts=True, grains=(DAILY,),
 )  # fmt: skip
 # The same without the customer (what metrics read when no customer is asked for), and the
 # customers' own figures (customer metrics, margins), hourly and daily.
-ROUTING = RollupTable("rollup_routing", ("feature", *_ROUTING), tuple(_REQUEST_SUMS), True)
+ROUTING = RollupTable("rollup_routing", ("feature", *_ROUTING), REQUEST_FIGURES, True)
 ROUTING_ATTEMPTS = RollupTable(
-    "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), tuple(_ATTEMPT_SUMS),
+    "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), ATTEMPT_FIGURES,
     of_attempts=True,
 )  # fmt: skip
-CUSTOMERS = RollupTable(
-    "rollup_customers",
-    ("customer_id",),
-    ("requests", "input_tokens", "output_tokens", "cost_usd", "unpriced_requests", "revenue_usd"),
-)
+CUSTOMERS = RollupTable("rollup_customers", ("customer_id",), CUSTOMER_FIGURES)
 ROLLUPS = (REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS)
 
 _BINS = bindparam("bins", type_=ARRAY(DateTime(timezone=True)))
@@ -283,17 +234,17 @@ def raw_rows(table: RollupTable, *, low: str, high: str) -> str:
     return f"{side}.project_id = :project_id and {side}.ts >= {low} and {side}.ts < {high}"
 
 
-def raw_select(table: RollupTable, *, grain: Grain, where: str) -> str:
-    """SQL: `table`'s rows at `grain` computed from the raw rows that pass `where` (over
-    requests `r`, or attempts `a` for an attempts table: they carry their request's keys),
-    as columns project_id, bin, then `table.columns`."""
-    sums = _ATTEMPT_SUMS if table.of_attempts else _REQUEST_SUMS
+def raw_select(table: RollupTable, *, bin_sql: str, where: str) -> str:
+    """SQL: `table`'s rows computed from the raw rows that pass `where` (over requests `r`,
+    or attempts `a` for an attempts table: they carry their request's keys), binned by the
+    SQL expression `bin_sql` (say, a grain's `bin_of` the row's timestamp), as columns
+    project_id, bin, then `table.columns`."""
     side = table.raw_alias
     keys = [f"{side}.{d}" for d in table.dimensions]
     source = "attempts a" if table.of_attempts else "requests r"
     group_by = ", ".join(str(i) for i in range(1, len(keys) + 3))
-    head = f"{side}.project_id, {grain.bin_of(f'{side}.ts')} as bin, {', '.join(keys)}"
-    figures = ", ".join(f"{sums[f]} as {f}" for f in table.figures)
+    head = f"{side}.project_id, {bin_sql} as bin, {', '.join(keys)}"
+    figures = ", ".join(f"{figure.aggregate} as {figure.name}" for figure in table.figures)
     if not table.histogram:
         return f"select {head}, {figures} from {source} where {where} group by {group_by}"
     # Each group lists its requests' latency buckets, then counts them into a sparse
@@ -324,7 +275,7 @@ def _roll(table: RollupTable, *, grain: Grain) -> TextClause:
     where = f"{raw_rows(table, low=':low', high=':high')} and {bin_of_row} = any(:bins)"
     return text(
         f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)}) "
-        f"{raw_select(table, grain=grain, where=where)}"
+        f"{raw_select(table, bin_sql=bin_of_row, where=where)}"
     ).bindparams(_BINS)
 
 
@@ -340,7 +291,7 @@ def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
     insert = (
         f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)})"
     )
-    sums = ", ".join(f"sum({c})" for c in table.figures)
+    sums = ", ".join(f"sum({figure.name})" for figure in table.figures)
     if not table.histogram:
         return text(
             f"""
@@ -351,7 +302,8 @@ def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
             """
         ).bindparams(_BINS)
     first_bucket_only = ", ".join(
-        f"sum({c}) filter (where coalesce(h.k, 1) = 1) as {c}" for c in table.figures
+        f"sum({figure.name}) filter (where coalesce(h.k, 1) = 1) as {figure.name}"
+        for figure in table.figures
     )
     return text(
         f"""
@@ -505,13 +457,13 @@ def drain_by_day(
 def run_rollup(
     engine: Engine, *, now: datetime | None = None, connections: int | None = None
 ) -> RollupRun:
-    """Rolls up everything received until `now` (default: the database's clock): the dirty
-    hours, then the days that are over and whose hours changed, on up to `connections`
+    """Rolls up everything committed so far: the dirty hours, then the days that are over at
+    `now` (default: the service's clock) and whose hours changed, on up to `connections`
     connections at once (default: the ROUTELEDGER_ROLLUP_CONNECTIONS setting)."""
     connections = connections or get_settings().routeledger_rollup_connections
+    now = now or utc_now()
     with engine.begin() as conn:
-        now = now or conn.execute(text("select now()")).scalar_one()
-        collect_dirty_hours(conn, now=now)
+        collect_dirty_hours(conn, job=ROLLUP_JOB)
     # The current day is folded once it is over: until then metrics read its hours (a day
     # waiting for its fold is read hour by hour).
     today = floor_day(now)

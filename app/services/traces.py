@@ -15,12 +15,13 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import orjson
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, text
 
+from app.periods import utc_now
 from app.services.ingest import Batch, ingest_batch
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans
@@ -75,7 +76,7 @@ def receive_export(
 ) -> Outcome:
     """Keeps the model-call spans of an OTLP export (refusing, by message, those that cannot be
     used) and assembles every request that is complete."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     with engine.connect() as conn:
         tier_ranks = project_tiers(conn, project_id=project_id)
     extracted = extract_spans(export, tier_ranks=tier_ranks, now=now)
@@ -103,7 +104,7 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
     """The periodic job: assembles the requests of traces where nothing arrived for the settle
     time, releases held requests whose models were mapped since, and forgets old response
     ids. Idempotent."""
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     cutoff = now - timedelta(seconds=settle_seconds())
     with engine.begin() as conn:
         due = conn.execute(
@@ -187,7 +188,7 @@ def held_models(conn: Connection, *, project_id: int) -> tuple[int, list[dict]]:
 def _process_traces(
     engine: Engine, *, project_id: int, trace_ids: list[bytes], now: datetime | None
 ) -> Outcome:
-    now = now or datetime.now(UTC)
+    now = now or utc_now()
     outcome = Outcome()
     for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
         chunk = trace_ids[start : start + TRACES_PER_TRANSACTION]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 
 from argon2 import PasswordHasher
@@ -11,7 +10,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.models import DASHBOARD_ROLES, memberships, projects, users
+from app.models import memberships, projects, users
+from app.periods import utc_now
+from app.vocabulary import DASHBOARD_ROLES
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -99,7 +100,7 @@ def authenticate(conn: Connection, *, email: str, password: str) -> int | None:
         return None
     if row is None:
         return None
-    changes = {"last_login_at": datetime.now(UTC)}
+    changes = {"last_login_at": utc_now()}
     if _hasher.check_needs_rehash(row.password_hash):
         changes["password_hash"] = _hasher.hash(password)
     conn.execute(update(users).where(users.c.id == row.id).values(**changes))

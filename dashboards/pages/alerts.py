@@ -6,9 +6,9 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html
 from pydantic import ValidationError
 
-from app.models import ALERT_METRICS
-from app.schemas import AlertRuleIn
+from app.schemas import AlertRuleChanges, AlertRuleIn, describe_errors
 from app.services import alerts, dashboard_queries
+from app.vocabulary import ALERT_METRICS
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, number
 
@@ -239,7 +239,7 @@ def change_rules(_create, _enable, _disable, _delete, metric, feature, *values):
                 alerts.update_rule,
                 project_id=project.project_id,
                 rule_id=rule_id,
-                changes={"enabled": enabled},
+                changes=AlertRuleChanges(enabled=enabled),
             )
             state = "enabled" if enabled else "disabled"
             return components.note(f"Rule {rule_id} {state}.", "ok")
@@ -258,11 +258,10 @@ def change_rules(_create, _enable, _disable, _delete, metric, feature, *values):
         "recipients": [r.strip() for r in str(given["recipients"] or "").split(",") if r.strip()],
     }
     try:
-        checked = AlertRuleIn.model_validate(body)
-        rule = {**checked.model_dump(), "scope": checked.scope.model_dump(exclude_none=True)}
+        rule = AlertRuleIn.model_validate(body)
         created = data.write(alerts.create_rule, project_id=project.project_id, rule=rule)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = describe_errors(error.errors(), whole="form")
         return components.note(f"Not saved: {problems}", "error")
     except alerts.InvalidRule as error:
         return components.note(f"Not saved: {error}", "error")

@@ -8,6 +8,7 @@ import dash
 import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
+from app.periods import Period
 from app.services import metrics
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, pct, usd
@@ -79,7 +80,7 @@ def update(start_date, end_date, customer_id):
     summary = [
         components.key_figure("Requests", count(customer.requests)),
         components.key_figure("Cost", usd(customer.cost_usd)),
-        components.key_figure("Revenue", usd(customer.revenue_usd)),
+        components.key_figure("Revenue", usd(customer.total_revenue_usd)),
         components.key_figure(
             "Margin",
             usd(customer.margin_usd),
@@ -97,7 +98,9 @@ def _revenue(series, records) -> list[Decimal]:
         sum(
             (
                 metrics.prorated(
-                    r.amount_usd, record=(r.period_start, r.period_end), within=(p.start, p.end)
+                    r.amount_usd,
+                    record=Period(r.period_start, r.period_end),
+                    within=Period(p.start, p.end),
                 )
                 for r in records
             ),

@@ -91,7 +91,7 @@ def update(start_date, end_date, table_filter):
             "customer_id": c.customer_id,
             "requests": c.requests,
             "cost_usd": float(c.cost_usd),
-            "revenue_usd": float(c.revenue_usd),
+            "revenue_usd": float(c.total_revenue_usd),
             "margin_usd": float(c.margin_usd),
             "margin_pct": None if c.margin_pct is None else float(c.margin_pct),
             "unpriced_requests": c.unpriced_requests,
@@ -99,7 +99,7 @@ def update(start_date, end_date, table_filter):
         for c in customers
     ]
     cost = sum((c.cost_usd for c in customers), Decimal(0))
-    revenue = sum((c.revenue_usd for c in customers), Decimal(0))
+    revenue = sum((c.total_revenue_usd for c in customers), Decimal(0))
     losing = [c.customer_id for c in customers if c.margin_usd < 0]
     totals = [
         components.key_figure("Customers", count(len(customers))),

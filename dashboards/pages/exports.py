@@ -78,7 +78,7 @@ def update(start_date, end_date, granularity):
     within = filters.period_of(start_date, end_date)
     customers = data.read(metrics.customer_metrics, project_id=project_id, within=within)
     cost = sum((c.cost_usd for c in customers), Decimal(0))
-    revenue = sum((c.revenue_usd for c in customers), Decimal(0))
+    revenue = sum((c.total_revenue_usd for c in customers), Decimal(0))
     totals = [
         components.key_figure("Requests", count(sum(c.requests for c in customers))),
         components.key_figure("Cost", usd(cost), figure_id="exports-total-cost"),

@@ -9,7 +9,8 @@ import dash
 from dash import Input, Output, State, callback, dcc, html
 from pydantic import ValidationError
 
-from app.schemas import PriceIn
+from app.periods import utc_now
+from app.schemas import PriceIn, describe_errors
 from app.services import pricing
 from dashboards import auth, components, data
 
@@ -150,9 +151,9 @@ def save(_clicks, *values):
     try:
         price = PriceIn.model_validate(body)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = describe_errors(error.errors(), whole="form")
         return components.note(f"Not saved: {problems}", "error")
-    data.write(pricing.add_prices, project_id=project.project_id, prices=[price.model_dump()])
+    data.write(pricing.add_prices, project_id=project.project_id, prices=(price,))
     return components.note(
         f"Saved: {price.model} from {price.effective_from:%Y-%m-%d %H:%M} UTC.", "ok"
     )
@@ -161,7 +162,7 @@ def save(_clicks, *values):
 def _instant(value: str | None) -> str:
     """An ISO date or date-time, naive taken as UTC, as the RFC 3339 string the API takes."""
     if not value:
-        return datetime.now(UTC).isoformat()
+        return utc_now().isoformat()
     try:
         at = datetime.fromisoformat(value)
     except ValueError:

@@ -4,12 +4,13 @@ thresholds and the alerts that fired), mean quality per route, and the policy ed
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import dash
 import plotly.graph_objects as go
 from dash import ALL, Input, Output, State, callback, dcc, html
+from pydantic import ValidationError
 
+from app.periods import InvalidPeriod, parse_instant, utc_now
+from app.schemas import PolicyIn, describe_errors
 from app.services import alerts, dashboard_queries, metrics, policies, projects
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, pct
@@ -188,10 +189,8 @@ def update(start_date, end_date, feature, _saved, share_ids):
 
 
 def _policy_now(project_id: int, feature: str) -> dict[str, float] | None:
-    now = datetime.now(UTC)
-    history = data.read(policies.policy_history, project_id=project_id, feature=feature)
-    in_force = [p for p in history if p["effective_from"] <= now]
-    return in_force[-1]["split"] if in_force else None
+    policy = data.read(policies.policy_at, project_id=project_id, feature=feature, at=utc_now())
+    return policy["split"] if policy else None
 
 
 def _splits_figure(totals: metrics.RoutingMetrics) -> go.Figure:
@@ -304,27 +303,19 @@ def save_policy(_clicks, feature, values, ids, effective_from):
         return components.note("Not saved: choose a feature first.", "error")
     split = {i["tier"]: float(v) for i, v in zip(ids, values, strict=True) if v}
     try:
-        since = _parse_instant(effective_from)
+        since = (effective_from or "").strip()
+        if since:
+            since = parse_instant(since, name="effective from").isoformat()
+        policy = PolicyIn(split=split, effective_from=since or None)
         saved_from = data.write(
-            policies.set_policy,
-            project_id=project.project_id,
-            feature=feature,
-            split=split,
-            effective_from=since,
+            policies.set_policy, project_id=project.project_id, feature=feature, policy=policy
         )
-    except (ValueError, policies.InvalidPolicy) as error:
+    except ValidationError as error:
+        problems = describe_errors(error.errors(), whole="form")
+        return components.note(f"Not saved: {problems}", "error")
+    except (InvalidPeriod, policies.InvalidPolicy) as error:
         return components.note(f"Not saved: {error}", "error")
     return components.note(f"Saved: {feature} from {saved_from:%Y-%m-%d %H:%M} UTC.", "ok")
-
-
-def _parse_instant(value: str | None) -> datetime | None:
-    if not value or not value.strip():
-        return None
-    try:
-        at = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise ValueError(f"effective from: {value!r} is not a date or date-time") from None
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 filters.sync_url(URL)

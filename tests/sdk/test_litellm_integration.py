@@ -19,9 +19,8 @@ from litellm import Router  # noqa: E402
 from routeledger import RouteLedger  # noqa: E402
 from routeledger.integrations.litellm import RouteLedgerLogger  # noqa: E402
 
-from tests.conftest import make_project  # noqa: E402
+from tests.helpers import by_model, make_project, metrics, set_price
 from tests.fake_openai import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
-from tests.test_otlp_traces import by_model, metrics, set_price  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CALL = {"customer_id": "acme", "feature": "support-chat"}

@@ -40,11 +40,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 
 import genai_prices
 
 from app.services.pricing import Price, PriceBook, catalog_rows
+from app.services.request_facts import RequestFacts, rate, request_cost, request_facts
+from app.vocabulary import DEFAULT_TIERS
 
 POLICY_KINDS = ("cascade", "threshold", "all-cheap", "all-premium")
 THRESHOLD_SCORES = ("length", "random")
@@ -377,6 +380,8 @@ class SimAttempt:
     status: str
     reason: str | None
     cost_usd: Decimal
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -389,15 +394,17 @@ class SimRequest:
 
     @property
     def served(self) -> SimAttempt:
-        return self.attempts[-1]  # every simulated chain ends with an answer
+        return self.facts.served  # every simulated chain ends with an answer
 
-    @property
-    def escalated(self) -> bool:
-        return self.intended_tier == CHEAP and self.served.tier == PREMIUM
+    @cached_property
+    def facts(self) -> RequestFacts[SimAttempt]:
+        return request_facts(
+            self.attempts, intended_tier=self.intended_tier, tier_ranks=DEFAULT_TIERS
+        )
 
     @property
     def cost_usd(self) -> Decimal:
-        return sum((a.cost_usd for a in self.attempts), Decimal(0))
+        return request_cost(a.cost_usd for a in self.attempts).known_usd
 
 
 @dataclass(frozen=True)
@@ -407,11 +414,11 @@ class PolicyRun:
 
     @property
     def premium_share(self) -> float:
-        return sum(r.served.tier == PREMIUM for r in self.requests) / len(self.requests)
+        return rate(sum(r.served.tier == PREMIUM for r in self.requests), len(self.requests))
 
     @property
     def escalation_rate(self) -> float:
-        return sum(r.escalated for r in self.requests) / len(self.requests)
+        return rate(sum(r.facts.is_escalation for r in self.requests), len(self.requests))
 
     @property
     def quality(self) -> float:

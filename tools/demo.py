@@ -17,15 +17,15 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 
 from app.db import get_engine, transaction
-from app.models import revenue_records
-from app.schemas import RevenueRecordIn
-from app.services import alerts, policies, projects, revenue, users
+from app.periods import Period, utc_now
+from app.schemas import AlertRuleIn, AlertScope, PolicyIn, RevenueRecordIn
+from app.services import alerts, metrics, policies, projects, revenue, users
 from app.services.jobs import JOBS, run_job
 
 DEMO_PROJECT = "demo"
@@ -137,7 +137,7 @@ class DemoPlan:
 
 
 def plan_ending_now(**options) -> DemoPlan:
-    now = datetime.now(UTC)
+    now = utc_now()
     return DemoPlan(end=now.replace(minute=0, second=0, microsecond=0), **options)
 
 
@@ -302,13 +302,8 @@ def prepare_project(conn: Connection, *, plan: DemoPlan, name: str = DEMO_PROJEC
         )
     key = projects.create_key(conn, project_id=project_id, name="demo ingest", scopes=["ingest"])
     for feature in FEATURES:
-        policies.set_policy(
-            conn,
-            project_id=project_id,
-            feature=feature.name,
-            split=feature.policy,
-            effective_from=plan.start,
-        )
+        policy = PolicyIn(split=feature.policy, effective_from=plan.start.isoformat())
+        policies.set_policy(conn, project_id=project_id, feature=feature.name, policy=policy)
     _add_revenue(conn, project_id=project_id, plan=plan)
     _add_alert_rule(conn, project_id=project_id)
     for role, (email, password) in DEMO_LOGINS.items():
@@ -328,30 +323,25 @@ def _add_alert_rule(conn: Connection, *, project_id: int) -> None:
     alerts.create_rule(
         conn,
         project_id=project_id,
-        rule={
-            "name": ALERT_RULE,
-            "metric": "escalation_rate",
-            "scope": {"feature": "support-chat"},
+        rule=AlertRuleIn(
+            name=ALERT_RULE,
+            metric="escalation_rate",
+            scope=AlertScope(feature="support-chat"),
             # Two hours of support-chat: enough requests that chance alone rarely fires it.
-            "window_minutes": 120,
-            "threshold": 0.25,
-            "baseline_multiplier": None,
-            "min_requests": 10,
-            "cooldown_minutes": 60,
-            "recipients": ["pm@example.com"],
-        },
+            window_minutes=120,
+            threshold=0.25,
+            min_requests=10,
+            cooldown_minutes=60,
+            recipients=["pm@example.com"],
+        ),
     )
 
 
 def _add_revenue(conn: Connection, *, project_id: int, plan: DemoPlan) -> None:
     """Each customer's subscription for the demo's weeks (once per plan start)."""
-    existing = conn.execute(
-        select(revenue_records.c.id).where(
-            revenue_records.c.project_id == project_id,
-            revenue_records.c.period_start == plan.start,
-        )
-    ).first()
-    if existing:
+    within = Period(plan.start, plan.end)
+    records = metrics.revenue_records(conn, project_id=project_id, within=within)
+    if any(record.period_start == plan.start for record in records):
         return
     weeks = Decimal(plan.days) / 7
     revenue.add_revenue(

@@ -1,7 +1,7 @@
 """OTLP traces: pending spans, held requests, claimed response ids; the model-to-tier map
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-01 10:00:00
 
 Spans sent to POST /v1/traces wait in otlp_spans until their request can be assembled (its
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
