@@ -1,7 +1,8 @@
 """Delivery against a scripted stand-in API on loopback: batching, wire format, retries,
-Retry-After, refusals, 413 splitting, 207 reporting, the full queue, the spool, the flush
-deadline, fork and exit."""
+Retry-After, refusals of the key, batches split around the events the API refuses or fails
+on, 207 reporting, the full queue, the spool, the flush deadline, fork and exit."""
 
+import json
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from email.utils import formatdate
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import pytest
 from routeledger import RouteLedger
+from routeledger.spool import HOLD_SECONDS
 from routeledger.transport import _seconds
+
+from tests.sdk.conftest import send_with_poison
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -55,7 +60,7 @@ def test_events_arrive_once_in_wire_form(fake_api, make_client):
         "task_type" not in event and "provider" not in event["attempts"][0]
     )  # no nulls on the wire
     assert client.stats() == dict(
-        sent=1, duplicates=0, rejected=0, spooled=0, dropped=0, retries=0, queued=0
+        sent=1, duplicates=0, rejected=0, held=0, spooled=0, dropped=0, retries=0, queued=0
     )
 
 
@@ -99,8 +104,8 @@ def test_batches_by_count_and_bytes(fake_api, make_client, send):
     assert len(fake_api.request_ids) == 270
 
 
-def test_retries_server_errors_then_delivers(fake_api, make_client, send):
-    fake_api.script = [(503, {}, {}), (500, {}, {})]
+def test_retries_while_unavailable_then_delivers(fake_api, make_client, send):
+    fake_api.script = [(503, {}, {}), (502, {}, {})]
     client = make_client(fake_api.url)
     send(client, 3)
     assert client.flush(10)
@@ -118,18 +123,108 @@ def test_honours_retry_after(fake_api, make_client, send):
     assert len(fake_api.posts) == 2
 
 
-def test_refusal_is_not_retried_and_logged_once(fake_api, make_client, send, caplog):
-    fake_api.script = [(401, {}, {"detail": "unknown key"})] * 2
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_keeps_the_events_and_says_so(fake_api, make_client, send, caplog, status):
+    # The key is wrong, not the events: they wait in the spool, the error is logged once, and
+    # they go as soon as the API takes the key again.
+    fake_api.script = [(status, {}, {"detail": "unknown key"})] * 2
     client = make_client(fake_api.url)
     with caplog.at_level(logging.ERROR, logger="routeledger"):
-        send(client, 1)
-        client.flush(5)
-        send(client, 1)
-        client.flush(5)
-    assert len(fake_api.posts) == 2
-    assert client.stats()["rejected"] == 2
+        ids = send(client, 3)
+        assert client.flush(10)
+    assert fake_api.request_ids == set(ids)
+    assert len(fake_api.posts) == 3
+    assert client.stats()["rejected"] == 0 and client.stats()["sent"] == 3
     refusals = [record for record in caplog.records if "unknown key" in record.getMessage()]
-    assert len(refusals) == 1
+    assert len(refusals) == 1 and refusals[0].levelno == logging.ERROR
+
+
+def depth(value):
+    return 1 + max(map(depth, value.values()), default=0) if isinstance(value, dict) else 0
+
+
+def refuse_batches_with_deep_metadata(status, detail):
+    """A judge for FakeApi: the whole batch is answered `status` when any event in it has
+    metadata over 255 levels deep, as the API did before it judged such an event alone."""
+
+    def judge(events):
+        if any(depth(event.get("metadata")) > 255 for event in events):
+            return status, {}, {"detail": detail}
+        return None
+
+    return judge
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_events_the_api_refuses_do_not_hold_their_batch_hostage(
+    fake_api, make_client, caplog, status
+):
+    fake_api.judge = refuse_batches_with_deep_metadata(status, "metadata: nested too deep")
+    rejected = []
+    client = make_client(
+        fake_api.url, flush_interval=30, on_rejected=lambda event, error: rejected.append(event)
+    )
+    with caplog.at_level(logging.WARNING, logger="routeledger"):
+        good, poison = send_with_poison(client)
+        assert client.flush(10)
+    received = Counter(event["request_id"] for event in fake_api.received)
+    assert set(good) <= set(received) and not set(poison) & set(received)
+    assert all(count == 1 for count in received.values())  # each good event sent once
+    assert sorted(event["request_id"] for event in rejected) == sorted(poison)
+    stats = client.stats()
+    assert (stats["sent"], stats["rejected"], stats["held"]) == (490, 10, 0)
+    for request_id in poison:  # each logged once, with the API's message
+        messages = [record.getMessage() for record in caplog.records]
+        assert [m for m in messages if request_id in m and "nested too deep" in m] == [
+            f"RouteLedger API rejected event {request_id}: metadata: nested too deep"
+        ]
+    assert not list(Path(client.spool_dir).iterdir())
+
+
+def age_held_files(spool_dir):
+    """Make the held files due, as if HOLD_SECONDS had passed."""
+    past = time.time() - HOLD_SECONDS - 1
+    for path in Path(spool_dir).glob("*.held"):
+        os.utime(path, (past, past))
+
+
+def test_events_the_api_fails_on_are_held_apart(fake_api, make_client):
+    # A server error is not the event's fault for sure: the others go, it is held and tried
+    # again later, and stored once the API takes it.
+    fake_api.judge = refuse_batches_with_deep_metadata(500, "Internal Server Error")
+    client = make_client(fake_api.url, flush_interval=30)
+    good, poison = send_with_poison(client)
+    assert not client.flush(10)  # it does not wait for held events, and says they are there
+    assert fake_api.request_ids == set(good)
+    stats = client.stats()
+    assert (stats["sent"], stats["rejected"], stats["held"]) == (490, 0, 10)
+    assert len(list(Path(client.spool_dir).glob("*.held"))) == 10
+
+    fake_api.judge = None  # the API is fixed
+    age_held_files(client.spool_dir)
+    assert client.flush(10)
+    assert fake_api.request_ids == set(good + poison)
+    assert all(count == 1 for count in Counter(e["request_id"] for e in fake_api.received).values())
+    assert not list(Path(client.spool_dir).iterdir())
+
+
+@pytest.mark.parametrize("status", [422, 500])
+def test_an_api_that_refuses_everything_loses_nothing(fake_api, make_client, send, status):
+    # A wrong endpoint, or an API broken for every batch, never took an event from this
+    # client: no event is taken for invalid, each is kept, held or spooled.
+    fake_api.judge = lambda events: (status, {}, {"detail": "no"})
+    client = make_client(fake_api.url, flush_interval=30)
+    ids = send(client, 20)
+    assert not client.flush(1)
+    client.shutdown(0.1)
+    client._worker._thread.join(10)
+    kept = [
+        json.loads(line)["request_id"]
+        for path in Path(client.spool_dir).iterdir()
+        for line in path.read_bytes().splitlines()
+    ]
+    assert sorted(kept) == sorted(ids)
+    assert client.stats()["rejected"] == client.stats()["dropped"] == 0
 
 
 def test_too_large_batch_is_split(fake_api, make_client, send):
@@ -150,14 +245,22 @@ def test_rejected_events_are_reported(fake_api, make_client, send, caplog):
     )
     with caplog.at_level(logging.WARNING, logger="routeledger"):
         good = send(client, 2)
-        bad = send(client, 1, feature="invalid")
+        bad = (
+            send(client, 1, feature="invalid")
+            + send(client, 1)
+            + send(client, 1, feature="invalid")
+        )
         assert client.flush(5)
     assert [(event["request_id"], error) for event, error in rejected] == [
-        (bad[0], "feature: invalid")
+        (bad[0], "feature: invalid"),
+        (bad[2], "feature: invalid"),
     ]
-    assert fake_api.request_ids == set(good)
-    assert client.stats()["rejected"] == 1 and client.stats()["sent"] == 2
-    assert any("rejected 1 of 3" in record.getMessage() for record in caplog.records)
+    assert fake_api.request_ids == set(good + bad[1:2])  # exactly the listed events dropped
+    assert client.stats()["rejected"] == 2 and client.stats()["sent"] == 3
+    assert [record.getMessage() for record in caplog.records] == [
+        f"RouteLedger API rejected event {bad[0]}: feature: invalid",
+        f"RouteLedger API rejected event {bad[2]}: feature: invalid",
+    ]
 
 
 def test_full_queue_spills_to_the_spool_then_delivers(fake_api, make_client, send):

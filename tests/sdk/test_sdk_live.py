@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from tests.sdk.conftest import send_with_poison
+
 
 def wait_for(condition, timeout=10.0):
     deadline = time.monotonic() + timeout
@@ -132,6 +134,22 @@ def test_rejected_events_are_surfaced(client_for, fresh_project, send):
     assert "tier" in rejected[0][1]
     assert client.stats()["rejected"] == 1 and client.stats()["sent"] == 3
     assert fresh_project.fetch_request_ids() == set(good)
+
+
+def test_an_event_the_api_cannot_take_does_not_hold_the_others_hostage(client_for, fresh_project):
+    # One event in 50 with metadata nested 300 levels deep (valid by the size rule): every
+    # other event is stored once, and each of those is stored, rejected or held, as the API
+    # judges it, never left in front of the others.
+    client = client_for(flush_interval=30)
+    good, poison = send_with_poison(client)
+    client.flush(60)
+    stored = fresh_project.fetch_request_ids()
+    assert set(good) <= stored and fresh_project.count_requests() == len(stored)
+    stats = client.stats()
+    stored_poison = len(stored & set(poison))
+    assert stats["sent"] == len(good) + stored_poison
+    assert stats["rejected"] + stats["held"] + stored_poison == len(poison)
+    assert stats["dropped"] == 0 and not client.stats()["queued"]
 
 
 def test_feedback_after_the_request(client_for, send):

@@ -55,7 +55,8 @@ class RouteLedger:
     ) -> None:
         """api_key and endpoint fall back to ROUTELEDGER_API_KEY and ROUTELEDGER_ENDPOINT,
         spool_dir to ROUTELEDGER_SPOOL_DIR, then ~/.cache/routeledger/spool.
-        on_rejected(event, error) is called on the worker thread for each event the API rejects."""
+        on_rejected(event, error) is called on the worker thread for each event the API rejects
+        (judges invalid), with the API's message."""
         api_key = api_key or os.environ.get("ROUTELEDGER_API_KEY")
         endpoint = endpoint or os.environ.get("ROUTELEDGER_ENDPOINT") or DEFAULT_ENDPOINT
         transport = spool = None
@@ -139,7 +140,8 @@ class RouteLedger:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued and spooled has been delivered, or the timeout passes.
-        True when nothing is left to send."""
+        True when nothing is left to send; False too while events are held (the API failed
+        on them: they are retried every few minutes, and not waited for)."""
         return self._worker.flush(timeout)
 
     def shutdown(self, timeout: float | None = None) -> bool:
@@ -149,7 +151,9 @@ class RouteLedger:
 
     def stats(self) -> dict[str, int]:
         """Event counts: queued (waiting in memory now), and since start sent, duplicates,
-        rejected (by the API), spooled (written to disk), dropped (lost) and retries (HTTP)."""
+        rejected (judged invalid by the API, dropped), held (set aside after the API failed
+        on them), spooled (written to disk), dropped (lost) and retries (HTTP requests that
+        send events again)."""
         return self._worker.stats()
 
     def __enter__(self) -> RouteLedger:

@@ -19,19 +19,37 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
-from routeledger.spool import Spool
+from routeledger.spool import HOLD_SECONDS, Spool
 from routeledger.transport import Reply, Transport
 
 logger = logging.getLogger("routeledger")
 
 KINDS = ("requests", "feedback")  # each is an API path /v1/<kind> and the key of its batch body
-STAT_NAMES = ("sent", "duplicates", "rejected", "spooled", "dropped", "retries")
+STAT_NAMES = ("sent", "duplicates", "rejected", "held", "spooled", "dropped", "retries")
 MAX_BATCH_EVENTS = 1000  # the API takes at most this many events per call
+# The service cannot take anything now: the same batch again later, never split.
+UNAVAILABLE = frozenset({408, 429, 502, 503, 504})
+# The API refuses what the batch holds: halves are sent, down to the event it refuses.
+CONTENT_REFUSALS = frozenset({400, 413, 422})
 _BACKOFF_BASE = 0.5  # seconds before the first retry; doubles with each failure
 _BACKOFF_MAX = 30.0
 _WARN_EVERY = 60.0  # seconds between two warnings of the same kind
 
 RejectedCallback = Callable[[dict[str, Any], str], None]
+
+
+class _InFlight:
+    """Lines the worker is sending; those before `unsettled` still need sending."""
+
+    __slots__ = ("kind", "lines", "unsettled")
+
+    def __init__(self, kind: str, lines: list[bytes]) -> None:
+        self.kind = kind
+        self.lines = lines
+        self.unsettled = len(lines)
+
+    def settle(self, index: int) -> None:
+        self.unsettled = index
 
 
 class Worker:
@@ -57,6 +75,10 @@ class Worker:
         self._max_retries = max_retries
         self._shutdown_timeout = shutdown_timeout
         self._on_rejected = on_rejected
+        # Refusals in a row, without an event taken, before a split batch is left for later:
+        # enough to reach the first refused event and its neighbours, few enough that an API
+        # failing on everything is not sent every event of a batch one by one.
+        self._split_budget = 2 * self._batch_size.bit_length() + 2
         # Without a transport (no key or a bad endpoint) the worker never starts: it counts drops.
         self._closed = transport is None
         self._stopping = self._closed
@@ -64,10 +86,11 @@ class Worker:
         self._start()  # at once, so that a spool left by an earlier run is replayed
 
     def reset_after_fork(self) -> None:
-        """Start this process's state afresh: the parent keeps its thread, locks and queue."""
+        """Start this process's state afresh: the parent keeps its thread, locks and queue
+        (the spool lets go of the parent's files by itself)."""
         self._queues: dict[str, deque[dict[str, Any]]] = {kind: deque() for kind in KINDS}
         self._take_lock = threading.Lock()  # the worker takes batches and shutdown drains under it
-        self._in_flight: tuple[str, list[dict[str, Any]]] | None = None
+        self._in_flight: _InFlight | None = None
         self._counts = dict.fromkeys(STAT_NAMES, 0)
         self._counts_lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -79,12 +102,10 @@ class Worker:
         self._flushed = 0
         self._failures = 0  # consecutive failed sends
         self._retry_at = 0.0  # monotonic time before which the service is taken as down
-        self._refusals_logged: set = set()
+        self._last_reply_ok = False  # the API's last answer was a 2xx
         self._warned_at: dict[str, float] = {}
         if self._transport is not None:
             self._transport.forget_connection()
-        if self._spool is not None:
-            self._spool.reset_after_fork()
 
     # Calling threads
 
@@ -110,7 +131,8 @@ class Worker:
             logger.exception("RouteLedger could not keep an event")
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything queued and spooled is delivered; False when time ran out first."""
+        """Wait until everything queued and spooled is delivered; False when time ran out
+        first, or when events are held (see Spool.hold): those are not waited for."""
         if self._closed:
             return not self.pending()
         self._start()
@@ -121,7 +143,8 @@ class Worker:
         self._hurry.set()
         self._wake.set()
         with self._flush_cond:
-            return self._flush_cond.wait_for(lambda: self._flushed >= target, timeout)
+            done = self._flush_cond.wait_for(lambda: self._flushed >= target, timeout)
+        return done and not (self._spool is not None and self._spool.has_held())
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Flush within the deadline, then spool what is left; later events go to the spool,
@@ -136,20 +159,25 @@ class Worker:
         self._hurry.set()
         self._wake.set()
         if not delivered:
-            for kind, events in self._take_everything():
-                self._spool_events(kind, events)
+            for kind, lines in self._take_everything():
+                if lines:
+                    self._spool_lines(kind, lines)
         if self._spool is not None:
             self._spool.seal()
         return delivered
 
     def pending(self) -> bool:
-        return any(self._queues.values()) or (self._spool is not None and self._spool.has_pending())
+        """Whether anything waits: queued, spooled, or held."""
+        return self._sendable() or (self._spool is not None and self._spool.has_held())
 
     def stats(self) -> dict[str, int]:
         with self._counts_lock:
             counts = dict(self._counts)
         counts["queued"] = sum(len(queue) for queue in self._queues.values())
         return counts
+
+    def _sendable(self) -> bool:
+        return any(self._queues.values()) or (self._spool is not None and self._spool.has_pending())
 
     def _start(self) -> None:
         with self._start_lock:
@@ -173,7 +201,7 @@ class Worker:
                 self._send_queued()
                 while self._replay_one_file():
                     self._send_queued()  # fresh events go first, between spool files
-                if not self.pending():
+                if not self._sendable():
                     with self._flush_cond:
                         self._flushed = max(self._flushed, flush_target)
                         self._flush_cond.notify_all()
@@ -187,14 +215,19 @@ class Worker:
             while queue:
                 with self._take_lock:
                     events = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
-                    self._in_flight = (kind, events)
-                for batch in self._batches(self._encode_all(events)):
-                    if not self._deliver(kind, batch):
-                        self._spool_lines(kind, batch)
-                self._in_flight = None
+                    flight = _InFlight(kind, self._encode_all(events))
+                    self._in_flight = flight
+                left = self._deliver(kind, flight.lines, flight.settle)
+                with self._take_lock:
+                    if self._in_flight is not flight:
+                        continue  # a shutdown took it and spooled what was left
+                    self._in_flight = None
+                    if left:
+                        self._spool_lines(kind, flight.lines[:left])
 
     def _replay_one_file(self) -> bool:
-        """Send the oldest spool file; False when there is none or the service did not take it."""
+        """Send the oldest spool file, cutting each delivered batch off its end; False when
+        there is none or the service did not take all of it."""
         if (
             self._spool is None
             or self._stopping
@@ -204,39 +237,90 @@ class Worker:
         claim = self._spool.claim_oldest()
         if claim is None:
             return False
-        for batch in self._batches(claim.lines):
-            if not self._deliver(claim.kind, batch):
-                # The whole file goes back: what was delivered comes again as duplicates, ignored.
-                self._spool.release(claim)
-                return False
+
+        def settle(index: int) -> None:
+            if index:  # all of it: removed below
+                self._spool.truncate(claim, index)
+
+        if self._deliver(claim.kind, claim.lines, settle):
+            self._spool.release(claim)
+            return False
         self._spool.remove(claim)
         return True
 
-    def _deliver(self, kind: str, lines: list[bytes]) -> bool:
-        """Send one batch, retrying with backoff while the service may be back soon.
-        False when it cannot be sent now: the caller keeps it in the spool."""
+    def _deliver(self, kind: str, lines: list[bytes], settle: Callable[[int], None]) -> int:
+        """Send lines, last batch first, until each is stored, a duplicate, rejected (the API
+        says it is invalid) or held (the API fails on it); settle(i) says that lines[i:] are
+        done. Returns how many lines, from the first, are still to send: the service is down
+        or refuses the key, and they are kept for later.
+
+        A batch the API refuses whole (400, 413, 422, or a server error) is split in halves,
+        the later half first, down to single events, so the settled lines are always the end
+        of the list and a spool file is only ever shortened."""
+        ranges = [(start, end, False) for start, end in self._batch_ranges(lines)]
+        proven = self._last_reply_ok  # the API takes this client's batches
+        refusals = 0  # in a row, without a batch taken
+        while ranges:
+            start, end, resend = ranges.pop()
+            if self._stopping:  # a shutdown spools what is left: sending it too would repeat it
+                return end
+            reply = self._send(kind, lines[start:end], resend)
+            if reply is None:
+                return end
+            status = reply.status
+            if 200 <= status < 300:
+                self._settle(lines[start:end], reply)
+                proven, refusals = True, 0
+            elif status in CONTENT_REFUSALS or status >= 500:
+                refusals += 1
+                if end - start > 1:
+                    if refusals > self._split_budget:
+                        self._back_off(reply)
+                        return end
+                    middle = (start + end) // 2
+                    ranges += [(start, middle, True), (middle, end, True)]
+                    continue
+                if status < 500 and proven:
+                    self._reject(json.loads(lines[start]), _message(reply))
+                else:
+                    # A server error, or a refusal before the API took anything: the event
+                    # may be fine, so it waits apart rather than in front of the others.
+                    self._hold(kind, lines[start], reply)
+            else:  # 401, 403, 404...: the key or the endpoint is wrong, not the events
+                self._back_off(reply)
+                self._warn(
+                    f"refused-{status}",
+                    "RouteLedger API refused events with HTTP %d (%s): they are kept in the "
+                    "spool until it takes them; check the API key and endpoint",
+                    status,
+                    _message(reply),
+                    level=logging.ERROR,
+                )
+                return end
+            settle(start)
+        return 0
+
+    def _send(self, kind: str, lines: list[bytes], resend: bool) -> Reply | None:
+        """POST one batch, retrying with backoff while the service may be back soon. None
+        when it cannot be sent now: the caller keeps it."""
         while True:
             if self._failures and time.monotonic() < self._retry_at:
-                return False  # known to be down: the spool takes it without waiting
-            reply = self._post(kind, lines)
-            if reply is None or reply.status in (408, 429) or reply.status >= 500:
-                self._failures += 1
-                delay = self._backoff(reply)
-                self._retry_at = time.monotonic() + delay
-                if self._failures > self._max_retries or self._stopping or delay > _BACKOFF_MAX:
-                    return False
-                self._hurry.wait(delay)
-                self._hurry.clear()
-                continue
-            self._failures = 0
-            if reply.status == 413 and len(lines) > 1:  # a proxy may allow less than the API
-                half = len(lines) // 2
-                return self._deliver(kind, lines[:half]) and self._deliver(kind, lines[half:])
-            self._settle(lines, reply)
-            return True
+                return None  # known to be down: the spool takes it without waiting
+            reply = self._post(kind, lines, resend or self._failures > 0)
+            self._last_reply_ok = reply is not None and 200 <= reply.status < 300
+            if reply is not None and reply.status not in UNAVAILABLE:
+                if self._last_reply_ok or reply.status in CONTENT_REFUSALS:
+                    self._failures = 0  # the service works; server errors and refusals of
+                    # the key keep counting, so that their backoff grows
+                return reply
+            delay = self._back_off(reply)
+            if self._failures > self._max_retries or self._stopping or delay > _BACKOFF_MAX:
+                return None
+            self._hurry.wait(delay)
+            self._hurry.clear()
 
-    def _post(self, kind: str, lines: list[bytes]) -> Reply | None:
-        if self._failures:
+    def _post(self, kind: str, lines: list[bytes], resend: bool) -> Reply | None:
+        if resend:
             self._count(retries=1)
         body = b'{"' + kind.encode() + b'":[' + b",".join(lines) + b"]}"
         try:
@@ -245,66 +329,73 @@ class Worker:
             self._warn("network", "RouteLedger cannot reach the API: %s", error)
             return None
 
-    def _backoff(self, reply: Reply | None) -> float:
+    def _back_off(self, reply: Reply | None) -> float:
+        """Take the service as down for a while; the delay, growing with each failure."""
+        self._failures += 1
         if reply is not None and reply.retry_after is not None:
-            return reply.retry_after
-        exponential = min(_BACKOFF_BASE * 2 ** (self._failures - 1), _BACKOFF_MAX)
-        return exponential * random.uniform(0.5, 1.0)  # jitter: clients do not retry in step
+            delay = reply.retry_after
+        else:
+            exponential = min(_BACKOFF_BASE * 2 ** (self._failures - 1), _BACKOFF_MAX)
+            delay = exponential * random.uniform(0.5, 1.0)  # jitter: clients do not retry in step
+        self._retry_at = time.monotonic() + delay
+        return delay
 
     def _settle(self, lines: list[bytes], reply: Reply) -> None:
-        if 200 <= reply.status < 300:
-            payload = reply.payload if isinstance(reply.payload, dict) else {}
-            errors = payload.get("errors") or []
-            duplicates = int(payload.get("duplicates") or 0)
-            accepted = payload.get("accepted")
-            accepted = (
-                int(accepted) if accepted is not None else len(lines) - len(errors) - duplicates
-            )
-            self._count(sent=accepted, duplicates=duplicates, rejected=len(errors))
-            if errors:
-                self._report_rejected(lines, errors)
-            return
-        self._count(rejected=len(lines))
-        if reply.status not in self._refusals_logged:  # it would repeat for every batch
-            self._refusals_logged.add(reply.status)
-            logger.error(
-                "RouteLedger API refused %d events with HTTP %d: %s",
-                len(lines),
-                reply.status,
-                reply.text,
-            )
-
-    def _report_rejected(self, lines: list[bytes], errors: list[dict[str, Any]]) -> None:
-        logger.warning(
-            "RouteLedger API rejected %d of %d events, first: %s",
-            len(errors),
-            len(lines),
-            errors[0],
-        )
+        """A 200 or 207: the events listed in its errors are rejected, the others stored."""
+        payload = reply.payload if isinstance(reply.payload, dict) else {}
+        errors = [error for error in payload.get("errors") or [] if isinstance(error, dict)]
+        duplicates = int(payload.get("duplicates") or 0)
+        accepted = payload.get("accepted")
+        accepted = int(accepted) if accepted is not None else len(lines) - len(errors) - duplicates
+        self._count(sent=accepted, duplicates=duplicates)
         for error in errors:
             index = error.get("index")
-            valid_index = isinstance(index, int) and 0 <= index < len(lines)
             event = (
-                json.loads(lines[index]) if valid_index else {"request_id": error.get("request_id")}
+                json.loads(lines[index])
+                if isinstance(index, int) and 0 <= index < len(lines)
+                else {"request_id": error.get("request_id")}
             )
-            logger.debug(
-                "RouteLedger rejected event %s: %s", event.get("request_id"), error.get("error")
+            self._reject(event, str(error.get("error")))
+
+    def _reject(self, event: dict[str, Any], error: str) -> None:
+        """An event the API says is invalid: dropped, counted, logged and passed on."""
+        self._count(rejected=1)
+        logger.warning("RouteLedger API rejected event %s: %s", event.get("request_id"), error)
+        if self._on_rejected is not None:
+            try:
+                self._on_rejected(event, error)
+            except Exception:
+                logger.exception("RouteLedger on_rejected callback failed")
+
+    def _hold(self, kind: str, line: bytes, reply: Reply) -> None:
+        if self._spool is not None and self._spool.hold(kind, [line]):
+            self._count(held=1)
+            logger.warning(
+                "RouteLedger API answered HTTP %d for event %s alone (%s): held, tried again "
+                "every %d s",
+                reply.status,
+                json.loads(line).get("request_id"),
+                _message(reply),
+                HOLD_SECONDS,
             )
-            if self._on_rejected is not None:
-                try:
-                    self._on_rejected(event, str(error.get("error")))
-                except Exception:
-                    logger.exception("RouteLedger on_rejected callback failed")
+            return
+        self._count(dropped=1)
+        self._warn(
+            "dropped",
+            "RouteLedger dropped an event the API failed on: its spool is full or unavailable",
+        )
 
     # Both threads
 
-    def _take_everything(self) -> list[tuple[str, list[dict[str, Any]]]]:
-        """Empty the queues and take the batch in flight (it may still arrive: a duplicate then)."""
+    def _take_everything(self) -> list[tuple[str, list[bytes]]]:
+        """Empty the queues and take what the batch in flight has not settled (it may still
+        arrive: a duplicate then)."""
         with self._take_lock:
-            taken = [self._in_flight] if self._in_flight is not None else []
-            self._in_flight = None
+            flight, self._in_flight = self._in_flight, None
+            taken = [(flight.kind, flight.lines[: flight.unsettled])] if flight else []
             for kind, queue in self._queues.items():
-                taken.append((kind, [queue.popleft() for _ in range(len(queue))]))
+                events = [queue.popleft() for _ in range(len(queue))]
+                taken.append((kind, self._encode_all(events)))
         return taken
 
     def _spool_events(self, kind: str, events: list[dict[str, Any]]) -> None:
@@ -331,31 +422,36 @@ class Worker:
                 logger.error("RouteLedger dropped an event it cannot encode: %s", error)
         return lines
 
-    def _batches(self, lines: list[bytes]) -> Iterator[list[bytes]]:
-        """Consecutive batches within the count and the byte limits."""
-        batch: list[bytes] = []
-        size = 0
-        for line in lines:
-            if batch and (
-                len(batch) == self._batch_size or size + len(line) > self._max_batch_bytes
+    def _batch_ranges(self, lines: list[bytes]) -> Iterator[tuple[int, int]]:
+        """Consecutive batches within the count and the byte limits, as (start, end)."""
+        start = size = 0
+        for index, line in enumerate(lines):
+            if index > start and (
+                index - start == self._batch_size or size + len(line) > self._max_batch_bytes
             ):
-                yield batch
-                batch, size = [], 0
-            batch.append(line)
+                yield start, index
+                start, size = index, 0
             size += len(line) + 1
-        if batch:
-            yield batch
+        if start < len(lines):
+            yield start, len(lines)
 
     def _count(self, **amounts: int) -> None:
         with self._counts_lock:
             for name, amount in amounts.items():
                 self._counts[name] += amount
 
-    def _warn(self, key: str, message: str, *args: Any) -> None:
+    def _warn(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
         now = time.monotonic()
         if now - self._warned_at.get(key, -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at[key] = now
-            logger.warning(message, *args)
+            logger.log(level, message, *args)
+
+
+def _message(reply: Reply) -> str:
+    """What the API said about a refusal: its detail, else the start of its body."""
+    if isinstance(reply.payload, dict) and reply.payload.get("detail"):
+        return str(reply.payload["detail"])
+    return reply.text
 
 
 def encode(event: dict[str, Any]) -> bytes:
