@@ -76,8 +76,8 @@ def fresh_project(live_api) -> Project:
 
 @pytest.fixture(scope="session")
 def fake_openai():
-    """A fake OpenAI-compatible server on loopback, for the real clients (tests/fake_openai.py)."""
-    from tests.fake_openai import FakeOpenAI
+    """A fake OpenAI-compatible server on loopback, for the real clients."""
+    from tests.helpers import FakeOpenAI
 
     server = FakeOpenAI()
     yield server

@@ -1,20 +1,29 @@
-"""What the tests share: builders of events, projects and keys, the live API and dashboard
-processes, HTTP and browser helpers, the evaluation data. Fixtures are in conftest.py."""
+"""What the tests share, in one module: builders of events, projects and keys; the live API
+and dashboard processes; HTTP and browser helpers; the evaluation data; metrics of the real
+clients' traffic; a stand-in ingest API for the SDK's tests; a fake OpenAI-compatible
+provider. Fixtures are in the conftest.py files."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import psycopg
+from routeledger import RouteLedger
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -398,3 +407,262 @@ def metrics(http, engine, project, path: str = "routing", **filters) -> dict:
 
 def by_model(body: dict) -> dict[str, dict]:
     return {m["model"]: m for m in body["by_model"]}
+
+
+# --- the SDK's tests: a stand-in API and an app's requests -------------------------------
+
+Answer = tuple[int, dict[str, str], dict]  # status, headers, JSON body
+
+
+class FakeApi:
+    """Stores request ids once, like the API; `script` holds answers given before the normal
+    ones, `max_events` makes larger batches a 413, and `judge(events)` may answer a batch
+    instead (an Answer, or None for the normal one). An endpoint with a path before /v1
+    (http://host:port/NAME) names its client: `calls` records (NAME, status, request ids)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.request_ids: set[str] = set()
+        self.received: list[dict] = []  # every event judged: stored, duplicate or rejected
+        self.posts: list[tuple[str, int]] = []  # (path, events in the batch) of every call
+        self.calls: list[tuple[str, int, list[str]]] = []
+        self.feedback: list[dict] = []
+        self.script: list[Answer] = []
+        self.max_events: int | None = None
+        self.judge: Callable[[list[dict]], Answer | None] | None = None
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _answer(self, path: str, body: dict) -> Answer:
+        sender, _, path = path.rpartition("/v1/")
+        path = "/v1/" + path
+        items = body.get("requests") or body.get("feedback") or []
+        with self.lock:
+            answer = self._judged(path, items)
+            ids = [item.get("request_id") for item in items]
+            self.calls.append((sender.strip("/"), answer[0], ids))
+            return answer
+
+    def _judged(self, path: str, items: list[dict]) -> Answer:
+        self.posts.append((path, len(items)))
+        if self.script:
+            return self.script.pop(0)
+        if self.max_events is not None and len(items) > self.max_events:
+            return 413, {}, {"detail": "too many events"}
+        answer = self.judge(items) if self.judge is not None else None
+        if answer is not None:
+            return answer
+        if path == "/v1/feedback":
+            self.feedback.extend(items)
+            return 200, {}, {"accepted": len(items), "duplicates": 0, "errors": []}
+        accepted = duplicates = 0
+        errors = []
+        for index, event in enumerate(items):
+            self.received.append(event)
+            if event.get("feature") == "invalid":
+                errors.append(
+                    {"index": index, "request_id": event["request_id"], "error": "feature: invalid"}
+                )
+            elif event["request_id"] in self.request_ids:
+                duplicates += 1
+            else:
+                self.request_ids.add(event["request_id"])
+                accepted += 1
+        status = 207 if errors else 200
+        return status, {}, {"accepted": accepted, "duplicates": duplicates, "errors": errors}
+
+    def _handler(self):
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
+
+            def do_POST(self) -> None:
+                try:
+                    raw = self.rfile.read(int(self.headers["Content-Length"]))
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        raw = gzip.decompress(raw)
+                    body = json.loads(raw)
+                except (OSError, EOFError, ValueError):  # a client killed halfway through
+                    self.close_connection = True
+                    return
+                status, headers, body = api._answer(self.path, body)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        return Handler
+
+
+def send_requests(
+    client: RouteLedger, count: int, feature: str = "support-chat", **fields
+) -> list[str]:
+    """Log `count` requests of two attempts each, as an app would; their request ids."""
+    ids = []
+    for number in range(count):
+        with client.request(customer_id=f"customer-{number % 7}", feature=feature, **fields) as req:
+            req.attempt(
+                "gpt-4o-mini",
+                "cheap",
+                500,
+                200,
+                latency_ms=800.0,
+                status="rejected",
+                reason="quality_check",
+                provider="openai",
+            )
+            req.attempt(
+                "gpt-4o",
+                "premium",
+                520,
+                310,
+                latency_ms=2100.0,
+                cost_usd=Decimal("0.0041"),
+                provider="openai",
+            )
+        ids.append(req.request_id)
+    return ids
+
+
+def nested(levels):
+    """A JSON object `levels` deep, valid and small, like the one that poisoned batches."""
+    metadata = {"leaf": "x" * 100}
+    for _ in range(levels - 1):
+        metadata = {"deep": metadata}
+    return metadata
+
+
+def send_with_poison(client, count=500, every=50):
+    """count requests, one in `every` with metadata 300 levels deep: (good ids, poison ids)."""
+    good, poison = [], []
+    for number in range(count):
+        bad = number % every == every // 2
+        (poison if bad else good).extend(
+            send_requests(client, 1, metadata=nested(300) if bad else {"region": "eu"})
+        )
+    return good, poison
+
+
+# --- a fake OpenAI-compatible provider ----------------------------------------------------
+# A small OpenAI-compatible chat completions server on loopback, for the real clients the
+# tests drive (openai, LiteLLM). The model name says how it answers: one containing "fail"
+# gets a 500 every time; any other gets a completion (streamed when asked, with usage when
+# `stream_options.include_usage` is set) whose model is the asked one with a date appended.
+# Every prompt costs PROMPT_TOKENS, CACHED_TOKENS of them cached, and COMPLETION_TOKENS.
+
+PROMPT_TOKENS = 42
+CACHED_TOKENS = 10
+COMPLETION_TOKENS = 7
+DATE_SUFFIX = "-2026-01-01"
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.calls: list[str] = []  # the model of every call, failed ones included
+        self.lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                model = body["model"]
+                with fake.lock:
+                    fake.calls.append(model)
+                if "fail" in model:
+                    self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                elif body.get("stream"):
+                    self._stream(model, body.get("stream_options") or {})
+                else:
+                    self._send(200, _completion(model))
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, model: str, options: dict) -> None:
+                completion = _completion(model)
+                chunks = [
+                    {**_chunk(completion), "choices": [
+                        {"index": 0, "delta": {"role": "assistant", "content": "hi"},
+                         "finish_reason": None}]},
+                    {**_chunk(completion), "choices": [
+                        {"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                ]  # fmt: skip
+                if options.get("include_usage"):
+                    chunks.append({**_chunk(completion), "choices": [], "usage": _usage()})
+                data = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks)
+                data += b"data: [DONE]\n\n"
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+
+def _usage() -> dict:
+    return {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS},
+    }
+
+
+def _completion(model: str) -> dict:
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model + DATE_SUFFIX,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "hi"},
+             "finish_reason": "stop"}
+        ],
+        "usage": _usage(),
+    }  # fmt: skip
+
+
+def _chunk(completion: dict) -> dict:
+    return {key: completion[key] for key in ("id", "created", "model")} | {
+        "object": "chat.completion.chunk"
+    }

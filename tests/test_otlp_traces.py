@@ -38,13 +38,17 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from app.periods import utc_now
 from app.services.traces import run_settle
 from tests import otlp_spans
-from tests.fake_openai import (
+from tests.helpers import (
     CACHED_TOKENS,
     COMPLETION_TOKENS,
     DATE_SUFFIX,
     PROMPT_TOKENS,
+    auth,
+    by_model,
+    make_project,
+    metrics,
+    set_price,
 )
-from tests.helpers import auth, by_model, make_project, metrics, set_price
 
 PROMPT = "what is the secret word of order 1234?"
 MESSAGES = [{"role": "user", "content": PROMPT}]

@@ -20,7 +20,7 @@ from routeledger import RouteLedger  # noqa: E402
 from routeledger.integrations.litellm import RouteLedgerLogger  # noqa: E402
 
 from tests.helpers import by_model, make_project, metrics, set_price
-from tests.fake_openai import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
+from tests.helpers import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CALL = {"customer_id": "acme", "feature": "support-chat"}

@@ -23,7 +23,7 @@ from routeledger import RouteLedger
 from routeledger.spool import HOLD_SECONDS
 from routeledger.transport import _seconds
 
-from tests.sdk.conftest import send_with_poison
+from tests.helpers import send_with_poison
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

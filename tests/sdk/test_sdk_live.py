@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.sdk.conftest import send_with_poison
+from tests.helpers import send_with_poison
 
 
 def wait_for(condition, timeout=10.0):

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from routeledger.client import _open_spool
 
-from tests.sdk.conftest import FakeApi
+from tests.helpers import FakeApi
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="kill -9 and file locks")
 
