@@ -7,11 +7,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from app.db import transaction
-from app.services import demo
 from app.services.projects import project_id_by_name
 from app.services.traces import receive_export
 from tests.helpers import ADMIN, choose, console_errors, shot, sign_in, wait_for, wait_until
 from tests.otlp_spans import call, export, new_span_id, new_trace_id
+from tools import demo
 
 MODEL = "acme-held-model"
 

@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from app.models import DEFAULT_TIERS
 from app.services.model_tiers import TierMap
 from app.services.otlp import REQUEST_ID_NAMESPACE, due_drafts, extract_spans
 from app.services.traces import receive_export
+from app.vocabulary import DEFAULT_TIERS
 from tests.helpers import auth, make_project
 from tests.otlp_spans import START, call, export, new_span_id, new_trace_id, span
 
