@@ -152,14 +152,14 @@ def project_create(
 ) -> None:
     """Create a project with an ingest, a read and an admin key (shown once)."""
     from app.db import transaction
-    from app.services.projects import ProjectExists, create_project
+    from app.services.projects import InvalidProject, ProjectExists, create_project
 
     try:
         with transaction() as conn:
             project_id, keys = create_project(
                 conn, name=name, baseline_model=baseline_model, baseline_provider=baseline_provider
             )
-    except ProjectExists as error:
+    except (ProjectExists, InvalidProject) as error:
         raise click.ClickException(str(error)) from None
     result = {
         "project": name,

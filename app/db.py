@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from app.embedded import running_url
 from app.settings import get_settings
@@ -62,3 +62,11 @@ def transaction() -> Iterator[Connection]:
 def connection() -> Iterator[Connection]:
     with get_engine().connect() as conn:
         yield conn
+
+
+def limit_statements(conn: Connection, *, seconds: float) -> None:
+    """Cancels any statement of the connection's current transaction that runs longer (a
+    read that would otherwise keep a core busy for as long as it likes)."""
+    conn.execute(
+        text("select set_config('statement_timeout', :ms, true)"), {"ms": str(int(seconds * 1000))}
+    )

@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from app.api import admin, alerts, exports, health, ingest, metrics, traces
+from app.api import admin, alerts, errors, exports, health, ingest, metrics, traces
 from app.api.bodies import BodyLimitAndGzip
 from app.schemas import describe_errors
 
@@ -25,13 +25,10 @@ def create_app() -> FastAPI:
     )
     app.add_middleware(BodyLimitAndGzip)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    errors.install(app)
     app.include_router(health.router)
-    app.include_router(ingest.router)
-    app.include_router(admin.router)
-    app.include_router(metrics.router)
-    app.include_router(alerts.router)
-    app.include_router(exports.router)
-    app.include_router(traces.router)
+    for api in (ingest, admin, metrics, alerts, exports, traces):
+        app.include_router(api.router, responses=errors.KEYED)
     app.openapi = lambda: _openapi(app)
     return app
 

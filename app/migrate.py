@@ -30,11 +30,13 @@ def downgrade(revision: str = "base") -> None:
 
 
 def migrate() -> CatalogSync:
-    """What `routeledger migrate` does: the schema to head, then the installed genai-prices
-    catalog loaded if it is new to the database."""
-    from app.db import transaction
+    """What `routeledger migrate` does: the schema to head, the partitions events may need,
+    then the installed genai-prices catalog loaded if it is new to the database."""
+    from app.db import get_engine, transaction
+    from app.services.partitions import run_partitions
     from app.services.pricing import sync_catalog
 
     upgrade()
+    run_partitions(get_engine())
     with transaction() as conn:
         return sync_catalog(conn)

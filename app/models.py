@@ -238,21 +238,58 @@ attempts = Table(
     postgresql_partition_by="RANGE (ts)",
 )
 
+
+def _feedback_item() -> list:
+    """A feedback item of a project's request: the score, from where, a comment."""
+    return [
+        Column(
+            "project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False
+        ),
+        Column("request_id", UUID(as_uuid=True), nullable=False),
+        Column("score", Float, nullable=False),
+        Column("source", Text),
+        Column("comment", Text),
+        CheckConstraint("score >= 0 and score <= 1", name="score_range"),
+    ]
+
+
 feedback = Table(
     "feedback",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
-    Column("request_id", UUID(as_uuid=True), nullable=False),
+    *_feedback_item(),
     Column("request_ts", DateTime(timezone=True), nullable=False),
-    Column("score", Float, nullable=False),
-    Column("source", Text),
-    Column("comment", Text),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("score >= 0 and score <= 1", name="score_range"),
     Index("ix_feedback_project_request", "project_id", "request_id"),
     Index("ix_feedback_received_at", "received_at"),
 )
+
+# Feedback whose request is not stored yet: applied when it is (app.services.feedback).
+held_feedback = Table(
+    "held_feedback",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    *_feedback_item(),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Index("ix_held_feedback_received_at", "received_at"),
+)
+
+
+def _one_item_index(table: Table) -> Index:
+    """A feedback item (request, score, source, comment) is stored once per project."""
+    return Index(
+        f"uq_{table.name}_item",
+        table.c.project_id,
+        table.c.request_id,
+        table.c.score,
+        func.coalesce(table.c.source, ""),
+        func.md5(func.coalesce(table.c.comment, "")),
+        unique=True,
+    )
+
+
+_one_item_index(feedback)
+_one_item_index(held_feedback)
 
 policies = Table(
     "policies",
@@ -294,6 +331,15 @@ dirty_hours = Table(
     Column("project_id", BigInteger, nullable=False),
     Column("hour", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("job", "project_id", "hour"),
+)
+
+# Each API key's token bucket, shared by every API process.
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("key_id", BigInteger, ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 # Hours whose rows were written (requests, feedback, revenue records), appended in the same

@@ -13,6 +13,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from app.settings import get_settings
 
+# The instants the ledger can have seen: a bound outside them is a mistake, not a question.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 # The origin of date_bin's buckets (hours, days, wider buckets of the dashboard's series), in
@@ -54,14 +57,19 @@ def as_utc(at: datetime) -> datetime:
 
 
 def parse_instant(value: str, *, name: str) -> datetime:
-    """An ISO 8601 date (its midnight) or date-time, in UTC; naive is UTC."""
+    """An ISO 8601 date (its midnight) or date-time, in UTC (naive is UTC), from EARLIEST to
+    before LATEST."""
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return midnight(day)
-        return as_utc(datetime.fromisoformat(value))
+        at = (
+            midnight(date.fromisoformat(value))
+            if len(value) == 10
+            else as_utc(datetime.fromisoformat(value))
+        )
     except (ValueError, OverflowError):
         raise InvalidPeriod(f"{name}: {value!r} is not an ISO 8601 date or date-time") from None
+    if not EARLIEST <= at < LATEST:
+        raise InvalidPeriod(f"{name}: {value!r} is not from {EARLIEST:%Y} to before {LATEST:%Y}")
+    return at
 
 
 def parse_hour(value: str, *, name: str) -> datetime:
@@ -143,12 +151,22 @@ def hourly_period(start: str | None, end: str | None, *, now: datetime | None = 
     start_at = parse_hour(start, name="start") if start else end_at - DAY
     if start_at >= end_at:
         raise InvalidPeriod("start: must be before end")
+    longest = get_settings().routeledger_max_period_days
+    if end_at - start_at > timedelta(days=longest):
+        raise InvalidPeriod(
+            f"start: the period is longer than {longest} days (ROUTELEDGER_MAX_PERIOD_DAYS); "
+            "ask for a shorter one"
+        )
     return Period(start_at, end_at)
 
 
 def days_period(first: date, last: date) -> Period:
-    """Whole UTC days, the last one included: [first's midnight, the midnight after last)."""
-    return Period(midnight(first), midnight(last) + DAY)
+    """Whole UTC days, the last one included: [first's midnight, the midnight after last),
+    cut to the longest period a call may ask for (ROUTELEDGER_MAX_PERIOD_DAYS, the last days
+    kept) and to [EARLIEST, LATEST)."""
+    longest = get_settings().routeledger_max_period_days
+    end = LATEST if last >= LATEST.date() else midnight(last) + DAY
+    return Period(max(midnight(first), end - longest * DAY, EARLIEST), end)
 
 
 def trailing(window: timedelta, *, end: datetime) -> Period:

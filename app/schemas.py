@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -20,18 +22,50 @@ from pydantic import (
     StrictStr,
 )
 
+from app.periods import EARLIEST, LATEST
 from app.vocabulary import ALERT_METRICS, ALERT_STATES, ATTEMPT_STATUSES, KEY_SCOPES
 
 MAX_STRING = 200
 MAX_ATTEMPTS = 20
 MAX_BATCH_EVENTS = 1000
 MAX_METADATA_BYTES = 8 * 1024
+# Deeper than anyone's metadata needs; JSON encoders stop far deeper (orjson at 255).
+MAX_METADATA_DEPTH = 32
+# Money: at most this many USD, and this many decimal places (PostgreSQL's NUMERIC and any
+# spreadsheet hold them; an exponent of thousands would not).
+MAX_USD = Decimal(10) ** 12
+MAX_DECIMAL_PLACES = 30
+MAX_INT4 = 2**31 - 1
+MAX_ID = 2**63 - 1
 
-Text = Annotated[StrictStr, Field(max_length=MAX_STRING)]
-RequiredText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text (and jsonb) cannot hold a NUL.
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+def _no_control(value: str) -> str:
+    # Names reach email headers and subjects, where a line break would start a new header.
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (line breaks, tabs, NUL)")
+    return value
+
+
+Text = Annotated[StrictStr, Field(max_length=MAX_STRING), AfterValidator(_no_nul)]
+RequiredText = Annotated[
+    StrictStr, Field(min_length=1, max_length=MAX_STRING), AfterValidator(_no_nul)
+]
+# A name shown in emails (rule names, scopes): printable text only.
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING), AfterValidator(_no_control)]
 TokenCount = Annotated[StrictInt, Field(ge=0, le=2**40)]
-Millis = Annotated[StrictFloat | StrictInt, Field(ge=0)]
-Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
+# A latency: at most about eleven days.
+Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**9, allow_inf_nan=False)]
+Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1, allow_inf_nan=False)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT4)]
 
 
 def _money_input(value: Any) -> Any:
@@ -43,15 +77,25 @@ def _money_input(value: Any) -> Any:
     return value
 
 
-def _finite_non_negative(value: Decimal) -> Decimal:
+def _bounded(value: Decimal) -> Decimal:
     if not value.is_finite():
         raise ValueError("must be a finite number")
+    if abs(value) >= MAX_USD:
+        raise ValueError(f"must be less than {MAX_USD:,} in size")
+    if -value.normalize().as_tuple().exponent > MAX_DECIMAL_PLACES:
+        raise ValueError(f"must have at most {MAX_DECIMAL_PLACES} decimal places")
+    return value
+
+
+def _non_negative(value: Decimal) -> Decimal:
     if value < 0:
         raise ValueError("must not be negative")
     return value
 
 
-Money = Annotated[Decimal, BeforeValidator(_money_input), AfterValidator(_finite_non_negative)]
+# USD, refunds (negative amounts) included.
+SignedMoney = Annotated[Decimal, BeforeValidator(_money_input), AfterValidator(_bounded)]
+Money = Annotated[SignedMoney, AfterValidator(_non_negative)]
 MoneyOrNone = Money | None
 
 
@@ -61,7 +105,41 @@ def _timestamp_text(value: Any) -> Any:
     return value
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
+def _in_range(value: datetime) -> datetime:
+    try:
+        at = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+    if not EARLIEST <= at < LATEST:
+        raise ValueError(f"must be from {EARLIEST:%Y} to before {LATEST:%Y}")
+    return at
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(_in_range)]
+
+
+def _metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """At most MAX_METADATA_DEPTH levels, no NUL in any string, only finite numbers; walked
+    without recursion, so any depth the parser accepted is judged."""
+    pending = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+        children = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, child in children:
+            if isinstance(key, str):
+                _no_nul(key)
+            if isinstance(child, dict | list):
+                pending.append((child, depth + 1))
+            elif isinstance(child, str):
+                _no_nul(child)
+            elif isinstance(child, float) and not math.isfinite(child):
+                raise ValueError("must hold finite numbers only")
+    return value
+
+
+Metadata = Annotated[dict[str, Any], AfterValidator(_metadata)]
 
 
 def field_path(loc: Iterable[Any], *, whole: str) -> str:
@@ -75,22 +153,26 @@ def field_path(loc: Iterable[Any], *, whole: str) -> str:
     return path or whole
 
 
+_REQUEST_PARTS = ("body", "path", "query", "header", "cookie")
+
+
 def describe_errors(errors: Iterable[dict], *, whole: str) -> str:
     """`field: message; ...` for pydantic's errors, each field named by its path (without
-    FastAPI's `body` prefix or validators' names); `whole` names the thing validated."""
+    FastAPI's `body`, `path` or `query` at its root, or validators' names); `whole` names the
+    thing validated."""
     parts = []
     for item in errors:
-        loc = [
-            p for p in item["loc"]
-            if p != "body" and not (isinstance(p, str) and p.startswith("function-"))
-        ]  # fmt: skip
+        loc = list(item["loc"])
+        if loc and loc[0] in _REQUEST_PARTS:
+            loc = loc[1:]
+        loc = [p for p in loc if not (isinstance(p, str) and p.startswith("function-"))]
         message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
         parts.append(f"{field_path(loc, whole=whole)}: {message}")
     return "; ".join(parts)
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Router(Strict):
@@ -139,7 +221,7 @@ class Event(Strict):
     attempts: Annotated[list[Attempt], Field(min_length=1, max_length=MAX_ATTEMPTS)]
     quality: Quality | None = None
     revenue_usd: MoneyOrNone = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class IngestBatch(Strict):
@@ -162,7 +244,7 @@ class FeedbackItem(Strict):
     request_id: UUID
     score: Score
     source: Text | None = None
-    comment: Annotated[StrictStr, Field(max_length=2000)] | None = None
+    comment: Annotated[StrictStr, Field(max_length=2000), AfterValidator(_no_nul)] | None = None
 
 
 class FeedbackBatch(Strict):
@@ -170,13 +252,22 @@ class FeedbackBatch(Strict):
 
 
 class FeedbackResult(BaseModel):
-    accepted: int
+    accepted: int = Field(description="items stored now")
+    held: int = Field(
+        0, description="items whose request is not stored yet: applied when it arrives"
+    )
+    duplicates: int = Field(0, description="items stored (or held) before: stored once")
     errors: list[ItemError]
 
 
-PricePerMtok = Annotated[
-    Decimal, BeforeValidator(_money_input), AfterValidator(_finite_non_negative)
-]
+class HeldFeedback(BaseModel):
+    held: int = Field(description="feedback items waiting for their request")
+    oldest_received_at: datetime | None
+    hold_days: int = Field(description="how long an item waits before it is dropped")
+    hold_max: int = Field(description="how many items the project may have waiting")
+
+
+PricePerMtok = Money
 
 
 class PriceIn(Strict):
@@ -232,7 +323,7 @@ class RevenueRecordIn(Strict):
     customer_id: RequiredText
     period_start: Timestamp
     period_end: Timestamp
-    amount_usd: Annotated[Decimal, BeforeValidator(_money_input)]
+    amount_usd: SignedMoney
 
 
 class RevenueIn(Strict):
@@ -246,7 +337,7 @@ class RevenueResult(BaseModel):
 class KeyIn(Strict):
     name: RequiredText
     scopes: Annotated[list[Literal[KEY_SCOPES]], Field(min_length=1)]
-    rate_limit_per_second: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
+    rate_limit_per_second: Annotated[StrictFloat | StrictInt, Field(gt=0, le=10**6)] | None = None
 
 
 class KeyOut(BaseModel):
@@ -334,36 +425,44 @@ class CustomersOut(BaseModel):
 # --- alert rules and alerts (issue 4) ----------------------------------------------------------
 
 AlertMetric = Literal[ALERT_METRICS]
-EmailAddress = Annotated[StrictStr, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=MAX_STRING)]
+# One address, local@domain: no display name, no list (a comma would make two recipients).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EmailAddress = Annotated[
+    StrictStr,
+    Field(
+        pattern=rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]+@{_LABEL}(?:\.{_LABEL})+$",
+        max_length=MAX_STRING,
+    ),
+]
 
 
 class AlertScope(Strict):
     """Empty: the whole project; otherwise one feature, customer or (served) model."""
 
-    feature: RequiredText | None = None
-    customer_id: RequiredText | None = None
-    model: RequiredText | None = None
+    feature: Name | None = None
+    customer_id: Name | None = None
+    model: Name | None = None
 
 
 class AlertRuleChanges(Strict):
-    name: RequiredText | None = None
+    name: Name | None = None
     metric: AlertMetric | None = None
     scope: AlertScope | None = None
     window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
-    threshold: Annotated[StrictFloat | StrictInt, Field(ge=0)] | None = None
-    baseline_multiplier: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = None
-    min_requests: Annotated[StrictInt, Field(ge=0)] | None = None
+    threshold: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**12)] | None = None
+    baseline_multiplier: Annotated[StrictFloat | StrictInt, Field(gt=0, le=10**6)] | None = None
+    min_requests: Count | None = None
     cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
     recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)] | None = None
     enabled: bool | None = None
 
 
 class AlertRuleIn(AlertRuleChanges):
-    name: RequiredText
+    name: Name
     metric: AlertMetric
     scope: AlertScope = AlertScope()
     window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = 15
-    min_requests: Annotated[StrictInt, Field(ge=0)] = 0
+    min_requests: Count = 0
     cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = 60
     recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)]
     enabled: bool = True

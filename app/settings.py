@@ -41,6 +41,24 @@ class Settings(BaseSettings):
         default=50.0, description="default calls per second per API key (burst: 2 seconds' worth)"
     )
     routeledger_db_pool_size: int = 10
+    routeledger_max_event_age_days: int = Field(
+        default=400, ge=1, description="events older than this are refused"
+    )
+    routeledger_max_period_days: int = Field(
+        default=400, ge=1, description="the longest period a metrics or export call may ask for"
+    )
+    routeledger_statement_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="how long one query of a metrics call or page may run"
+    )
+    routeledger_export_timeout_seconds: float = Field(
+        default=900.0, gt=0, description="how long an export's query may run while it streams"
+    )
+    routeledger_feedback_hold_days: int = Field(
+        default=7, ge=1, description="how long feedback waits for a request not stored yet"
+    )
+    routeledger_feedback_hold_max: int = Field(
+        default=10_000, ge=0, description="how much such feedback a project may have waiting"
+    )
     routeledger_otlp_settle_seconds: float = Field(
         default=30.0,
         gt=0,

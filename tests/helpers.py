@@ -134,13 +134,16 @@ class LiveApi:
     log_path: Path = field(
         default_factory=lambda: Path(f"/tmp/routeledger-api-{uuid.uuid4().hex[:6]}.log")
     )
+    # More environment for the process (settings of the test).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> None:
-        env = {**os.environ, "DATABASE_URL": self.database_url}
+    def start(self, timeout: float = 60, ready: str = "/readyz") -> None:
+        """Starts the process and waits until `ready` answers 200."""
+        env = {**os.environ, **self.env, "DATABASE_URL": self.database_url}
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -164,7 +167,7 @@ class LiveApi:
             if self.process.poll() is not None:
                 raise RuntimeError(f"API exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

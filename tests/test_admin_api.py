@@ -7,7 +7,9 @@ import psycopg
 from tests.helpers import auth, batch, event, post, stored_request
 
 
-def test_feedback_sets_quality_and_refuses_unknown_requests(http, fresh_project, database_url):
+def test_feedback_sets_quality_and_holds_feedback_for_requests_not_stored_yet(
+    http, fresh_project, database_url
+):
     ev = event(quality={"score": 0.2, "source": "judge"})
     post(http, fresh_project.ingest_key, batch(ev))
     response = http.post(
@@ -28,11 +30,8 @@ def test_feedback_sets_quality_and_refuses_unknown_requests(http, fresh_project,
     )
     assert response.status_code == 207, response.text
     body = response.json()
-    assert body["accepted"] == 1
-    assert [(e["index"], e["error"].split(":")[0]) for e in body["errors"]] == [
-        (1, "request_id"),
-        (2, "score"),
-    ]
+    assert (body["accepted"], body["held"], body["duplicates"]) == (1, 1, 0)
+    assert [(e["index"], e["error"].split(":")[0]) for e in body["errors"]] == [(2, "score")]
     row = stored_request(database_url, ev["request_id"])
     assert (row["quality_score"], row["quality_source"]) == (0.9, "user")
     with psycopg.connect(database_url) as conn:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException
 
-from app.api.deps import AdminCaller, Db, ReadCaller
+from app.api.deps import AdminCaller, Db, Id, Name, PathName, ReadCaller
+from app.api.errors import answers
 from app.schemas import (
     KeyCreated,
     KeyIn,
@@ -49,7 +50,7 @@ def _price_out(row: dict) -> PriceOut:
 def get_prices(
     caller: ReadCaller,
     conn: Db,
-    model: Annotated[str | None, Query(max_length=200)] = None,
+    model: Name = None,
     scope: Literal["all", "project", "catalog"] = "all",
 ) -> PriceList:
     rows = pricing.list_prices(
@@ -68,9 +69,13 @@ def get_prices(
     status_code=201,
     tags=["prices"],
     summary="Add the project's own prices; each applies from its effective_from on",
+    responses=answers(409, _409="a price of this model and provider from this instant exists"),
 )
 def post_prices(body: PricesIn, caller: AdminCaller, conn: Db) -> PriceList:
-    ids = pricing.add_prices(conn, project_id=caller.project_id, prices=body.prices)
+    try:
+        ids = pricing.add_prices(conn, project_id=caller.project_id, prices=body.prices)
+    except pricing.DuplicatePrice as error:
+        raise HTTPException(409, str(error)) from None
     conn.commit()
     rows = [
         r
@@ -82,8 +87,10 @@ def post_prices(body: PricesIn, caller: AdminCaller, conn: Db) -> PriceList:
     )
 
 
-@router.get("/policies/{feature}", response_model=PolicyOut, tags=["policies"])
-def get_policy(feature: str, caller: ReadCaller, conn: Db) -> PolicyOut:
+@router.get(
+    "/policies/{feature}", response_model=PolicyOut, tags=["policies"], responses=answers(404)
+)
+def get_policy(feature: PathName, caller: ReadCaller, conn: Db) -> PolicyOut:
     history = policy_history(conn, project_id=caller.project_id, feature=feature)
     if not history:
         raise HTTPException(404, f"no policy for feature {feature!r}")
@@ -97,9 +104,7 @@ def get_policy(feature: str, caller: ReadCaller, conn: Db) -> PolicyOut:
 
 
 @router.put("/policies/{feature}", response_model=PolicyOut, tags=["policies"])
-def put_policy(feature: str, body: PolicyIn, caller: AdminCaller, conn: Db) -> PolicyOut:
-    if not 1 <= len(feature) <= 200:
-        raise HTTPException(422, "feature: 1 to 200 characters")
+def put_policy(feature: PathName, body: PolicyIn, caller: AdminCaller, conn: Db) -> PolicyOut:
     try:
         set_policy(conn, project_id=caller.project_id, feature=feature, policy=body)
     except InvalidPolicy as error:
@@ -139,8 +144,8 @@ def post_key(body: KeyIn, caller: AdminCaller, conn: Db) -> KeyCreated:
     return KeyCreated(**created, key=key.secret)
 
 
-@router.delete("/keys/{key_id}", status_code=204, tags=["keys"])
-def delete_key(key_id: int, caller: AdminCaller, conn: Db) -> None:
+@router.delete("/keys/{key_id}", status_code=204, tags=["keys"], responses=answers(404))
+def delete_key(key_id: Id, caller: AdminCaller, conn: Db) -> None:
     if not projects.revoke_key(conn, project_id=caller.project_id, key_id=key_id):
         raise HTTPException(404, f"no live key {key_id} in this project")
     conn.commit()

@@ -6,7 +6,8 @@ from typing import Literal
 
 from fastapi import APIRouter, HTTPException
 
-from app.api.deps import AdminCaller, Db, ReadCaller
+from app.api.deps import AdminCaller, Db, Id, ReadCaller
+from app.api.errors import answers
 from app.schemas import AlertOut, AlertRuleChanges, AlertRuleIn, AlertRuleOut
 from app.services import alerts
 from app.services.alerts import InvalidRule, RuleNotFound
@@ -29,8 +30,8 @@ def post_rule(body: AlertRuleIn, caller: AdminCaller, conn: Db) -> dict:
     return created
 
 
-@router.patch("/alert-rules/{rule_id}", response_model=AlertRuleOut)
-def patch_rule(rule_id: int, body: AlertRuleChanges, caller: AdminCaller, conn: Db) -> dict:
+@router.patch("/alert-rules/{rule_id}", response_model=AlertRuleOut, responses=answers(404))
+def patch_rule(rule_id: Id, body: AlertRuleChanges, caller: AdminCaller, conn: Db) -> dict:
     try:
         changed = alerts.update_rule(
             conn, project_id=caller.project_id, rule_id=rule_id, changes=body
@@ -43,8 +44,8 @@ def patch_rule(rule_id: int, body: AlertRuleChanges, caller: AdminCaller, conn: 
     return changed
 
 
-@router.delete("/alert-rules/{rule_id}", status_code=204)
-def delete_rule(rule_id: int, caller: AdminCaller, conn: Db) -> None:
+@router.delete("/alert-rules/{rule_id}", status_code=204, responses=answers(404))
+def delete_rule(rule_id: Id, caller: AdminCaller, conn: Db) -> None:
     try:
         alerts.delete_rule(conn, project_id=caller.project_id, rule_id=rule_id)
     except RuleNotFound as error:

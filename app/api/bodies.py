@@ -1,17 +1,23 @@
-"""ASGI middleware for request bodies: a size limit and gzip, before any route runs."""
+"""ASGI middleware for request bodies: the caller's key first, then a size limit and gzip,
+before any route runs."""
 
 from __future__ import annotations
 
 import zlib
 
 import orjson
+from starlette.concurrency import run_in_threadpool
+
+from app.api.callers import Refused, client_address, resolve_caller
+from app.api.errors import UNAVAILABLE, unavailable
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 
 
 class BodyLimitAndGzip:
-    """Refuses bodies over the limit with 413 (compressed or, after gzip, uncompressed), and
-    hands routes the decompressed body of a `Content-Encoding: gzip` request."""
+    """Checks the caller's key before reading a body (every call with a body needs one), and
+    hands the caller to the routes; refuses bodies over the limit with 413 (compressed or,
+    after gzip, uncompressed); hands routes the decompressed body of a gzip request."""
 
     def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
         self.app = app
@@ -22,6 +28,18 @@ class BodyLimitAndGzip:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        try:
+            caller = await run_in_threadpool(
+                resolve_caller, authorization, address=client_address(scope)
+            )
+        except Refused as refused:
+            await _error(send, refused.status, refused.detail, refused.headers)
+            return
+        except UNAVAILABLE as error:
+            await unavailable(error)(scope, receive, send)
+            return
+        scope = {**scope, "state": {**scope.get("state", {}), "caller": caller}}
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await _error(send, 413, f"body over {self.max_bytes} bytes")
@@ -74,7 +92,7 @@ class BodyLimitAndGzip:
         await self.app(scope, replay, send)
 
 
-async def _error(send, status: int, detail: str) -> None:
+async def _error(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
     payload = orjson.dumps({"detail": detail})
     await send(
         {
@@ -83,6 +101,7 @@ async def _error(send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in (headers or {}).items()),
             ],
         }
     )

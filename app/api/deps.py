@@ -1,49 +1,25 @@
-"""Typed dependencies of the routes: the caller (from the API key), its scope, its rate."""
+"""Typed dependencies of the routes: the caller (from the API key) and its scope, a database
+connection with a statement timeout, the period and filters of a call."""
 
 from __future__ import annotations
 
-import math
-import threading
-import time
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import Connection
 
-from app.db import connection
+from app.api.callers import Refused, client_address, resolve_caller
+from app.db import connection, limit_statements
 from app.periods import InvalidPeriod, Period, hourly_period
+from app.schemas import MAX_ID
 from app.services.metrics import Filters
-from app.services.projects import Caller, authenticate
+from app.services.projects import Caller
 from app.settings import get_settings
-
-
-class RateLimiter:
-    """A token bucket per API key, in this process: `rate` calls per second, bursts of two
-    seconds' worth. Several API processes each allow the rate."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[int, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, key_id: int, rate: float) -> float:
-        """0 when the call may go ahead (and is counted), else seconds until it may."""
-        capacity = max(1.0, 2 * rate)
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key_id, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * rate)
-            if tokens >= 1:
-                self._buckets[key_id] = (tokens - 1, now)
-                return 0.0
-            self._buckets[key_id] = (tokens, now)
-            return (1 - tokens) / rate
-
-
-rate_limiter = RateLimiter()
 
 
 def db() -> Connection:
     with connection() as conn:
+        limit_statements(conn, seconds=get_settings().routeledger_statement_timeout_seconds)
         yield conn
 
 
@@ -51,25 +27,15 @@ Db = Annotated[Connection, Depends(db)]
 
 
 def current_caller(request: Request) -> Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, secret = header.partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
-        raise HTTPException(
-            401, "missing API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
-        )
-    with connection() as conn:
-        caller = authenticate(conn, secret=secret.strip())
-    if caller is None:
-        raise HTTPException(401, "unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
-    rate = caller.rate_limit_per_second or get_settings().routeledger_rate_limit_per_second
-    wait = rate_limiter.retry_after(caller.key_id, rate)
-    if wait > 0:
-        raise HTTPException(
-            429,
-            f"over this key's rate of {rate:g} calls per second",
-            {"Retry-After": str(max(1, math.ceil(wait)))},
-        )
-    return caller
+    """The caller the body middleware resolved (calls with a body), else resolved now."""
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
+    authorization = request.headers.get("authorization")
+    try:
+        return resolve_caller(authorization, address=client_address(request.scope))
+    except Refused as refused:
+        raise HTTPException(refused.status, refused.detail, refused.headers) from None
 
 
 def require_scope(scope: str):
@@ -81,6 +47,9 @@ def require_scope(scope: str):
     return check
 
 
+# A stored row's id in a path: a bigint.
+Id = Annotated[int, Path(ge=1, le=MAX_ID, description="an id as listed")]
+
 IngestCaller = Annotated[Caller, Depends(require_scope("ingest"))]
 ReadCaller = Annotated[Caller, Depends(require_scope("read"))]
 AdminCaller = Annotated[Caller, Depends(require_scope("admin"))]
@@ -91,7 +60,10 @@ Bound = Annotated[
     str | None,
     Query(description="a whole UTC hour, ISO 8601; a bare date means its midnight"),
 ]
-Name = Annotated[str | None, Query(max_length=200)]
+# Names in queries and paths: PostgreSQL's text holds no NUL.
+NO_NUL = r"^[^\x00]*$"
+Name = Annotated[str | None, Query(max_length=200, pattern=NO_NUL)]
+PathName = Annotated[str, Path(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 def filters_param(

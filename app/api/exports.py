@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import Bound, ReadCaller, RequestFilters, period_param
-from app.db import connection
+from app.db import connection, limit_statements
 from app.periods import Period
 from app.services import exports
+from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 
@@ -26,6 +27,7 @@ def _stream(
 
     def chunks() -> Iterator[bytes]:
         with connection() as conn:
+            limit_statements(conn, seconds=get_settings().routeledger_export_timeout_seconds)
             for chunk in export(conn, within=within, **kwargs):
                 yield chunk.data
 

@@ -6,30 +6,23 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from app.api.deps import IngestCaller
+from app.api.deps import Db, IngestCaller, ReadCaller
+from app.api.errors import answers
 from app.db import get_engine, transaction
-from app.schemas import ErrorBody, FeedbackBatch, FeedbackResult, IngestBatch, IngestResult
-from app.services.feedback import record_feedback
-from app.services.ingest import (
-    Batch,
-    BatchTooLarge,
-    BodyNotJson,
-    NotABatch,
-    ingest_batch,
-    read_batch,
+from app.schemas import (
+    FeedbackBatch,
+    FeedbackResult,
+    HeldFeedback,
+    IngestBatch,
+    IngestResult,
 )
+from app.services.batches import Batch, BatchTooLarge, BodyNotJson, NotABatch, read_batch
+from app.services.feedback import held_summary, record_feedback
+from app.services.ingest import ingest_batch
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
-_ERRORS = {
-    400: {"model": ErrorBody, "description": "the body is not JSON (or not valid gzip)"},
-    401: {"model": ErrorBody, "description": "no API key, or an unknown or revoked one"},
-    403: {"model": ErrorBody, "description": "the key lacks the ingest scope"},
-    413: {"model": ErrorBody, "description": "over 5 MiB or over 1000 items"},
-    415: {"model": ErrorBody, "description": "not JSON"},
-    422: {"model": ErrorBody, "description": "JSON, but not a batch"},
-    429: {"model": ErrorBody, "description": "over the key's rate; see Retry-After"},
-}
+_ERRORS = answers(400, 413, 415, 422, _422="JSON, but not a batch", _415="not JSON")
 
 
 def _multi_status(result: IngestResult | FeedbackResult) -> Response:
@@ -91,6 +84,15 @@ async def ingest_feedback(request: Request, caller: IngestCaller) -> Response:
     batch = await _read_batch(request, "feedback")
     result = await run_in_threadpool(_record_feedback, caller.project_id, batch)
     return _multi_status(result)
+
+
+@router.get(
+    "/feedback/held",
+    response_model=HeldFeedback,
+    summary="Feedback waiting for its request (applied when the request is stored)",
+)
+def get_held_feedback(caller: ReadCaller, conn: Db) -> HeldFeedback:
+    return held_summary(conn, project_id=caller.project_id)
 
 
 def _record_feedback(project_id: int, batch: Batch) -> FeedbackResult:

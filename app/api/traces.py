@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from app.api.deps import AdminCaller, Db, ReadCaller, current_caller, require_scope
+from app.api.deps import AdminCaller, Db, PathName, ReadCaller, current_caller, require_scope
+from app.api.errors import answers
 from app.db import get_engine
 from app.schemas import ErrorBody, ModelTierIn, ModelTierList, ModelTierOut, UnmappedModels
 from app.services import model_tiers, otlp, traces
@@ -18,27 +17,11 @@ from app.services.projects import Caller
 
 router = APIRouter(prefix="/v1")
 
-# The database cannot take the spans now: an OTLP exporter retries a 503 (and a 429),
-# honouring Retry-After, where a 500 would lose them.
-UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
-RETRY_AFTER_SECONDS = 2
 MAX_REPORTED_ERRORS = 10
 
 
-def _unavailable(error: Exception) -> HTTPException:
-    return HTTPException(
-        503,
-        f"cannot store spans now ({type(error).__name__}); retry",
-        {"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-def traces_caller(request: Request) -> Caller:
-    """The ingest caller, with a database that cannot answer as a 503 rather than a 500."""
-    try:
-        caller = current_caller(request)
-    except UNAVAILABLE as error:
-        raise _unavailable(error) from None
+def traces_caller(caller: Annotated[Caller, Depends(current_caller)]) -> Caller:
+    """The ingest caller (a database that cannot answer is a 503: app.api.errors)."""
     return require_scope("ingest")(caller)
 
 
@@ -88,8 +71,6 @@ async def post_traces(
         )
     except otlp.NotDecodable as error:
         raise HTTPException(400, str(error)) from None
-    except UNAVAILABLE as error:
-        raise _unavailable(error) from None
     message = _summary(outcome.errors)
     if outcome.rejected_spans and outcome.rejected_spans == _span_count(export):
         raise HTTPException(400, f"every span was refused: {message}")
@@ -111,10 +92,8 @@ def _summary(errors: list[str]) -> str:
 
 # --- the model-to-tier map ----------------------------------------------------------------
 
+
 # A model name may hold "/" (e.g. "openrouter/gpt-4o"), sent as is or percent-encoded.
-ModelName = Annotated[str, Path(min_length=1, max_length=200)]
-
-
 @router.get(
     "/model-tiers",
     response_model=ModelTierList | UnmappedModels,
@@ -141,7 +120,7 @@ def get_model_tiers(
     tags=["model tiers"],
     summary="Map a model to a tier; requests held for it are assembled at once",
 )
-def put_model_tier(model: ModelName, body: ModelTierIn, caller: AdminCaller) -> ModelTierOut:
+def put_model_tier(model: PathName, body: ModelTierIn, caller: AdminCaller) -> ModelTierOut:
     try:
         mapped = traces.map_model(
             get_engine(), project_id=caller.project_id, model=model, tier=body.tier
@@ -161,8 +140,9 @@ def put_model_tier(model: ModelName, body: ModelTierIn, caller: AdminCaller) -> 
     status_code=204,
     tags=["model tiers"],
     summary="Remove a model from the map (stored requests keep their tiers)",
+    responses=answers(404),
 )
-def delete_model_tier(model: ModelName, caller: AdminCaller, conn: Db) -> None:
+def delete_model_tier(model: PathName, caller: AdminCaller, conn: Db) -> None:
     if not model_tiers.delete_model_tier(conn, project_id=caller.project_id, model=model):
         raise HTTPException(404, f"model {model!r} is not in this project's map")
     conn.commit()

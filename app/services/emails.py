@@ -12,7 +12,9 @@ Message-ID is fixed per row so a receiving system can drop such a copy.
 from __future__ import annotations
 
 import html
+import logging
 import random
+import re
 import smtplib
 import ssl
 from dataclasses import dataclass
@@ -29,7 +31,10 @@ from app.models import email_outbox
 from app.periods import utc_now
 from app.settings import get_settings
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SENDER = "RouteLedger <routeledger@localhost>"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SMTP_TIMEOUT_SECONDS = 30
 FIRST_RETRY = timedelta(seconds=30)
 LONGEST_RETRY = timedelta(hours=1)
@@ -99,7 +104,8 @@ def smtp_target(url: str) -> SmtpTarget:
 
 def build_message(row, *, sender: str) -> EmailMessage:
     message = EmailMessage()
-    message["Subject"] = row.subject
+    # Names are checked for line breaks where they come in; a header never carries one.
+    message["Subject"] = _CONTROL.sub(" ", row.subject)
     message["From"] = sender
     message["To"] = ", ".join(row.recipients)
     message["Date"] = format_datetime(row.created_at)
@@ -174,8 +180,10 @@ def send_pending(engine: Engine, *, limit: int = 100) -> SendRun:
                 break
             try:
                 deliver(row)
-            except (OSError, smtplib.SMTPException) as error:
-                # From after the delivery: it can take minutes.
+            except Exception as error:  # noqa: BLE001 - one bad row must not stop the others
+                # Backed off (from after the delivery: it can take minutes) so the next rows
+                # go first; the row stays, with the error, for the log and a retry.
+                log.warning("email %s not sent (attempt %s): %r", row.id, row.attempts + 1, error)
                 failed += 1
                 conn.execute(
                     text(

@@ -3,8 +3,8 @@
 Both follow DESIGN.md: RFC 4180 (CRLF line ends, quotes only where needed), UTF-8, one
 header row whose columns never change order, timestamps in ISO 8601 UTC, money as plain
 decimals (customers: 6 places, rounded half-even after summing; requests: the stored full
-precision), empty cells for unknown values, and text cells that begin with =, +, - or @
-prefixed with ' so a spreadsheet never runs them.
+precision), empty cells for unknown values, and text cells that begin with =, +, -, @, a tab
+or a carriage return prefixed with ' so a spreadsheet never runs them.
 
 Each export is a generator of chunks of UTF-8 CSV, so neither the API nor the command
 line ever holds a whole file: the requests are streamed out of PostgreSQL row by row.
@@ -25,7 +25,9 @@ from app.services.metrics import Filters, customer_metrics
 from app.vocabulary import GRANULARITIES
 
 CHUNK_BYTES = 256 * 1024
-_FORMULA_STARTS = ("=", "+", "-", "@")
+# What a spreadsheet may take as the start of a formula (a tab or carriage return first
+# still leaves one behind it).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _SIX_PLACES = Decimal("0.000001")
 
 

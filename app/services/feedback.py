@@ -1,20 +1,37 @@
-"""Quality that arrives after the request: stored as history, latest score on the request."""
+"""Quality that arrives after the request: stored as history, latest score on the request.
+
+An item (request, score, source, comment) is stored once per project: the same item posted
+again is a duplicate. Feedback for a request not stored yet (it may be on its way, or spooled
+in an SDK) is held, up to ROUTELEDGER_FEEDBACK_HOLD_MAX items per project for
+ROUTELEDGER_FEEDBACK_HOLD_DAYS, and applied by ingest in the transaction that stores the
+request; `held_summary` shows what waits, and the `feedback` job drops (and counts) what waited
+too long.
+"""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
 from pydantic import ValidationError
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.models import feedback, request_keys, requests
+from app.models import feedback, held_feedback, request_keys, requests
 from app.periods import utc_now
-from app.schemas import FeedbackItem, FeedbackResult, ItemError, describe_errors
-from app.services.ingest import Batch, request_id_of
+from app.schemas import FeedbackItem, FeedbackResult, HeldFeedback, ItemError, describe_errors
+from app.services.batches import Batch, request_id_of
 from app.services.rollups import ROLLUP_JOB, mark_written
+from app.settings import get_settings
 
 
-def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> FeedbackResult:
-    """Stores feedback for requests of this project. An invalid item or an unknown
-    request_id is an error for that item only; the latest score becomes the request's."""
+def record_feedback(
+    conn: Connection, *, project_id: int, batch: Batch, now: datetime | None = None
+) -> FeedbackResult:
+    """Stores feedback for requests of this project, holds it for requests not stored yet.
+    An invalid item is an error for that item only; the latest score becomes the request's."""
+    now = now or utc_now()
     items: list[tuple[int, FeedbackItem]] = []
     errors: list[ItemError] = []
     for index, raw in enumerate(batch.items):
@@ -31,51 +48,153 @@ def record_feedback(conn: Connection, *, project_id: int, batch: Batch) -> Feedb
             )
         ).all()
     )
-    rows = []
-    now = utc_now()
-    for index, item in items:
-        if item.request_id not in known:
-            errors.append(
-                ItemError(
-                    index=index,
-                    request_id=str(item.request_id),
-                    error="request_id: no such request in this project",
-                )
+    for_known = [item for _, item in items if item.request_id in known]
+    waiting = [(index, item) for index, item in items if item.request_id not in known]
+    room = get_settings().routeledger_feedback_hold_max - _held_count(conn, project_id=project_id)
+    for index, item in waiting[max(room, 0) :]:
+        errors.append(
+            ItemError(
+                index=index,
+                request_id=str(item.request_id),
+                error="request_id: no such request in this project, and the project's held "
+                "feedback is full (ROUTELEDGER_FEEDBACK_HOLD_MAX)",
             )
-            continue
-        rows.append(
+        )
+    waiting = waiting[: max(room, 0)]
+    stored = _store(conn, project_id=project_id, items=for_known, known=known, now=now)
+    held = _insert_once(
+        held_feedback,
+        conn,
+        [{**_fields(item), "project_id": project_id, "received_at": now} for _, item in waiting],
+    )
+    return FeedbackResult(
+        accepted=len(stored),
+        held=len(held),
+        duplicates=len(for_known) - len(stored) + len(waiting) - len(held),
+        errors=sorted(errors, key=lambda e: e.index),
+    )
+
+
+def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, datetime]) -> int:
+    """Applies the held feedback of requests this transaction stored ({request_id: ts});
+    returns how many items."""
+    if (
+        not stored
+        or not conn.execute(
+            select(
+                select(held_feedback.c.id).where(held_feedback.c.project_id == project_id).exists()
+            )
+        ).scalar_one()
+    ):
+        return 0
+    rows = conn.execute(
+        delete(held_feedback)
+        .where(
+            held_feedback.c.project_id == project_id,
+            held_feedback.c.request_id.in_(list(stored)),
+        )
+        .returning(*held_feedback.c)
+    ).all()
+    rows.sort(key=lambda row: (row.received_at, row.id))  # the latest is applied last
+    items = [
+        FeedbackItem(request_id=r.request_id, score=r.score, source=r.source, comment=r.comment)
+        for r in rows
+    ]
+    return len(_store(conn, project_id=project_id, items=items, known=stored, now=None))
+
+
+def _fields(item: FeedbackItem) -> dict:
+    return {
+        "request_id": item.request_id,
+        "score": item.score,
+        "source": item.source,
+        "comment": item.comment,
+    }
+
+
+def _insert_once(table, conn: Connection, rows: list[dict]) -> list:
+    """Inserts the rows a unique item index does not already hold; returns those inserted."""
+    if not rows:
+        return []
+    return conn.execute(
+        pg_insert(table).values(rows).on_conflict_do_nothing().returning(table.c.request_id)
+    ).all()
+
+
+def _store(
+    conn: Connection,
+    *,
+    project_id: int,
+    items: list[FeedbackItem],
+    known: dict[uuid.UUID, datetime],
+    now: datetime | None,
+) -> list:
+    """Stores the items (in order) of stored requests once each, and makes the latest new
+    score of each request its quality; returns the rows stored."""
+    rows = [
+        {**_fields(item), "project_id": project_id, "request_ts": known[item.request_id],
+         "received_at": now or utc_now()}
+        for item in items
+    ]  # fmt: skip
+    stored = _insert_once(feedback, conn, rows)
+    if not stored:
+        return stored
+    new = {row.request_id for row in stored}
+    latest = {r["request_id"]: r for r in rows if r["request_id"] in new}  # later items win
+    conn.execute(
+        update(requests)
+        .where(
+            requests.c.project_id == project_id,
+            requests.c.ts == bindparam("b_ts"),
+            requests.c.request_id == bindparam("b_id"),
+        )
+        .values(quality_score=bindparam("b_score"), quality_source=bindparam("b_source")),
+        [
             {
-                "project_id": project_id,
-                "request_id": item.request_id,
-                "request_ts": known[item.request_id],
-                "score": item.score,
-                "source": item.source,
-                "comment": item.comment,
-                "received_at": now,
+                "b_ts": r["request_ts"],
+                "b_id": r["request_id"],
+                "b_score": r["score"],
+                "b_source": r["source"],
             }
+            for r in latest.values()
+        ],  # fmt: skip
+    )
+    hours = [r["request_ts"] for r in latest.values()]
+    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=hours)
+    return stored
+
+
+def _held_count(conn: Connection, *, project_id: int) -> int:
+    return conn.execute(
+        select(func.count()).where(held_feedback.c.project_id == project_id)
+    ).scalar_one()
+
+
+def held_summary(conn: Connection, *, project_id: int) -> HeldFeedback:
+    """What waits for its request: how many items, since when, and the bounds."""
+    settings = get_settings()
+    row = conn.execute(
+        select(func.count(), func.min(held_feedback.c.received_at)).where(
+            held_feedback.c.project_id == project_id
         )
-    if rows:
-        conn.execute(insert(feedback), rows)
-        mark_written(
-            conn, job=ROLLUP_JOB, project_id=project_id, hours=(r["request_ts"] for r in rows)
-        )
-        latest = {row["request_id"]: row for row in rows}  # later items in the batch win
-        conn.execute(
-            update(requests)
-            .where(
-                requests.c.project_id == project_id,
-                requests.c.ts == bindparam("b_ts"),
-                requests.c.request_id == bindparam("b_id"),
-            )
-            .values(quality_score=bindparam("b_score"), quality_source=bindparam("b_source")),
-            [
-                {
-                    "b_ts": r["request_ts"],
-                    "b_id": r["request_id"],
-                    "b_score": r["score"],
-                    "b_source": r["source"],
-                }
-                for r in latest.values()
-            ],
-        )
-    return FeedbackResult(accepted=len(rows), errors=sorted(errors, key=lambda e: e.index))
+    ).one()
+    return HeldFeedback(
+        held=row[0],
+        oldest_received_at=row[1],
+        hold_days=settings.routeledger_feedback_hold_days,
+        hold_max=settings.routeledger_feedback_hold_max,
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackRun:
+    expired: int
+
+
+def expire_held(engine: Engine, *, now: datetime | None = None) -> FeedbackRun:
+    """Drops the held feedback that waited longer than ROUTELEDGER_FEEDBACK_HOLD_DAYS (its
+    request never came); the `feedback` job, which reports how many."""
+    cutoff = (now or utc_now()) - timedelta(days=get_settings().routeledger_feedback_hold_days)
+    with engine.begin() as conn:
+        result = conn.execute(delete(held_feedback).where(held_feedback.c.received_at < cutoff))
+    return FeedbackRun(expired=result.rowcount)

@@ -8,7 +8,6 @@ primary key decides, so two batches racing on two connections store it once.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from app.models import attempts, requests
 from app.periods import utc_now
 from app.schemas import (
-    MAX_BATCH_EVENTS,
     MAX_METADATA_BYTES,
     Event,
     IngestResult,
@@ -45,65 +43,17 @@ from app.schemas import (
     describe_errors,
     field_path,
 )
+from app.services.batches import Batch, request_id_of
+from app.services.feedback import apply_held
 from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
 from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, request_facts
 from app.services.rollups import ROLLUP_JOB, mark_written
+from app.settings import get_settings
 
 MAX_FUTURE = timedelta(days=1)
 _events_adapter = TypeAdapter(list[Event])
-
-
-class BodyNotJson(ValueError):
-    """400: the body cannot be parsed as JSON."""
-
-
-class NotABatch(ValueError):
-    """422: JSON, but not {"requests": [event, ...]} with at least one event."""
-
-
-class BatchTooLarge(ValueError):
-    """413: more events than a batch may hold."""
-
-
-# --- parsing ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Batch:
-    items: list[Any]
-    # True when the body held invalid UTF-8 (or lone surrogates): the strings that carry
-    # it are found item by item, so only those items are refused.
-    has_bad_text: bool = False
-
-
-def _parse_json(raw: bytes) -> tuple[Any, bool]:
-    try:
-        return orjson.loads(raw), False
-    except orjson.JSONDecodeError as strict_error:
-        # orjson refuses the whole body for one bad byte; decode leniently to find out
-        # whether it is otherwise JSON, so the good events beside the bad one survive.
-        try:
-            return json.loads(raw.decode("utf-8", errors="surrogateescape")), True
-        except (ValueError, RecursionError):
-            raise BodyNotJson(f"body is not valid JSON: {strict_error}") from None
-
-
-def read_batch(raw: bytes, *, key: str) -> Batch:
-    """The items of a `{key: [...]}` body of 1 to 1000 items."""
-    value, has_bad_text = _parse_json(raw)
-    if not isinstance(value, dict) or not isinstance(value.get(key), list):
-        raise NotABatch(f'body must be a JSON object {{"{key}": [...]}}')
-    unknown = sorted(set(value) - {key})
-    if unknown:
-        raise NotABatch(f"unknown field {unknown[0]!r} in the batch; only {key!r} is allowed")
-    items = value[key]
-    if not items:
-        raise NotABatch(f"{key!r} must hold at least one item")
-    if len(items) > MAX_BATCH_EVENTS:
-        raise BatchTooLarge(f"{len(items)} items in {key!r}; at most {MAX_BATCH_EVENTS} per batch")
-    return Batch(items, has_bad_text)
 
 
 # --- validation ------------------------------------------------------------------------
@@ -127,12 +77,6 @@ def find_bad_text(value: Any, loc: tuple = ()) -> tuple | None:
             found = find_bad_text(v, (*loc, i))
             if found is not None:
                 return found
-    return None
-
-
-def request_id_of(raw_event: Any) -> str | None:
-    if isinstance(raw_event, dict) and isinstance(raw_event.get("request_id"), str):
-        return raw_event["request_id"]
     return None
 
 
@@ -167,9 +111,16 @@ def _safe_id(raw_event: Any) -> str | None:
 
 
 def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> str | None:
-    """The rules a schema cannot say: known tiers, no far-future time, metadata size."""
+    """The rules a schema cannot say: known tiers, a time neither far in the future nor older
+    than events are kept, metadata size."""
     if event.timestamp - now > MAX_FUTURE:
         return f"timestamp: {event.timestamp.isoformat()} is more than a day in the future"
+    max_age = get_settings().routeledger_max_event_age_days
+    if now - event.timestamp > timedelta(days=max_age):
+        return (
+            f"timestamp: {event.timestamp.isoformat()} is more than {max_age} days in the past "
+            "(ROUTELEDGER_MAX_EVENT_AGE_DAYS)"
+        )
     known = ", ".join(sorted(tier_ranks))
     if event.intended_tier is not None and event.intended_tier not in tier_ranks:
         return f"intended_tier: unknown tier {event.intended_tier!r} (known: {known})"
@@ -391,4 +342,5 @@ def _store(
         ATTEMPTS_COPY.write(cur, (row for rid in ids if rid in new_ids
                                   for row in derived[rid].attempt_rows))  # fmt: skip
     mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=(r["ts"] for r in stored))
+    apply_held(conn, project_id=project_id, stored={r["request_id"]: r["ts"] for r in stored})
     return new_ids

@@ -19,6 +19,7 @@ import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as gp
 from sqlalchemy import Connection, func, insert, or_, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.models import model_prices, price_catalog_snapshots
 from app.periods import utc_now
@@ -385,13 +386,19 @@ def catalog_version(conn: Connection) -> str | None:
     ).scalar()
 
 
+class DuplicatePrice(ValueError):
+    """The project has a price of this model and provider from this instant already."""
+
+
 def add_prices(conn: Connection, *, project_id: int, prices: Iterable[PriceIn]) -> list[int]:
-    """A project's own prices; each overrides the catalog from its effective_from on."""
+    """A project's own prices; each overrides the catalog from its effective_from on. A price
+    never replaces another (stored costs were computed with it): the same model, provider
+    and effective_from again is a DuplicatePrice, and nothing of the call is stored."""
     ids = []
-    for price in prices:
+    for index, price in enumerate(prices):
         ids.append(
             conn.execute(
-                insert(model_prices)
+                pg_insert(model_prices)
                 .values(
                     project_id=project_id,
                     provider=normalize_provider(price.provider),
@@ -403,9 +410,16 @@ def add_prices(conn: Connection, *, project_id: int, prices: Iterable[PriceIn]) 
                     effective_from=price.effective_from,
                     source="custom",
                 )
+                .on_conflict_do_nothing()
                 .returning(model_prices.c.id)
-            ).scalar_one()
+            ).scalar()
         )
+        if ids[-1] is None:
+            raise DuplicatePrice(
+                f"prices[{index}]: {price.model!r} ({price.provider or 'any provider'}) has a "
+                f"price from {price.effective_from.isoformat()} already; post one with another "
+                "effective_from"
+            )
     return ids
 
 

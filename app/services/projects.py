@@ -20,6 +20,10 @@ class ProjectExists(ValueError):
     pass
 
 
+class InvalidProject(ValueError):
+    pass
+
+
 class ProjectNotFound(LookupError):
     pass
 
@@ -59,6 +63,9 @@ def create_project(
     baseline_provider: str | None = None,
 ) -> tuple[int, list[NewKey]]:
     """A project with the default tiers and one key per scope."""
+    if not name or len(name) > 200 or any(not ch.isprintable() for ch in name):
+        # The name reaches email subjects: printable characters only.
+        raise InvalidProject(f"name: {name!r} must be 1 to 200 printable characters")
     if conn.execute(select(projects.c.id).where(projects.c.name == name)).first():
         raise ProjectExists(f"a project named {name!r} already exists")
     project_id = conn.execute(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy import Connection, insert
 
 from app.models import revenue_records
 from app.periods import Period, calendar_parts, floor_day
 from app.schemas import RevenueRecordIn
 from app.services.rollups import MARGINS_JOB, mark_written
+
+# A billing period: a day, a month, a year; a record longer than this is a mistake.
+LONGEST_RECORD = timedelta(days=5 * 366)
 
 
 class InvalidRevenue(ValueError):
@@ -18,8 +23,11 @@ def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecor
     for index, record in enumerate(records):
         if record.period_end <= record.period_start:
             raise InvalidRevenue(f"records[{index}].period_end: must be after period_start")
-        if not record.amount_usd.is_finite():
-            raise InvalidRevenue(f"records[{index}].amount_usd: must be a finite number")
+        if record.period_end - record.period_start > LONGEST_RECORD:
+            raise InvalidRevenue(
+                f"records[{index}].period_end: a record covers at most {LONGEST_RECORD.days} "
+                "days; split a longer one"
+            )
     conn.execute(
         insert(revenue_records),
         [

@@ -1,0 +1,97 @@
+"""Late feedback: stored once, held for requests not stored yet (bounded), applied when they
+arrive, visible while it waits, dropped when it waited too long."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from app.services.batches import Batch
+from app.services.feedback import expire_held, held_summary, record_feedback
+from app.services.ingest import ingest_batch
+from tests.helpers import event, make_project
+
+NOW = datetime(2026, 7, 1, 12, tzinfo=UTC)
+
+
+def feedback(conn, project_id: int, *items: dict, now: datetime = NOW):
+    return record_feedback(conn, project_id=project_id, batch=Batch(list(items)), now=now)
+
+
+def quality(engine, request_id: str) -> float | None:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "select quality_score from requests where request_id = %s", (request_id,)
+        ).scalar()
+
+
+def test_the_same_item_posted_twice_is_stored_once(engine):
+    project = make_project()
+    sent = event(timestamp=NOW.isoformat())
+    ingest_batch(engine, project_id=project.id, batch=Batch([sent]), now=NOW)
+    item = {"request_id": sent["request_id"], "score": 0.4, "source": "user", "comment": "meh"}
+    with engine.begin() as conn:
+        first = feedback(conn, project.id, item)
+        again = feedback(conn, project.id, item, {**item, "score": 0.8})
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (again.accepted, again.duplicates) == (1, 1)
+    with engine.connect() as conn:
+        stored = (
+            conn.exec_driver_sql(
+                "select score from feedback where request_id = %s order by id",
+                (sent["request_id"],),
+            )
+            .scalars()
+            .all()
+        )
+    assert stored == [0.4, 0.8]
+    assert quality(engine, sent["request_id"]) == 0.8
+
+
+def test_feedback_before_its_request_is_applied_when_the_request_arrives(engine):
+    project = make_project()
+    early = event(timestamp=NOW.isoformat())
+    with engine.begin() as conn:
+        result = feedback(
+            conn,
+            project.id,
+            {"request_id": early["request_id"], "score": 0.3},
+            {"request_id": early["request_id"], "score": 0.7, "source": "user"},  # the latest
+        )
+        waiting = held_summary(conn, project_id=project.id)
+    assert (result.accepted, result.held, result.errors) == (0, 2, [])
+    assert (waiting.held, waiting.oldest_received_at) == (2, NOW)
+
+    ingest_batch(engine, project_id=project.id, batch=Batch([early]), now=NOW)
+    assert quality(engine, early["request_id"]) == 0.7
+    with engine.connect() as conn:
+        assert held_summary(conn, project_id=project.id).held == 0
+        applied = conn.exec_driver_sql(
+            "select count(*) from feedback where request_id = %s", (early["request_id"],)
+        ).scalar()
+    assert applied == 2
+
+
+def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
+    from app.settings import get_settings
+
+    monkeypatch.setenv("ROUTELEDGER_FEEDBACK_HOLD_MAX", "2")
+    get_settings.cache_clear()
+    try:
+        project = make_project()
+        items = [{"request_id": str(uuid.uuid4()), "score": 0.5} for _ in range(3)]
+        with engine.begin() as conn:
+            result = feedback(conn, project.id, *items)
+        assert result.held == 2
+        assert [(e.index, e.error.split(":")[0]) for e in result.errors] == [(2, "request_id")]
+        assert "HOLD_MAX" in result.errors[0].error
+
+        expired = expire_held(engine, now=NOW + timedelta(days=6))
+        with engine.connect() as conn:
+            assert held_summary(conn, project_id=project.id).held == 2  # not yet
+        expired = expire_held(engine, now=NOW + timedelta(days=7, seconds=1))
+        assert expired.expired >= 2
+        with engine.connect() as conn:
+            assert held_summary(conn, project_id=project.id).held == 0
+    finally:
+        get_settings.cache_clear()
