@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from app import secret_key
 from app.periods import InvalidPeriod, as_utc, floor_day, floor_hour, parse_instant, utc_now
 from app.settings import get_settings
 from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
@@ -20,7 +21,9 @@ from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+# `up` lists this many dashboard logins, then how many more there are.
+LOGINS_SHOWN = 5
 
 
 class _Commands(click.Group):
@@ -88,51 +91,112 @@ def api(host: str | None, port: int | None, workers: int, log_level: str) -> Non
 
 @main.command()
 @click.option("--demo", is_flag=True, help="also load a week of demo traffic")
-def up(demo: bool) -> None:
+@click.option(
+    "--verbose", is_flag=True, help="show the processes' logs here too (always in DATA_DIR/logs)"
+)
+def up(demo: bool, verbose: bool) -> None:
     """Everything on one machine: database (embedded when DATABASE_URL is unset),
-    migrations and the API. Ctrl-C stops it all."""
+    migrations, API, worker, beat and dashboard. Ctrl-C stops it all."""
     from app.embedded import EmbeddedPostgres
-    from app.supervisor import Child, Supervisor
+    from app.supervisor import Child, StatusLine, Supervisor
 
     settings = get_settings()
-    embedded = None
-    if not settings.database_url:
-        embedded = EmbeddedPostgres(settings.embedded_pgdata_dir)
-        console.print(f"starting embedded PostgreSQL in {settings.embedded_pgdata_dir} ...")
-        os.environ["DATABASE_URL"] = embedded.start()
-        get_settings.cache_clear()
+    os.environ[secret_key.VARIABLE] = _up_secret_key(settings)
+    embedded = supervisor = None
     status = 1
     try:
+        if not settings.database_url:
+            embedded = EmbeddedPostgres(settings.embedded_pgdata_dir)
+            console.print(f"starting embedded PostgreSQL in {settings.embedded_pgdata_dir} ...")
+            os.environ["DATABASE_URL"] = embedded.start()
+        get_settings.cache_clear()
         _migrate()
-        host, port = settings.routeledger_api_host, settings.routeledger_api_port
-        dashboard_port = settings.routeledger_dashboard_port
+        api_url = _url(settings.routeledger_api_host, settings.routeledger_api_port)
+        dashboard_url = _url(
+            settings.routeledger_dashboard_host, settings.routeledger_dashboard_port
+        )
         supervisor = Supervisor(
             [
-                Child("api", ["api", "--host", host, "--port", str(port)]),
+                Child("api", ["api"], ready_url=f"{_local(api_url)}/readyz"),
                 Child("worker", ["worker"]),
                 Child("beat", ["beat"]),
-                Child("dashboard", ["dashboard", "--host", host, "--port", str(dashboard_port)]),
-            ]
+                Child("dashboard", ["dashboard"], ready_url=f"{_local(dashboard_url)}/login"),
+            ],
+            log_dir=settings.logs_dir,
+            echo=console if verbose else None,
         )
         supervisor.start()
-        console.print(
-            f"RouteLedger API: http://{host}:{port}  (OpenAPI: http://{host}:{port}/docs)"
-        )
-        console.print(f"RouteLedger dashboard: http://{host}:{dashboard_port}")
+        console.print(f"RouteLedger API: {api_url}  (OpenAPI: {api_url}/docs)")
+        console.print(f"RouteLedger dashboard: {dashboard_url}")
         if demo:
-            try:
-                _load_demo(f"http://{host}:{port}")
-            except BaseException:
-                supervisor.stop()
-                raise
+            _load_demo(_local(api_url))
+        _print_logins(demo)
+        console.print(
+            f"logs: {settings.logs_dir}"
+            + ("" if verbose else "  (`routeledger up --verbose` shows them here)")
+        )
         console.print("create a project and its keys: routeledger project create NAME --json")
         console.print("Ctrl-C stops everything")
-        status = supervisor.run_until_stopped()
+        with StatusLine(console, supervisor, _ledger_activity) as status_line:
+            status = supervisor.run_until_stopped(on_tick=status_line.update)
     finally:
+        if supervisor is not None:
+            supervisor.stop()
         if embedded is not None:
             console.print("stopping embedded PostgreSQL ...")
             embedded.stop()
     sys.exit(status)
+
+
+def _up_secret_key(settings) -> str:
+    """The dashboard's secret key: ROUTELEDGER_SECRET_KEY when set (and fit), else the one
+    `up` keeps in the data folder, made on first use."""
+    try:
+        if settings.routeledger_secret_key is not None:
+            return secret_key.checked(settings.routeledger_secret_key.get_secret_value())
+        return secret_key.local_secret_key(settings.secret_key_file)
+    except secret_key.InsecureSecretKey as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://{host}:{port}"
+
+
+def _local(url: str) -> str:
+    """The URL to reach a server of this machine that listens on every address."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+
+
+def _print_logins(demo: bool) -> None:
+    """Who can sign in to the dashboard (with the demo's passwords, which are public)."""
+    from app.db import connection
+    from app.services import users
+    from tools.demo import DEMO_LOGINS
+
+    with connection() as conn:
+        logins = users.list_logins(conn)
+    if not logins:
+        console.print(
+            "no dashboard login yet: routeledger user create EMAIL --project NAME --role admin"
+        )
+        return
+    passwords = dict(DEMO_LOGINS.values()) if demo else {}
+    shown = list(logins.items())[:LOGINS_SHOWN]
+    for email, memberships in shown:
+        roles = ", ".join(f"{m.role} of {m.project_name}" for m in memberships) or "no project"
+        password = f" / {passwords[email]}" if email in passwords else ""
+        console.print(f"dashboard login: {email}{password}  ({roles})")
+    if len(logins) > len(shown):
+        console.print(f"... and {len(logins) - len(shown)} more logins")
+
+
+def _ledger_activity():
+    from app.db import connection
+    from app.services.activity import ledger_activity
+
+    with connection() as conn:
+        return ledger_activity(conn)
 
 
 @main.group()
@@ -440,14 +504,22 @@ def _send_replay(
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default=None, help="default: ROUTELEDGER_DASHBOARD_HOST (127.0.0.1)")
 @click.option("--port", type=int, default=None, help="default: ROUTELEDGER_DASHBOARD_PORT (8050)")
 @click.option("--threads", type=int, default=8, show_default=True)
-def dashboard(host: str, port: int | None, threads: int) -> None:
-    """Serve the dashboard (the database must be migrated)."""
+def dashboard(host: str | None, port: int | None, threads: int) -> None:
+    """Serve the dashboard (the database must be migrated; ROUTELEDGER_SECRET_KEY set)."""
     from dashboards.app import serve
 
-    serve(host=host, port=port or get_settings().routeledger_dashboard_port, threads=threads)
+    settings = get_settings()
+    try:
+        serve(
+            host=host or settings.routeledger_dashboard_host,
+            port=port or settings.routeledger_dashboard_port,
+            threads=threads,
+        )
+    except secret_key.InsecureSecretKey as error:
+        raise click.ClickException(str(error)) from None
 
 
 @main.group()
@@ -490,6 +562,21 @@ def user_create(email: str, project_name: str, role: str, password: str | None) 
     click.echo(f"{users.normalize_email(email)}: {role} of {project_name}")
 
 
+@user.command("sign-out")
+@click.argument("email")
+def user_sign_out(email: str) -> None:
+    """End every dashboard session of a login now (a lost laptop, a leaver)."""
+    from app.db import transaction
+    from app.services import sessions, users
+
+    with transaction() as conn:
+        user_id = users.user_id_by_email(conn, email=email)
+        if user_id is None:
+            raise click.ClickException(f"no dashboard login {email}")
+        ended = sessions.end_sessions_of(conn, user_id=user_id)
+    click.echo(f"{users.normalize_email(email)}: {ended} session(s) ended")
+
+
 def _load_demo(endpoint: str, **plan_options) -> None:
     import httpx
 
@@ -511,8 +598,6 @@ def _load_demo(endpoint: str, **plan_options) -> None:
     except demo.DemoNotDelivered as error:
         raise click.ClickException(str(error)) from None
     console.print(f"demo: {result.requests} requests in project {result.project}")
-    for role, (email, password) in demo.DEMO_LOGINS.items():
-        console.print(f"demo login ({role}): {email} / {password}")
 
 
 @main.command("demo")
@@ -521,12 +606,16 @@ def _load_demo(endpoint: str, **plan_options) -> None:
 @click.option("--requests-per-hour", type=click.IntRange(1, 10_000), default=40, show_default=True)
 def demo_command(endpoint: str | None, days: int, requests_per_hour: int) -> None:
     """Send a week of demo traffic through the SDK to a running API (project `demo`)."""
+    from tools.demo import DEMO_LOGINS
+
     settings = get_settings()
     _load_demo(
         endpoint or f"http://{settings.routeledger_api_host}:{settings.routeledger_api_port}",
         days=days,
         requests_per_hour=requests_per_hour,
     )
+    for role, (email, password) in DEMO_LOGINS.items():
+        console.print(f"demo login ({role}): {email} / {password}")
 
 
 @main.command()

@@ -669,6 +669,37 @@ memberships = Table(
     Index("ix_memberships_project_id", "project_id"),
 )
 
+# A signed-in dashboard session (issue 16): the cookie holds a random token, this row its
+# SHA-256. Signing out or changing the password deletes rows, which ends those sessions in
+# every dashboard process at once.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", LargeBinary, primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("expires_at > created_at", name="expires_after_start"),
+    Index("ix_dashboard_sessions_user_id", "user_id"),
+    Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)
+
+# Failed sign-ins of the last window, counted per account (the email as typed, whether or
+# not a login has it) and per address, by every dashboard process alike.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("account", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("failed_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("length(account) <= 200", name="account_length"),
+    CheckConstraint("length(address) <= 100", name="address_length"),
+    Index("ix_login_failures_account", "account", "failed_at"),
+    Index("ix_login_failures_address", "address", "failed_at"),
+    Index("ix_login_failures_failed_at", "failed_at"),
+)
+
 # The Experiments page compares arms request by request (intervals need more than sums);
 # the index holds what it reads, so it alone answers.
 Index(

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,9 +22,10 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(
         default=None, description="smtp:// or smtps:// URL; unset: .eml files in the outbox"
     )
-    routeledger_secret_key: str = Field(
-        default="dev-insecure-secret-change-me",
-        description="signs dashboard sessions; set it in production",
+    routeledger_secret_key: SecretStr | None = Field(
+        default=None,
+        description="signs dashboard sessions: the dashboard refuses to start without a long "
+        "random one (`up` makes its own in the data dir)",
     )
     routeledger_data_dir: Path = Field(
         default=Path(platformdirs.user_data_dir("routeledger")),
@@ -36,6 +37,12 @@ class Settings(BaseSettings):
     routeledger_dashboard_port: int = 8050
     routeledger_public_url: str | None = Field(
         default=None, description="dashboard URL used in emails; default http://host:port"
+    )
+    routeledger_trusted_proxies: int = Field(
+        default=0,
+        ge=0,
+        description="proxies in front of the dashboard that set X-Forwarded-For (a TLS proxy: "
+        "1); the login throttle counts failures by the address they report",
     )
     routeledger_rate_limit_per_second: float = Field(
         default=50.0, description="default calls per second per API key (burst: 2 seconds' worth)"
@@ -80,6 +87,16 @@ class Settings(BaseSettings):
     @property
     def embedded_pgdata_dir(self) -> Path:
         return self.routeledger_data_dir / "pgdata"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """Where `routeledger up` keeps the secret key it made."""
+        return self.routeledger_data_dir / "secret_key"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Where `routeledger up` writes the logs of the processes it runs."""
+        return self.routeledger_data_dir / "logs"
 
 
 @lru_cache

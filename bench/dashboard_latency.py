@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import secrets
 import statistics
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -190,9 +192,13 @@ def measure(project_id: int, project_name: str, *, runs: int, range_days: int) -
     from flask import g
 
     from app.services.users import Membership
+    from app.settings import get_settings
     from dashboards import data
     from dashboards.app import create_app
 
+    # The pages are called in this process, no session is signed: any real key will do.
+    os.environ.setdefault("ROUTELEDGER_SECRET_KEY", secrets.token_hex(32))
+    get_settings.cache_clear()
     app = create_app()
     membership = Membership(project_id, project_name, "admin")
     results = {}

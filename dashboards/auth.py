@@ -1,9 +1,13 @@
-"""Logins for the dashboard: plain Flask routes on Dash's server, Flask's signed session
-cookie, a CSRF token checked on every POST, and the project a user is looking at.
+"""Logins for the dashboard: plain Flask routes on Dash's server, sessions kept in
+PostgreSQL (app.services.sessions) behind Flask's signed cookie, sign-ins throttled per
+account and per address (app.services.logins), a CSRF token checked on every POST, and the
+project a user is looking at.
 
-Every request but the login page needs a signed-in user. The session holds the user's id,
-the project chosen and a CSRF token; memberships are read from the database on each
-request, so a removed membership takes effect at once. Forms carry the token in a hidden
+Every request but the login page needs a live session: the cookie holds the session's
+token, the project chosen and a CSRF token, and each request looks the token up, so signing
+out (or a password change) ends the session at once in every dashboard process, and a
+cookie copied before is refused. Memberships are read from the database on each request
+too, so a removed membership takes effect at once. Forms carry the CSRF token in a hidden
 field; Dash's own callback POSTs carry it in the X-CSRFToken header, which dash-renderer
 copies from the `_csrf_token` cookie (readable by the page's script only: another site can
 neither read it nor set the header).
@@ -12,7 +16,9 @@ neither read it nor set the header).
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
+from datetime import timedelta
 from html import escape
 from urllib.parse import quote, urlsplit
 
@@ -20,7 +26,8 @@ import flask
 from flask import Flask, g, redirect, request, session
 
 from app.db import connection, transaction
-from app.services import users
+from app.periods import utc_now
+from app.services import logins, sessions, users
 from app.services.users import Membership
 
 CSRF_COOKIE = "_csrf_token"
@@ -28,6 +35,7 @@ CSRF_HEADER = "X-CSRFToken"
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 PROJECT_PARAM = "project"
+SESSION_TOKEN = "token"  # the session cookie's key for the server-side session's token
 
 
 class AccessDenied(PermissionError):
@@ -66,10 +74,9 @@ def _before_request():
             return flask.Response("CSRF token missing or wrong: reload the page", 403)
     if request.path == LOGIN_PATH:
         return None
-    user_id = session.get("user_id")
-    found = _load_memberships(user_id) if user_id else None
+    found = _signed_in_user(session.get(SESSION_TOKEN))
     if not found:
-        session.pop("user_id", None)
+        session.pop(SESSION_TOKEN, None)
         if request.path.startswith("/_dash-") and request.method == "POST":
             return flask.Response("signed out: reload the page", 401)
         return redirect(f"{LOGIN_PATH}?next={_quote_next(request.full_path)}")
@@ -78,11 +85,13 @@ def _before_request():
     return None
 
 
-def _load_memberships(user_id: int) -> tuple[str, list[Membership]] | None:
+def _signed_in_user(token: str | None) -> tuple[str, list[Membership]] | None:
+    """The email and memberships of the session's login, while the session lives."""
+    if not isinstance(token, str):
+        return None
     with connection() as conn:
-        email = users.user_email(conn, user_id=user_id)
-        memberships = users.user_memberships(conn, user_id=user_id) if email else []
-    return (email, memberships) if email else None
+        user = sessions.session_user(conn, token=token, now=utc_now())
+        return (user.email, users.user_memberships(conn, user_id=user.user_id)) if user else None
 
 
 def _choose_project(wanted_name: str | None) -> None:
@@ -127,31 +136,51 @@ def _safe_next(target: str | None) -> str:
 
 
 def _login():
-    error = ""
+    error, status, headers = "", 200, {}
     if request.method == "POST":
-        email = request.form.get("email", "")
         with transaction() as conn:
-            user_id = users.authenticate(
-                conn, email=email, password=request.form.get("password", "")
+            attempt = logins.sign_in(
+                conn,
+                email=request.form.get("email", ""),
+                password=request.form.get("password", ""),
+                address=request.remote_addr,
+                now=utc_now(),
             )
-        if user_id is not None:
+            if attempt.token and session.get(SESSION_TOKEN):
+                sessions.end_session(conn, token=session[SESSION_TOKEN])
+        if attempt.token:
             session.clear()  # a fresh session on login: no fixation of an older one
-            session["user_id"] = user_id
+            session[SESSION_TOKEN] = attempt.token
             csrf_token()
             return redirect(_safe_next(request.form.get("next")))
-        error = "Wrong email or password."
+        if attempt.retry_after:
+            error = f"Too many failed sign-ins. Try again in {_duration(attempt.retry_after)}."
+            status, headers = 429, {"Retry-After": str(int(attempt.retry_after.total_seconds()))}
+        else:
+            error, status = "Wrong email or password.", 401
     return flask.Response(
         _LOGIN_PAGE.format(
             csrf=escape(csrf_token()),
             next=escape(_safe_next(request.values.get("next"))),
             error=f'<p class="error" role="alert">{escape(error)}</p>' if error else "",
         ),
-        status=401 if error else 200,
+        status=status,
+        headers=headers,
         mimetype="text/html",
     )
 
 
+def _duration(wait: timedelta) -> str:
+    count, unit = math.ceil(wait.total_seconds()), "second"
+    if count >= 60:
+        count, unit = math.ceil(count / 60), "minute"
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
 def _logout():
+    if session.get(SESSION_TOKEN):
+        with transaction() as conn:
+            sessions.end_session(conn, token=session[SESSION_TOKEN])
     session.clear()
     return redirect(LOGIN_PATH)
 

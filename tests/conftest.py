@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh PostgreSQL database per test session (on the local server,
-TEST_DATABASE_URL), migrated by Alembic, and a real API server on loopback."""
+TEST_DATABASE_URL), migrated by Alembic, a real API server on loopback, and a check that no
+process the tests started outlives the run."""
 
 from __future__ import annotations
 
@@ -16,12 +17,27 @@ from tests.helpers import (
     ARTIFACTS,
     CHROMEDRIVER,
     CHROMIUM,
+    TEST_SECRET_KEY,
     LiveApi,
     LiveDashboard,
     Project,
+    adopt_orphans,
     make_project,
+    stop_leftovers,
     with_database,
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left():
+    """Every process a test or fixture starts is stopped by the end of the run, however the
+    test ended: what is still running then (orphans included) is stopped here, and the run
+    fails with their command lines. First set up, so last torn down."""
+    adopt_orphans()
+    yield
+    left = stop_leftovers()
+    if left:
+        pytest.fail("processes the tests left running (stopped now): " + "; ".join(left))
 
 
 def _configure(url: str) -> None:
@@ -31,6 +47,7 @@ def _configure(url: str) -> None:
     # Tests send events at fixed instants (the same on any day the suite runs): however old
     # they get, they stay within the ledger's age bound (tests of the bound set their own).
     os.environ["ROUTELEDGER_MAX_EVENT_AGE_DAYS"] = "36500"
+    os.environ["ROUTELEDGER_SECRET_KEY"] = TEST_SECRET_KEY
     get_settings.cache_clear()
 
 
@@ -66,10 +83,9 @@ def project(database_url) -> Project:
 
 @pytest.fixture(scope="session")
 def live_api(database_url) -> Iterator[LiveApi]:
-    server = LiveApi(database_url=database_url, default_project=make_project(name="live-default"))
-    server.start()
-    yield server
-    server.stop()
+    project = make_project(name="live-default")
+    with LiveApi(database_url=database_url, default_project=project) as server:
+        yield server
 
 
 @pytest.fixture
@@ -98,10 +114,8 @@ def http(live_api) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="session")
 def live_dashboard(database_url) -> Iterator[LiveDashboard]:
-    server = LiveDashboard(database_url=database_url)
-    server.start()
-    yield server
-    server.stop()
+    with LiveDashboard(database_url=database_url) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

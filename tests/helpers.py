@@ -5,9 +5,13 @@ provider. Fixtures are in the conftest.py files."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gzip
 import json
 import os
+import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -15,6 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -22,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 from routeledger import RouteLedger
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
@@ -117,15 +123,40 @@ def make_project(baseline_model: str | None = "gpt-4o", name: str | None = None)
     return Project(project_id, name, secrets["ingest"], secrets["read"], secrets["admin"])
 
 
+LOGIN_PASSWORD = "correct-horse-battery"
+
+
+def make_login(email: str, password: str = LOGIN_PASSWORD, **roles: str) -> int:
+    """A dashboard login with a role in each project named (project name -> role); its id."""
+    from app.db import transaction
+    from app.services import users
+    from app.services.projects import project_id_by_name
+
+    with transaction() as conn:
+        user_id = users.create_user(conn, email=email, password=password)
+        for project_name, role in roles.items():
+            project_id = project_id_by_name(conn, name=project_name)
+            users.grant(conn, user_id=user_id, project_id=project_id, role=role)
+    return user_id
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+# A real key for the dashboards the tests start (ROUTELEDGER_SECRET_KEY, set for the session by
+# the database_url fixture): the dashboard refuses to start without one.
+TEST_SECRET_KEY = secrets.token_hex(32)
+
+
 @dataclass
 class LiveApi:
-    """A real `routeledger api` process on loopback over the session's database."""
+    """A real `routeledger api` process on loopback over the session's database. Whatever
+    happens, it does not outlive its test or fixture: a start that fails (the process exits,
+    or does not serve in time) stops it again before raising, and `stop` ends the process and
+    everything it started. `env` adds to the environment the tests run in."""
 
     database_url: str
     port: int = field(default_factory=free_port)
@@ -134,58 +165,62 @@ class LiveApi:
     log_path: Path = field(
         default_factory=lambda: Path(f"/tmp/routeledger-api-{uuid.uuid4().hex[:6]}.log")
     )
-    # More environment for the process (settings of the test).
     env: dict[str, str] = field(default_factory=dict)
+    ready_path = "/readyz"  # answers 200 once the process serves (a class attribute)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60, ready: str = "/readyz") -> None:
-        """Starts the process and waits until `ready` answers 200."""
-        env = {**os.environ, **self.env, "DATABASE_URL": self.database_url}
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "api",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "info",  # so a failed start leaves a reason in the log
-            ],
-            env=env,
-            cwd=REPO,
-            stdout=self.log_path.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+    def command(self) -> list[str]:
+        # --log-level info: a failed start leaves its reason in the log.
+        return ["api", "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "info"]
+
+    def start(self, timeout: float = 60) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *self.command()],
+                env={**os.environ, "DATABASE_URL": self.database_url, **self.env},
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_until_serving(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_serving(self, timeout: float) -> None:
+        name = self.command()[0]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
             if self.process.poll() is not None:
-                raise RuntimeError(f"API exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{name} exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}{ready}", timeout=1).status_code == 200:
+                if httpx.get(self.url + self.ready_path, timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
+            if time.monotonic() >= deadline:
+                log = self.log_path.read_text()[-2000:]
+                raise RuntimeError(f"{name} not serving in {timeout}s: {log}")
             time.sleep(0.1)
-        raise RuntimeError(f"API not ready in {timeout}s: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process_tree(self.process)
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
 
     # The default project's keys and counts, for tests that need only one project.
     def __getattr__(self, name):
@@ -207,28 +242,113 @@ ARTIFACTS = REPO / "test-artifacts"
 @dataclass
 class LiveDashboard(LiveApi):
     """A real `routeledger dashboard` process on loopback over the session's database
-    (stopped like the API's)."""
+    (started and stopped like the API's)."""
 
     log_path: Path = field(
         default_factory=lambda: Path(f"/tmp/routeledger-dashboard-{uuid.uuid4().hex[:6]}.log")
     )
 
-    def start(self, timeout: float = 60) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "dashboard", "--port", str(self.port)],
-            env={**os.environ, "DATABASE_URL": self.database_url},
+    ready_path = "/login"
+
+    def command(self) -> list[str]:
+        return ["dashboard", "--port", str(self.port)]
+
+
+# --- processes the tests start ---------------------------------------------------------------
+
+
+def stop_process_tree(process: subprocess.Popen, grace: float = 15) -> None:
+    """Stops a process a test started and every process it started, however they behave:
+    SIGTERM to it (it stops its own children in order); SIGKILL to it after `grace` seconds,
+    and to whatever of its descendants is left."""
+    descendants = _descendants(process.pid)
+    outlived = 5.0  # how long its descendants may take to end once it ended by itself
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            descendants += _descendants(process.pid)  # and what it started meanwhile
+            process.kill()
+            process.wait()
+            outlived = 0.0
+    _, left = psutil.wait_procs(descendants, timeout=outlived)
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@contextmanager
+def running(*args: str, env: dict[str, str], log: Path, grace: float = 60):
+    """`routeledger ARGS`, its output appended to `log`; stopped when the block ends, however
+    it ends (stop_process_tree). Yields the process."""
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
             cwd=REPO,
-            stdout=self.log_path.open("ab"),
+            env=env,
+            stdout=out,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + timeout
-        while self.process.poll() is None and time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError(f"dashboard did not start: {self.log_path.read_text()[-2000:]}")
+    try:
+        yield process
+    finally:
+        stop_process_tree(process, grace)
+
+
+def adopt_orphans() -> None:
+    """Makes this process the parent of every orphan among its descendants (Linux's child
+    subreaper): a daemon a test's process started, or a child left by a process that died, is
+    then still found among this process's children."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def stop_leftovers(grace: float = 10) -> list[str]:
+    """Stops every process this one started that is still running `grace` seconds from now;
+    their command lines (none when the tests cleaned up after themselves)."""
+    me = psutil.Process()
+    deadline = time.monotonic() + grace
+    while True:
+        left = []
+        for proc in me.children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                if proc.status() != psutil.STATUS_ZOMBIE:
+                    left.append(proc)
+                elif proc.ppid() == me.pid:
+                    os.waitpid(proc.pid, os.WNOHANG)  # an adopted orphan that ended
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    described = []
+    for proc in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            described.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+            proc.kill()
+    psutil.wait_procs(left, timeout=10)
+    return described
+
+
+def processes_of(data_dir: Path) -> list[psutil.Process]:
+    """Running processes of a `routeledger up` over this data folder: those started with it
+    as ROUTELEDGER_DATA_DIR, and those whose command line names it (its embedded database)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(data_dir) in " ".join(proc.info["cmdline"] or []) or (
+                proc.environ().get("ROUTELEDGER_DATA_DIR") == str(data_dir)
+            ):
+                found.append(proc)
+    return found
 
 
 # --- HTTP calls and stored rows --------------------------------------------------------------
@@ -256,6 +376,24 @@ def stored_attempts(database_url: str, request_id: str) -> list[dict]:
         return conn.execute(
             "select * from attempts where request_id = %s order by position", (request_id,)
         ).fetchall()
+
+
+# --- the dashboard over HTTP ------------------------------------------------------------------
+
+
+def csrf_in(page: str) -> str:
+    """The CSRF token of a page's form."""
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def dashboard_login(url: str, email: str, password: str) -> tuple[httpx.Client, httpx.Response]:
+    """A client of the dashboard at `url` that posted the login form: (client, answer)."""
+    client = httpx.Client(base_url=url, timeout=30)
+    token = csrf_in(client.get("/login").text)
+    answer = client.post(
+        "/login", data={"email": email, "password": password, "csrf_token": token, "next": "/"}
+    )
+    return client, answer
 
 
 # --- the dashboard in a browser --------------------------------------------------------------
@@ -348,15 +486,21 @@ def text_of(browser, element_id: str) -> str:
 # --- the command line ------------------------------------------------------------------------
 
 
-def routeledger(*args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+def routeledger(
+    *args: str, env: dict | None = None, unset: tuple[str, ...] = (), timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`routeledger ARGS` run to its end (killed after `timeout` seconds), in the tests'
+    environment with `env` added and the variables `unset` removed."""
+    environment = {**os.environ, **(env or {})}
+    for name in unset:
+        environment.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
-        env={**os.environ, **(env or {})},
+        env=environment,
         capture_output=True,
         text=True,
-        timeout=120,
-        **kwargs,
+        timeout=timeout,
     )
 
 

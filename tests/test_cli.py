@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
+import socket
 
 import httpx
-import psutil
 import pytest
 
-from tests.helpers import REPO, batch, event, free_port, routeledger
+from app.secret_key import weakness
+from tests.helpers import (
+    batch,
+    event,
+    free_port,
+    processes_of,
+    routeledger,
+    running,
+    wait_until,
+)
 
 
 def test_project_create_prints_keys_as_json(database_url):
@@ -40,66 +45,110 @@ def test_commands_without_a_database_say_so(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _descendants_and_postgres(pid: int, pgdata: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if pgdata in cmdline:
-            found.append(proc)
-    try:
-        found += psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        pass
-    return found
-
-
 @pytest.mark.timeout(240)
-def test_up_runs_embedded_postgres_and_api_and_stops_everything(tmp_path):
-    port = free_port()
+def test_up_runs_everything_quietly_and_stops_everything(tmp_path):
+    """`up` on a first run: an embedded database and every process, their logs in files, on
+    the terminal only the URLs, the logins, where the logs are and a status line; a secret
+    key made and kept private; everything stopped at the end (issue 16 B, 10, 11)."""
+    api_port, dashboard_port = free_port(), free_port()
     data_dir = tmp_path / "data"
     env = {
         **os.environ,
         "DATABASE_URL": "",
         "ROUTELEDGER_DATA_DIR": str(data_dir),
-        "ROUTELEDGER_API_PORT": str(port),
+        "ROUTELEDGER_API_PORT": str(api_port),
+        "ROUTELEDGER_DASHBOARD_PORT": str(dashboard_port),
     }
-    up = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env.pop("ROUTELEDGER_SECRET_KEY", None)  # `up` makes its own
+    output = tmp_path / "up.log"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert up.poll() is None, up.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("routeledger up did not become ready")
+        with running("up", env=env, log=output) as up:
 
-        # Other commands find the running embedded database without DATABASE_URL.
-        created = routeledger("project", "create", "embedded", "--json", env=env)
-        assert created.returncode == 0, created.stderr
-        key = json.loads(created.stdout)["keys"]["ingest"]
-        response = httpx.post(
-            f"http://127.0.0.1:{port}/v1/requests",
-            json=batch(event()),
-            headers={"Authorization": f"Bearer {key}"},
-        )
-        assert response.status_code == 200, response.text
-        assert _descendants_and_postgres(up.pid, str(data_dir))
+            def serving() -> bool:
+                assert up.poll() is None, output.read_text()
+                return all(
+                    _answers(url)
+                    for url in (f"http://127.0.0.1:{api_port}/readyz",
+                                f"http://127.0.0.1:{dashboard_port}/login")
+                )  # fmt: skip
+
+            wait_until(serving, timeout=120, what="routeledger up to serve")
+            # Other commands find the running embedded database without DATABASE_URL.
+            created = routeledger("project", "create", "embedded", "--json", env=env)
+            assert created.returncode == 0, created.stderr
+            key = json.loads(created.stdout)["keys"]["ingest"]
+            response = httpx.post(
+                f"http://127.0.0.1:{api_port}/v1/requests",
+                json=batch(event()),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert response.status_code == 200, response.text
+            assert processes_of(data_dir)
+            wait_until(
+                lambda: "api ●  worker ●  beat ●  dashboard ●" in output.read_text(),
+                what="the status line to show every process running",
+            )
     finally:
-        up.send_signal(signal.SIGTERM)
-        output, _ = up.communicate(timeout=60)
-    assert up.returncode == 0, output
-    assert "RouteLedger API: http://127.0.0.1:" in output
-    time.sleep(0.5)
-    leftovers = [p for p in _descendants_and_postgres(up.pid, str(data_dir)) if p.is_running()]
+        leftovers = processes_of(data_dir)
+        for process in leftovers:
+            process.kill()
+    assert up.returncode == 0, output.read_text()
     assert leftovers == [], f"orphaned processes: {leftovers}"
+
+    shown = output.read_text()
+    assert f"RouteLedger API: http://127.0.0.1:{api_port}" in shown
+    assert f"RouteLedger dashboard: http://127.0.0.1:{dashboard_port}" in shown
+    assert "no dashboard login yet: routeledger user create EMAIL --project NAME" in shown
+    assert f"logs: {data_dir / 'logs'}" in shown
+    assert "requests stored" in shown
+    for noise in ("celery@", "[tasks]", "SecurityWarning", "INFO/MainProcess", "beat: Starting"):
+        assert noise not in shown, noise
+    assert len(shown.splitlines()) < 20, shown
+    worker_log = (data_dir / "logs" / "worker.log").read_text()
+    assert "celery@" in worker_log and "[tasks]" in worker_log
+
+    secret_key = data_dir / "secret_key"
+    assert secret_key.stat().st_mode & 0o777 == 0o600
+    assert weakness(secret_key.read_text().strip()) is None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_up_refuses_a_placeholder_secret_key_and_starts_nothing(tmp_path):
+    env = {
+        "DATABASE_URL": "",
+        "ROUTELEDGER_DATA_DIR": str(tmp_path),
+        "ROUTELEDGER_SECRET_KEY": "change-me-to-a-long-random-string",
+    }
+    refused = routeledger("up", env=env, timeout=60)
+    assert refused.returncode == 1
+    assert "Error: ROUTELEDGER_SECRET_KEY looks like a placeholder" in refused.stderr
+    assert list(tmp_path.iterdir()) == []  # no database, no process, no key file
+
+
+@pytest.mark.timeout(240)
+def test_up_stops_everything_and_shows_why_when_a_process_fails(database_url, tmp_path):
+    with socket.socket() as taken:  # the dashboard's port, in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **os.environ,
+            "ROUTELEDGER_DATA_DIR": str(tmp_path),
+            "ROUTELEDGER_API_PORT": str(free_port()),
+            "ROUTELEDGER_DASHBOARD_PORT": str(taken.getsockname()[1]),
+        }
+        output = tmp_path / "up.log"
+        with running("up", env=env, log=output) as up:
+            up.wait(180)
+        left = processes_of(tmp_path)
+    assert up.returncode == 1
+    assert left == []
+    shown = output.read_text()
+    assert "routeledger dashboard exited with status 1; stopping" in shown
+    assert f"the end of {tmp_path / 'logs' / 'dashboard.log'}:" in shown
+    assert "address already in use" in shown.lower()

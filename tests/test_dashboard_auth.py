@@ -6,11 +6,7 @@ import re
 
 import pytest
 
-from app.db import transaction
-from app.services import users
-from tests.helpers import make_project
-
-PASSWORD = "correct-horse-battery"
+from tests.helpers import LOGIN_PASSWORD, TEST_SECRET_KEY, csrf_in, make_login, make_project
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +21,8 @@ def client(app):
     return app.server.test_client()
 
 
-def make_login(email: str, **roles: str) -> None:
-    """roles: project name -> role."""
-    with transaction() as conn:
-        user_id = users.create_user(conn, email=email, password=PASSWORD)
-        for project_name, role in roles.items():
-            project_id = conn.exec_driver_sql(
-                "select id from projects where name = %(name)s", {"name": project_name}
-            ).scalar_one()
-            users.grant(conn, user_id=user_id, project_id=project_id, role=role)
-
-
 def csrf_of(client) -> str:
-    page = client.get("/login").text
-    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    return csrf_in(client.get("/login").text)
 
 
 def sign_in(client, email: str, next_path: str = "/"):
@@ -46,7 +30,7 @@ def sign_in(client, email: str, next_path: str = "/"):
         "/login",
         data={
             "email": email,
-            "password": PASSWORD,
+            "password": LOGIN_PASSWORD,
             "csrf_token": csrf_of(client),
             "next": next_path,
         },
@@ -96,7 +80,9 @@ def test_wrong_password_and_missing_csrf_token_are_refused(client, database_url)
         "/login", data={"email": "refused@example.com", "password": "nope", "csrf_token": token}
     )
     assert wrong.status_code == 401 and "Wrong email or password" in wrong.text
-    forged = client.post("/login", data={"email": "refused@example.com", "password": PASSWORD})
+    forged = client.post(
+        "/login", data={"email": "refused@example.com", "password": LOGIN_PASSWORD}
+    )
     assert forged.status_code == 403
 
 
@@ -156,3 +142,103 @@ def test_sign_out_needs_the_token_and_ends_the_session(client, database_url):
     token = client.get_cookie("_csrf_token").value
     assert client.post("/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/").status_code == 302
+
+
+def forged_session_cookie(secret_key: str, contents: dict) -> str:
+    """A session cookie as Flask signs it, with these contents, for a forger who knows the
+    key."""
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+
+    forger = Flask("forger")
+    forger.secret_key = secret_key
+    return SecureCookieSessionInterface().get_signing_serializer(forger).dumps(contents)
+
+
+def test_a_forged_session_cookie_downloads_nothing(client, database_url):
+    """A signed cookie alone is no session: it must name a session the server started."""
+    project = make_project()
+    user_id = make_login("forged@example.com", **{project.name: "admin"})
+    csv = f"/exports/requests.csv?project={project.name}&start=2026-11-01&end=2026-11-02"
+    for key, contents in [
+        ("dev-insecure-secret-change-me", {"user_id": user_id}),  # the old default key
+        (TEST_SECRET_KEY, {"user_id": user_id}),  # what sessions held before issue 16
+        (TEST_SECRET_KEY, {"token": "made-up"}),
+    ]:
+        client.set_cookie("routeledger_session", forged_session_cookie(key, contents))
+        answer = client.get(csv)
+        assert answer.status_code == 302, contents
+        assert answer.headers["Location"].startswith("/login?next=")
+
+
+def attempt_from(client, address: str, email: str, password: str):
+    return client.post(
+        "/login",
+        data={"email": email, "password": password, "csrf_token": csrf_of(client)},
+        environ_base={"REMOTE_ADDR": address},
+    )
+
+
+@pytest.fixture
+def forget_failures():
+    """Addresses whose failed sign-ins are forgotten after the test."""
+    from sqlalchemy import delete
+
+    from app.db import transaction
+    from app.models import login_failures
+
+    used = []
+    yield used
+    with transaction() as conn:
+        conn.execute(delete(login_failures).where(login_failures.c.address.in_(used)))
+
+
+def test_an_address_that_failed_too_often_waits_whatever_the_account(client, forget_failures):
+    from app.services.logins import LoginLimits
+
+    project = make_project()
+    make_login("probed@example.com", **{project.name: "viewer"})
+    prober, neighbour = "203.0.113.7", "203.0.113.8"
+    forget_failures += [prober, neighbour]
+    for number in range(LoginLimits().per_address):
+        answer = attempt_from(client, prober, f"guess-{number}@example.com", "guess")
+        assert answer.status_code == 401, number
+    refused = attempt_from(client, prober, "probed@example.com", LOGIN_PASSWORD)
+    assert refused.status_code == 429
+    assert re.search(r"Too many failed sign-ins\. Try again in \d+ minutes?\.", refused.text)
+    assert 0 < int(refused.headers["Retry-After"]) <= 900
+    assert attempt_from(client, neighbour, "probed@example.com", LOGIN_PASSWORD).status_code == 302
+
+
+def test_behind_a_proxy_failures_count_by_the_forwarded_address(
+    database_url, monkeypatch, forget_failures
+):
+    from sqlalchemy import select
+
+    from app.db import connection
+    from app.models import login_failures
+    from app.settings import get_settings
+    from dashboards.app import create_app
+
+    forget_failures += ["198.51.100.99", "203.0.113.99"]
+    monkeypatch.setenv("ROUTELEDGER_TRUSTED_PROXIES", "1")
+    get_settings.cache_clear()
+    try:
+        behind_proxy = create_app().server.test_client()
+    finally:
+        monkeypatch.delenv("ROUTELEDGER_TRUSTED_PROXIES")
+        get_settings.cache_clear()
+    token = csrf_in(behind_proxy.get("/login").text)
+    behind_proxy.post(
+        "/login",
+        data={"email": "proxied@example.com", "password": "x", "csrf_token": token},
+        headers={"X-Forwarded-For": "198.51.100.99"},
+        environ_base={"REMOTE_ADDR": "203.0.113.99"},  # the proxy
+    )
+    with connection() as conn:
+        counted = conn.execute(
+            select(login_failures.c.address).where(
+                login_failures.c.account == "proxied@example.com"
+            )
+        ).scalars()
+        assert list(counted) == ["198.51.100.99"]

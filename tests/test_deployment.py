@@ -14,6 +14,8 @@ SERVICES = COMPOSE["services"]
 ROUTELEDGER_SERVICES = {n: s for n, s in SERVICES.items() if s.get("image") == "routeledger:latest"}
 # Variables read by the third-party images, not by RouteLedger.
 IMAGE_VARIABLES = {"POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD"}
+# Left empty in .env.example on purpose: whoever deploys must choose them.
+CHOSEN_BY_THE_DEPLOYER = {"ROUTELEDGER_SECRET_KEY"}
 
 
 def _env_file_variables() -> dict[str, str]:
@@ -51,7 +53,7 @@ def test_every_environment_variable_is_read_by_the_settings_module():
     known = {name.upper() for name in Settings.model_fields}
     for name, value in _env_file_variables().items():
         assert name in known | IMAGE_VARIABLES, f".env.example sets {name}, which nothing reads"
-        assert value, f".env.example leaves {name} empty"
+        assert value or name in CHOSEN_BY_THE_DEPLOYER, f".env.example leaves {name} empty"
     for name, service in SERVICES.items():
         for variable in service.get("environment", {}):
             assert variable in known | IMAGE_VARIABLES, f"{name} sets {variable}"
@@ -81,3 +83,15 @@ def test_image_is_multi_stage_and_unprivileged():
     assert len(stages) >= 2
     assert "USER routeledger" in dockerfile
     assert 'ENTRYPOINT ["routeledger"]' in dockerfile
+
+
+def test_no_usable_secret_key_is_shipped():
+    """A key copied from an example is a key everyone knows: the dashboard would accept
+    forged sessions (issue 16)."""
+    from app.secret_key import weakness
+
+    assert weakness(_env_file_variables()["ROUTELEDGER_SECRET_KEY"]) is not None
+    dashboard = SERVICES["dashboard"]["environment"]["ROUTELEDGER_SECRET_KEY"]
+    assert dashboard.startswith("${ROUTELEDGER_SECRET_KEY:?"), "compose must refuse an unset key"
+    assert "ROUTELEDGER_SECRET_KEY" not in (REPO / "Dockerfile").read_text()
+    assert Settings.model_fields["routeledger_secret_key"].default is None

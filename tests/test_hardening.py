@@ -181,8 +181,9 @@ def test_the_key_is_checked_before_a_body_is_read(http, live_api):
 
 def test_readiness_never_shows_the_drivers_text():
     api = LiveApi(database_url="postgresql://nobody:secret@127.0.0.1:1/nowhere")
+    api.ready_path = "/healthz"  # the process answers; its database does not
     try:
-        api.start(ready="/healthz")  # the process answers; its database does not
+        api.start()
         response = httpx.get(f"{api.url}/readyz", timeout=10)
         assert response.status_code == 503
         assert response.json() == {"status": "unavailable", "detail": "database unreachable"}

@@ -5,7 +5,6 @@ it up, and the dashboard shows it."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from tests.helpers import (
     free_port,
     make_project,
     open_page,
+    running,
     sign_in,
     text_of,
     wait_until,
@@ -60,13 +60,10 @@ def test_up_with_redis_ingests_rolls_up_and_shows_on_the_dashboard(database_url,
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up"], cwd=REPO, env=env, stdout=log, stderr=log
-    )
     api = f"http://127.0.0.1:{api_port}"
     dashboard = f"http://127.0.0.1:{dashboard_port}"
-    try:
+    output = tmp_path / "up.log"
+    with running("up", "--verbose", env=env, log=output) as up:
         deadline = time.monotonic() + 120
         _wait_ready(f"{api}/readyz", deadline)
         _wait_ready(f"{dashboard}/login", deadline)
@@ -97,8 +94,8 @@ def test_up_with_redis_ingests_rolls_up_and_shows_on_the_dashboard(database_url,
         sign_in(browser, dashboard, login)
         open_page(browser, dashboard, "/")
         assert text_of(browser, "kf-requests") == "7"
-    finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(60)
-        log.close()
-    assert up.returncode == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert up.returncode == 0, output.read_text()[-3000:]
+    # --verbose: every process's log on the terminal too, each line marked with its process.
+    shown = output.read_text()
+    assert "worker   | " in shown and "celery@" in shown
+    assert "dashboard login: " in shown  # the first few of the session's logins

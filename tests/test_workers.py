@@ -8,8 +8,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -17,36 +15,17 @@ from celery import Celery
 
 from app.db import sqlalchemy_url
 from app.services.ingest import Batch, ingest_batch
-from tests.helpers import REPO, event, make_project
+from tests.helpers import REPO, event, make_project, running
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
-@contextmanager
-def running(args: list[str], database_url: str, broker_url: str | None, tmp_path) -> Iterator[None]:
-    """A `routeledger ...` process; stopped, and waited for, when the block ends."""
+def worker_env(database_url: str, broker_url: str | None, tmp_path) -> dict[str, str]:
     env = {**os.environ, "DATABASE_URL": database_url, "ROUTELEDGER_DATA_DIR": str(tmp_path)}
     env.pop("CELERY_BROKER_URL", None)
     if broker_url:
         env["CELERY_BROKER_URL"] = broker_url
-    log = (tmp_path / f"{args[0]}.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    return env
 
 
 def rollup_requests(database_url: str, project_id: int) -> int:
@@ -81,7 +60,8 @@ def test_a_worker_runs_the_rollup_task(engine, database_url, tmp_path, broker):
     ingest_some(engine, project.id)
     # Its own queue: other test sessions may share the Redis broker.
     worker = ["worker", "--concurrency", "1", "--queues", queue]
-    with running(worker, database_url, broker_url, tmp_path):
+    env = worker_env(database_url, broker_url, tmp_path)
+    with running(*worker, env=env, log=tmp_path / "worker.log", grace=30):
         client = Celery(broker=broker_url or "sqla+" + sqlalchemy_url(database_url))
         client.send_task("workers.tasks.rollup", queue=queue)
         done = wait_for(lambda: rollup_requests(database_url, project.id) == 3)
@@ -95,9 +75,10 @@ def test_beat_and_a_worker_keep_the_rollups_within_a_minute_of_ingest(
     project = make_project()
     ingest_some(engine, project.id, count=4)
     worker = ["worker", "--concurrency", "1"]
+    env = worker_env(database_url, None, tmp_path)
     with (
-        running(worker, database_url, None, tmp_path),
-        running(["beat"], database_url, None, tmp_path),
+        running(*worker, env=env, log=tmp_path / "worker.log", grace=30),
+        running("beat", env=env, log=tmp_path / "beat.log", grace=30),
     ):
         done = wait_for(lambda: rollup_requests(database_url, project.id) == 4, timeout=120)
     assert done, (tmp_path / "beat.log").read_text()[-2000:]

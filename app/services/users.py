@@ -12,6 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.models import memberships, projects, users
 from app.periods import utc_now
+from app.services import sessions
 from app.vocabulary import DASHBOARD_ROLES
 
 MIN_PASSWORD_LENGTH = 8
@@ -67,10 +68,12 @@ def create_user(conn: Connection, *, email: str, password: str) -> int:
 
 
 def set_password(conn: Connection, *, user_id: int, password: str) -> None:
+    """A new password; every session of the login ends (whoever knew the old one is out)."""
     _check_password(password)
     conn.execute(
         update(users).where(users.c.id == user_id).values(password_hash=_hasher.hash(password))
     )
+    sessions.end_sessions_of(conn, user_id=user_id)
 
 
 def grant(conn: Connection, *, user_id: int, project_id: int, role: str) -> None:
@@ -118,5 +121,20 @@ def user_memberships(conn: Connection, *, user_id: int) -> list[Membership]:
     return [Membership(row.project_id, row.name, row.role) for row in rows]
 
 
-def user_email(conn: Connection, *, user_id: int) -> str | None:
-    return conn.execute(select(users.c.email).where(users.c.id == user_id)).scalar()
+def list_logins(conn: Connection) -> dict[str, list[Membership]]:
+    """Every login's email and its memberships, by email."""
+    rows = conn.execute(
+        select(users.c.email, memberships.c.project_id, projects.c.name, memberships.c.role)
+        .select_from(
+            users.outerjoin(memberships, memberships.c.user_id == users.c.id).outerjoin(
+                projects, projects.c.id == memberships.c.project_id
+            )
+        )
+        .order_by(users.c.email, projects.c.name)
+    )
+    found: dict[str, list[Membership]] = {}
+    for row in rows:
+        held = found.setdefault(row.email, [])
+        if row.project_id is not None:
+            held.append(Membership(row.project_id, row.name, row.role))
+    return found
