@@ -119,6 +119,7 @@ def get_model_tiers(
     response_model=ModelTierOut,
     tags=["model tiers"],
     summary="Map a model to a tier; requests held for it are assembled at once",
+    responses=answers(404, _404="no such route: a model name holds no line break"),
 )
 def put_model_tier(model: PathName, body: ModelTierIn, caller: AdminCaller) -> ModelTierOut:
     try:
