@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from app.eval_cli import eval_group
 from app.periods import InvalidPeriod, as_utc, floor_day, floor_hour, parse_instant, utc_now
 from app.settings import get_settings
 from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
@@ -712,6 +713,8 @@ def _export(project_name: str, start: str | None, end: str | None, output: Path,
         soft_wrap=True,
     )
 
+
+main.add_command(eval_group)
 
 if __name__ == "__main__":
     main()

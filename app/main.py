@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from app.api import admin, alerts, exports, health, ingest, metrics, traces
+from app.api import admin, advice, alerts, exports, health, ingest, metrics, traces
 from app.api.bodies import BodyLimitAndGzip
 from app.schemas import describe_errors
 
@@ -32,6 +32,7 @@ def create_app() -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(exports.router)
     app.include_router(traces.router)
+    app.include_router(advice.router)
     app.openapi = lambda: _openapi(app)
     return app
 
@@ -43,7 +44,7 @@ def _openapi(app: FastAPI) -> dict:
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in ingest.OPENAPI_EXTRA_MODELS:
+        for model in (*ingest.OPENAPI_EXTRA_MODELS, *advice.OPENAPI_EXTRA_MODELS):
             model_schema = TypeAdapter(model).json_schema(
                 ref_template="#/components/schemas/{model}"
             )
