@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -207,24 +208,25 @@ with floors as (
     select * from unnest(cast(:features as text[]), cast(:task_keys as text[]),
                          cast(:no_tasks as boolean[]), cast(:pass_scores as numeric[]))
         as f(feature, task_key, no_task, pass_score)
-), results as (
-    select feature, coalesce(task_type, '') as task_key, task_type is null as no_task, tier,
-           model, item_id, score
-    from eval_results where project_id = :project_id {feature}
 ), chosen as (
-    select feature, task_key, no_task, tier, model from (
-        select feature, task_key, no_task, tier, model,
-               row_number() over (partition by feature, task_key, no_task, tier
+    -- each tier's model with the most results in the segment
+    select feature, task_type, tier, model from (
+        select feature, task_type, tier, model,
+               row_number() over (partition by feature, task_type, tier
                                   order by count(*) desc, model) as k
-        from results group by 1, 2, 3, 4, 5
+        from eval_results where project_id = :project_id {feature}
+        group by 1, 2, 3, 4
     ) ranked
     where k = 1
 ), scored as (
-    select r.feature, r.task_key, r.no_task, r.tier, r.model, r.item_id,
-           r.score::numeric >= f.pass_score as passed
-    from results r
-    join chosen c using (feature, task_key, no_task, tier, model)
-    join floors f using (feature, task_key, no_task)
+    select e.feature, f.task_key, f.no_task, e.tier, e.model, e.item_id,
+           e.score::numeric >= f.pass_score as passed
+    from eval_results e
+    join chosen c on c.feature = e.feature and c.task_type is not distinct from e.task_type
+                 and c.tier = e.tier and c.model = e.model
+    join floors f on f.feature = e.feature and f.task_key = coalesce(e.task_type, '')
+                 and f.no_task = (e.task_type is null)
+    where e.project_id = :project_id {results}
 )
 select a.feature, a.task_key, a.no_task, a.tier as first_tier, a.model as first_model,
        b.tier as second_tier, b.model as second_model, count(*) as items,
@@ -236,6 +238,24 @@ join scored b on b.feature = a.feature and b.task_key = a.task_key
              and b.no_task = a.no_task and b.item_id = a.item_id and b.tier >= a.tier
 group by 1, 2, 3, 4, 5, 6, 7
 """
+
+
+@contextmanager
+def _planner(conn: Connection, **settings: str):
+    """Planner settings for the statements inside, then back to what they were."""
+    before = {
+        name: conn.execute(text("select current_setting(:name)"), {"name": name}).scalar_one()
+        for name in settings
+    }
+    for name, value in settings.items():
+        conn.execute(text("select set_config(:name, :value, true)"), {"name": name, "value": value})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            conn.execute(
+                text("select set_config(:name, :value, true)"), {"name": name, "value": value}
+            )
 
 
 def offline_evidence(
@@ -250,6 +270,7 @@ def offline_evidence(
     the items scored and passed at the segment's pass score, and per pair of tiers their
     results on the items both were scored on."""
     only = " and feature = :feature" if feature is not None else ""
+    only_results = " and e.feature = :feature" if feature is not None else ""
     segments = conn.execute(
         text(
             "select distinct feature, task_type from eval_results "
@@ -260,17 +281,20 @@ def offline_evidence(
     if not segments:
         return {}
     pass_scores = [floors.floor_of(s.feature, s.task_type).pass_score for s in segments]
-    rows = conn.execute(
-        text(_OFFLINE.format(feature=only)),
-        {
-            "project_id": project_id,
-            "feature": feature,
-            "features": [s.feature for s in segments],
-            "task_keys": [s.task_type or "" for s in segments],
-            "no_tasks": [s.task_type is None for s in segments],
-            "pass_scores": pass_scores,
-        },
-    )
+    # Results are joined to themselves item by item: hashed, whatever the statistics say
+    # (a nested loop, chosen for a table not analysed yet, took minutes on 28,000 results).
+    with _planner(conn, enable_nestloop="off", work_mem="64MB"):
+        rows = conn.execute(
+            text(_OFFLINE.format(feature=only, results=only_results)),
+            {
+                "project_id": project_id,
+                "feature": feature,
+                "features": [s.feature for s in segments],
+                "task_keys": [s.task_type or "" for s in segments],
+                "no_tasks": [s.task_type is None for s in segments],
+                "pass_scores": pass_scores,
+            },
+        ).all()
     found: dict[Segment, SegmentEvidence] = {}
     for row in rows:
         segment = (row.feature, None if row.no_task else row.task_key)

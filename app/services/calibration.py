@@ -83,13 +83,17 @@ class RouterCalibration:
 
 def _calibrations(rows) -> dict:
     """{key: Calibration} from rows of (key, confidence_bin, requests, confidence_sum,
-    accepted)."""
-    bins: dict = defaultdict(list)
+    accepted), the rows of a key and bin added up."""
+    sums: dict = defaultdict(lambda: [0, 0.0, 0])
     for key, index, requests, confidence_sum, accepted in rows:
-        bins[key].append(ConfidenceBin(index, requests, confidence_sum, accepted))
-    return {
-        key: Calibration(tuple(sorted(found, key=lambda b: b.index))) for key, found in bins.items()
-    }
+        found = sums[(key, index)]
+        found[0] += requests
+        found[1] += confidence_sum
+        found[2] += accepted
+    bins: dict = defaultdict(list)
+    for (key, index), figures in sorted(sums.items(), key=lambda item: item[0][1]):
+        bins[key].append(ConfidenceBin(index, *figures))
+    return {key: Calibration(tuple(found)) for key, found in bins.items()}
 
 
 def _bins_sql(source: str, *, by: str) -> str:

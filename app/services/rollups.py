@@ -267,8 +267,10 @@ FLOW = RollupTable(
     FLOW_FIGURES,
     derived={
         "first_model": "f.model",
-        "confidence_bin": f"least(floor(r.router_confidence::numeric * {CONFIDENCE_BINS}), "
-                          f"{CONFIDENCE_BINS - 1})::smallint",
+        # (Not least(): it would put a request without a confidence in the last bin.)
+        "confidence_bin": f"(case when r.router_confidence >= 1 then {CONFIDENCE_BINS - 1} "
+                          f"else floor(r.router_confidence::numeric * {CONFIDENCE_BINS}) end)"
+                          "::smallint",
     },
     joins=_FIRST_AND_SERVED,
 )  # fmt: skip
