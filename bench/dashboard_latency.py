@@ -138,7 +138,9 @@ def prepare(project_id: int, *, start: datetime) -> None:
 
 def page_calls(range_days: int, today: date) -> dict:
     """page -> (layout function, its query, callback, the callback's arguments)."""
+    from dashboards import flow
     from dashboards.pages import (
+        advisor,
         alerts,
         customer,
         customers,
@@ -160,8 +162,15 @@ def page_calls(range_days: int, today: date) -> dict:
         "routing": (
             routing.layout,
             {**period, "feature": "support-chat"},
-            routing.update,
+            # Its callbacks, one after the other (a browser asks for them at once).
+            lambda *args: (routing.update(*args), flow.update_flow(*args[:3])),
             (start, end, "support-chat", None, shares),
+        ),
+        "advisor": (
+            advisor.layout,
+            period,
+            lambda *args: (advisor.update(*args), advisor.router_calibration(*args)),
+            (start, end, None),
         ),
         "customers": (customers.layout, period, customers.update, (start, end, "")),
         "customer": (
@@ -184,9 +193,12 @@ def page_calls(range_days: int, today: date) -> dict:
     }
 
 
-def measure(project_id: int, project_name: str, *, runs: int, range_days: int) -> dict:
-    """Per page: p50 and p95 with the read cache empty (cold: every figure from
-    PostgreSQL) and with it filled (warm: a second view within CACHE_SECONDS)."""
+def measure(
+    project_id: int, project_name: str, *, runs: int, range_days: int, pages: dict | None = None
+) -> dict:
+    """Per page (of `pages`, default page_calls'): p50 and p95 with the read cache empty
+    (cold: every figure from PostgreSQL) and with it filled (warm: a second view within
+    CACHE_SECONDS)."""
     from flask import g
 
     from app.services.users import Membership
@@ -196,7 +208,8 @@ def measure(project_id: int, project_name: str, *, runs: int, range_days: int) -
     app = create_app()
     membership = Membership(project_id, project_name, "admin")
     results = {}
-    for page, (layout, query, update, args) in page_calls(range_days, date.today()).items():
+    pages = pages or page_calls(range_days, date.today())
+    for page, (layout, query, update, args) in pages.items():
         figures = {}
         for state in ("cold", "warm"):
             times = []

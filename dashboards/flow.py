@@ -29,21 +29,22 @@ def card():
 
 def register(*, dates: str, feature: str) -> None:
     """The callback that draws the flow for the page's period and feature."""
-
-    @callback(
+    callback(
         Output(FLOW, "figure"),
         Input(dates, "start_date"),
         Input(dates, "end_date"),
         Input(feature, "value"),
+    )(update_flow)
+
+
+def update_flow(start_date, end_date, chosen):
+    links = data.read(
+        dashboard_queries.routing_flow,
+        project_id=auth.membership().project_id,
+        within=filters.period_of(start_date, end_date),
+        feature=chosen,
     )
-    def update_flow(start_date, end_date, chosen):
-        links = data.read(
-            dashboard_queries.routing_flow,
-            project_id=auth.membership().project_id,
-            within=filters.period_of(start_date, end_date),
-            feature=chosen,
-        )
-        return figure(links)
+    return figure(links)
 
 
 def figure(links: list[dashboard_queries.FlowLink]) -> go.Figure:

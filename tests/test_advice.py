@@ -352,3 +352,22 @@ def test_both_advice_routes_are_documented(http):
             schema = answers[status]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
     assert "EvalBatch" in http.get("/openapi.json").json()["components"]["schemas"]
+
+
+def test_the_daily_digest_names_the_recommendations_that_save_money(offline, engine):
+    from app.periods import DAY, Period
+    from app.services.digest import digest_lines
+
+    with engine.connect() as conn:
+        lines = dict(
+            digest_lines(conn, project_id=offline.project_id, within=Period(END - DAY, END))
+        )
+    interval = wilson_interval(970, 1000)
+    assert lines["Advice for support-chat / faq"] == (
+        f"route to cheap: saves $1.80 per 30 days; expected pass rate 97.00% "
+        f"({interval.low:.2%} to {interval.high:.2%})"
+    )
+    # refund's recommendation costs money, rare has too few cases: neither is in the digest.
+    assert [name for name in lines if name.startswith("Advice")] == [
+        "Advice for support-chat / faq"
+    ]

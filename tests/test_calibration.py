@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from app.db import transaction
 from app.models import alert_rules
@@ -121,3 +121,27 @@ def test_the_routing_flow_goes_from_intent_through_the_first_model_to_the_served
         FlowLink("cheap", "acme-small", "acme-large", 6),
         FlowLink("cheap", "acme-small", "acme-small", 28),
     ]
+
+
+def test_the_flow_of_part_of_an_hour_comes_from_the_raw_rows_alike(calibrated, engine):
+    # 10:15 to 11:35 on week 1's Tuesday: minutes of two hours, read from the raw rows.
+    start = MONDAY + timedelta(days=1, hours=10, minutes=15)
+    within = Period(start, start + timedelta(minutes=80))
+    with engine.connect() as conn:
+        links = routing_flow(conn, project_id=calibrated.project_id, within=within, feature=FEATURE)
+        expected = conn.execute(
+            text(
+                """
+                select r.intended_tier, a.model, r.served_model, count(*)
+                from requests r join attempts a using (project_id, ts, request_id)
+                where r.project_id = :project_id and a.position = 0
+                  and r.ts >= :start and r.ts < :end
+                group by 1, 2, 3
+                """
+            ),
+            {"project_id": calibrated.project_id, "start": within.start, "end": within.end},
+        ).all()
+    assert sorted(links, key=lambda link: link.requests) == sorted(
+        (FlowLink(*row) for row in expected), key=lambda link: link.requests
+    )
+    assert sum(link.requests for link in links) == 36 - 4 - 5  # after 10:15, before 11:35

@@ -66,7 +66,7 @@ def advice_lines(conn: Connection, *, project_id: int, end: datetime) -> list[tu
         lines.append(
             (
                 f"Advice for {where}",
-                f"move to {segment.recommended_tier}: saves {_usd(segment.projected_savings_usd)}"
+                f"route to {segment.recommended_tier}: saves {_usd(segment.projected_savings_usd)}"
                 f" per 30 days; expected pass rate {_percent(expected.value)}"
                 f" ({_percent(expected.low)} to {_percent(expected.high)})",
             )
