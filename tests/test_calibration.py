@@ -6,16 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import text
 
 from app.db import transaction
-from app.models import alert_rules
 from app.periods import Period
 from app.services.alerts import evaluate_rule, list_alerts
 from app.services.calibration import router_calibration
 from app.services.dashboard_queries import FlowLink, routing_flow
 from app.services.rollups import run_rollup
-from tests.helpers import attempt, batch, event, make_project, post
+from tests.helpers import attempt, auth, batch, event, make_project, post
 
 MONDAY = datetime(2026, 9, 7, tzinfo=UTC)  # fixed: the same on any day the suite runs
 FEATURE = "router-x"
@@ -89,18 +88,16 @@ def test_the_reliability_curve_and_the_weekly_error_are_the_hand_computed_ones(c
     assert nine.accepted_rate.value == pytest.approx(13 / 15)
 
 
-def test_the_calibration_error_alert_fires_on_its_window(calibrated):
-    with transaction() as conn:
-        rule_id = conn.execute(
-            insert(alert_rules)
-            .values(
-                project_id=calibrated.project_id, name="router calibration",
-                metric="calibration_error", scope={"feature": FEATURE}, window_minutes=24 * 60,
-                threshold=0.05, min_requests=20, cooldown_minutes=60,
-                recipients=["pm@example.com"],
-            )
-            .returning(alert_rules.c.id)
-        ).scalar_one()  # fmt: skip
+def test_the_calibration_error_alert_fires_on_its_window(calibrated, http):
+    created = http.post(
+        "/v1/alert-rules",
+        json={"name": "router calibration", "metric": "calibration_error",
+              "scope": {"feature": FEATURE}, "window_minutes": 24 * 60, "threshold": 0.05,
+              "min_requests": 20, "recipients": ["pm@example.com"]},
+        headers=auth(calibrated.admin_key),
+    )  # fmt: skip
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
     week1_end = MONDAY + timedelta(days=2)
     with transaction() as conn:
         assert evaluate_rule(conn, rule_id=rule_id, now=week1_end) == "fired"

@@ -73,11 +73,6 @@ def _interval(estimate: Estimate) -> IntervalOut:
     return IntervalOut(value=estimate.value, low=estimate.low, high=estimate.high)
 
 
-def _finite(value: float | None) -> float | None:
-    """JSON has no infinity: an unbounded upper limit is null."""
-    return None if value is None or value == float("inf") else value
-
-
 def _segment_out(segment: advice.SegmentAdvice) -> SegmentAdviceOut:
     return SegmentAdviceOut(
         feature=segment.feature,
@@ -99,7 +94,7 @@ def _segment_out(segment: advice.SegmentAdvice) -> SegmentAdviceOut:
                 cases=t.cases,
                 relative_pass_rate=t.relative.value,
                 low=t.relative.low,
-                high=_finite(t.relative.high),
+                high=t.relative.high,
                 cost_per_request_usd=money_text(t.cost_per_request),
                 pass_rate=_interval(t.pass_rate),
                 meets_target=t.meets_target,

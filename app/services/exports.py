@@ -214,7 +214,7 @@ ADVICE_HEADER = (
 
 def advice_csv(advice: Advice) -> bytes:
     """One row per segment and tier (a segment without evidence: one row, its tier cells
-    empty); money to 6 places, rates as they are, an unbounded limit as inf."""
+    empty); money to 6 places, rates and limits as they are."""
     rows: list[tuple] = [ADVICE_HEADER]
     for s in advice.segments:
         segment = (

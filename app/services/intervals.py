@@ -50,8 +50,7 @@ def wilson_interval(successes: int, n: int) -> Estimate:
 def ratio_interval(successes: int, n: int, reference_successes: int, reference_n: int) -> Estimate:
     """The ratio of two independent proportions, p / p_ref, with the MOVER-R Wilson interval
     (Donner & Zou 2012; recommended by Fagerland, Lydersen & Laake 2015). None when the
-    reference has no success (the ratio is undefined); the upper limit is infinite when the
-    reference's lower Wilson limit is 0."""
+    reference has no success (the ratio is undefined)."""
     if n == 0 or reference_n == 0 or reference_successes == 0:
         return NONE
     p1, (l1, u1) = successes / n, _limits(wilson_interval(successes, n))
@@ -63,11 +62,9 @@ def ratio_interval(successes: int, n: int, reference_successes: int, reference_n
     low_root = product * product - l1 * u2 * (2 * p1 - l1) * (2 * p2 - u2)
     high_root = product * product - u1 * l2 * (2 * p1 - u1) * (2 * p2 - l2)
     low = (product - math.sqrt(max(0.0, low_root))) / (u2 * (2 * p2 - u2))
-    high_divisor = l2 * (2 * p2 - l2)
-    high = (
-        (product + math.sqrt(max(0.0, high_root))) / high_divisor if high_divisor > 0 else math.inf
-    )
-    return Estimate(p1 / p2, max(0.0, low), high if high >= 0 else math.inf)
+    # The reference passed at least once: 0 < l2 <= p2, so this divisor is positive.
+    high = (product + math.sqrt(max(0.0, high_root))) / (l2 * (2 * p2 - l2))
+    return Estimate(p1 / p2, max(0.0, low), high)
 
 
 def _limits(estimate: Estimate) -> tuple[float, float]:

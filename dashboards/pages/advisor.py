@@ -138,8 +138,7 @@ def _interval(estimate) -> str:
         return "–"
     if estimate.low is None:
         return pct(estimate.value)
-    high = "∞" if estimate.high == float("inf") else pct(estimate.high)
-    return f"{pct(estimate.value)} ({pct(estimate.low)} – {high})"
+    return f"{pct(estimate.value)} ({pct(estimate.low)} – {pct(estimate.high)})"
 
 
 def _money(value: Decimal | None) -> float | None:
