@@ -802,3 +802,23 @@ eval_results = Table(
     ),
     CheckConstraint("score >= 0 and score <= 1", name="score_range"),
 )  # fmt: skip
+
+# The evaluation results of a segment, paired item by item: per pair of (model, tier) of the
+# segment, in order, how many items scored each pair of hundredths (a model paired with
+# itself counts its own items). A pass rate at any pass score, alone or of both models of a
+# pair on the same items, is a sum of these. Recomputed for a segment whenever results of it
+# are recorded (app.services.evals), in the same transaction.
+eval_pairs = Table(
+    "eval_pairs",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    *_segment(),
+    Column("first_model", Text, nullable=False),
+    Column("first_tier", Text, nullable=False),
+    Column("second_model", Text, nullable=False),
+    Column("second_tier", Text, nullable=False),
+    Column("first_pct", SmallInteger, nullable=False),
+    Column("second_pct", SmallInteger, nullable=False),
+    Column("items", BigInteger, nullable=False),
+    Index("ix_eval_pairs_project_feature", "project_id", "feature"),
+)

@@ -371,3 +371,17 @@ def test_the_daily_digest_names_the_recommendations_that_save_money(offline, eng
     assert [name for name in lines if name.startswith("Advice")] == [
         "Advice for support-chat / faq"
     ]
+
+
+def test_results_sent_again_replace_their_scores_in_the_advice(http):
+    project = make_project()
+    _evals(http, project, "faq-bot", None, LARGE, "premium", [1.0] * 40)
+    _evals(http, project, "faq-bot", None, CHEAP, "cheap", [0.1] * 40)
+    before = _tiers(_advice(http, project, feature="faq-bot")[("faq-bot", None)])
+    assert before["cheap"]["relative_pass_rate"] == 0.0
+    _evals(http, project, "faq-bot", None, CHEAP, "cheap", [0.9] * 40)  # the same items again
+    after = _advice(http, project, feature="faq-bot")[("faq-bot", None)]
+    assert _tiers(after)["cheap"]["relative_pass_rate"] == 1.0
+    # 40 of 40: a lower bound of 0.91, under the target; the premium tier stays.
+    assert _tiers(after)["cheap"]["low"] == pytest.approx(wilson_interval(40, 40).low)
+    assert after["recommended_tier"] == "premium"

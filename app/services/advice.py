@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Connection, text
 
+from app.db import planner_settings
 from app.periods import Period, hourly_period, trailing
 from app.schemas import WhatIfIn
 from app.services.intervals import (
@@ -149,11 +149,22 @@ def _exactly_one(passed: int) -> Estimate:
     return Estimate(1.0, 1.0, 1.0) if passed else NONE
 
 
-def _source(
-    conn: Connection, table: RollupTable, *, project_id: int, within: Period, feature: str | None
-) -> tuple[str, dict]:
+def _summed(
+    conn: Connection,
+    table: RollupTable,
+    select: str,
+    *,
+    project_id: int,
+    within: Period,
+    feature: str | None,
+) -> list:
+    """The rows of `select` ({source}: the table's rows of the period and feature). Hashed,
+    not sorted: rollup rows written moments ago have no statistics, and sorting tens of
+    thousands of them by six text keys took ten times as long."""
     cover = coverage(conn, project_id=project_id, within=within)
-    return Filters(feature=feature).source(table, project_id=project_id, cover=cover)
+    source, params = Filters(feature=feature).source(table, project_id=project_id, cover=cover)
+    with planner_settings(conn, enable_sort="off"):
+        return conn.execute(text(select.format(source=source)), params).all()
 
 
 def _most(counts: Counter) -> tuple:
@@ -172,25 +183,29 @@ def online_evidence(
 ) -> dict[Segment, SegmentEvidence]:
     """The scored requests of each segment in the period, by served tier (and its model with
     the most of them), counted as passed at the segment's pass score."""
-    source, params = _source(conn, QUALITY, project_id=project_id, within=within, feature=feature)
-    rows = conn.execute(
-        text(
-            f"""
-            select feature, task_type, served_tier, served_model, served_provider, quality_pct,
-                   sum(requests)::bigint as requests
-            from {source} r group by 1, 2, 3, 4, 5, 6
-            """
-        ),
-        params,
+    rows = _summed(
+        conn,
+        QUALITY,
+        """
+        select feature, task_type, served_tier, served_model, served_provider, quality_pct,
+               sum(requests)::bigint as requests
+        from {source} r group by 1, 2, 3, 4, 5, 6
+        """,
+        project_id=project_id,
+        within=within,
+        feature=feature,
     )
     scored: dict[tuple, Counter] = defaultdict(Counter)
     passed: dict[tuple, Counter] = defaultdict(Counter)
+    pass_percent: dict[Segment, int] = {}
     for row in rows:
         segment = (row.feature, row.task_type)
         route = (row.served_model, row.served_provider)
         key = (segment, row.served_tier)
         scored[key][route] += row.requests
-        if row.quality_pct >= floors.floor_of(*segment).pass_percent:
+        if segment not in pass_percent:
+            pass_percent[segment] = floors.floor_of(*segment).pass_percent
+        if row.quality_pct >= pass_percent[segment]:
             passed[key][route] += row.requests
     found: dict[Segment, SegmentEvidence] = {}
     for (segment, tier), by_route in scored.items():
@@ -203,61 +218,6 @@ def online_evidence(
     return found
 
 
-_OFFLINE = """
-with floors as (
-    select * from unnest(cast(:features as text[]), cast(:task_keys as text[]),
-                         cast(:no_tasks as boolean[]), cast(:pass_scores as numeric[]))
-        as f(feature, task_key, no_task, pass_score)
-), chosen as (
-    -- each tier's model with the most results in the segment
-    select feature, task_type, tier, model from (
-        select feature, task_type, tier, model,
-               row_number() over (partition by feature, task_type, tier
-                                  order by count(*) desc, model) as k
-        from eval_results where project_id = :project_id {feature}
-        group by 1, 2, 3, 4
-    ) ranked
-    where k = 1
-), scored as (
-    select e.feature, f.task_key, f.no_task, e.tier, e.model, e.item_id,
-           e.score::numeric >= f.pass_score as passed
-    from eval_results e
-    join chosen c on c.feature = e.feature and c.task_type is not distinct from e.task_type
-                 and c.tier = e.tier and c.model = e.model
-    join floors f on f.feature = e.feature and f.task_key = coalesce(e.task_type, '')
-                 and f.no_task = (e.task_type is null)
-    where e.project_id = :project_id {results}
-)
-select a.feature, a.task_key, a.no_task, a.tier as first_tier, a.model as first_model,
-       b.tier as second_tier, b.model as second_model, count(*) as items,
-       count(*) filter (where a.passed) as passed_first,
-       count(*) filter (where b.passed) as passed_second,
-       count(*) filter (where a.passed and b.passed) as passed_both
-from scored a
-join scored b on b.feature = a.feature and b.task_key = a.task_key
-             and b.no_task = a.no_task and b.item_id = a.item_id and b.tier >= a.tier
-group by 1, 2, 3, 4, 5, 6, 7
-"""
-
-
-@contextmanager
-def _planner(conn: Connection, **settings: str):
-    """Planner settings for the statements inside, then back to what they were."""
-    before = {
-        name: conn.execute(text("select current_setting(:name)"), {"name": name}).scalar_one()
-        for name in settings
-    }
-    for name, value in settings.items():
-        conn.execute(text("select set_config(:name, :value, true)"), {"name": name, "value": value})
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            conn.execute(
-                text("select set_config(:name, :value, true)"), {"name": name, "value": value}
-            )
-
-
 def offline_evidence(
     conn: Connection,
     *,
@@ -266,49 +226,60 @@ def offline_evidence(
     floors: FloorBook,
     ranks: dict[str, int],
 ) -> dict[Segment, SegmentEvidence]:
-    """The evaluation results of each segment: per tier (its model with the most results)
-    the items scored and passed at the segment's pass score, and per pair of tiers their
-    results on the items both were scored on."""
+    """The evaluation results of each segment, from their pairs (app.models.eval_pairs): per
+    tier (its model with the most results) the items scored and passed at the segment's
+    pass score, and per pair of tiers their results on the items both were scored on."""
     only = " and feature = :feature" if feature is not None else ""
-    only_results = " and e.feature = :feature" if feature is not None else ""
-    segments = conn.execute(
+    rows = conn.execute(
         text(
-            "select distinct feature, task_type from eval_results "
-            f"where project_id = :project_id{only}"
+            "select feature, task_type, first_model, first_tier, second_model, second_tier, "
+            f"first_pct, second_pct, items from eval_pairs where project_id = :project_id{only}"
         ),
         {"project_id": project_id, "feature": feature},
-    ).all()
-    if not segments:
-        return {}
-    pass_scores = [floors.floor_of(s.feature, s.task_type).pass_score for s in segments]
-    # Results are joined to themselves item by item: hashed, whatever the statistics say
-    # (a nested loop, chosen for a table not analysed yet, took minutes on 28,000 results).
-    with _planner(conn, enable_nestloop="off", work_mem="64MB"):
-        rows = conn.execute(
-            text(_OFFLINE.format(feature=only, results=only_results)),
-            {
-                "project_id": project_id,
-                "feature": feature,
-                "features": [s.feature for s in segments],
-                "task_keys": [s.task_type or "" for s in segments],
-                "no_tasks": [s.task_type is None for s in segments],
-                "pass_scores": pass_scores,
-            },
-        ).all()
-    found: dict[Segment, SegmentEvidence] = {}
+    )
+    cells: dict[Segment, list] = defaultdict(list)
     for row in rows:
-        segment = (row.feature, None if row.no_task else row.task_key)
-        evidence = found.setdefault(segment, SegmentEvidence(OFFLINE))
-        if row.first_tier == row.second_tier:
-            evidence.tiers[row.first_tier] = TierEvidence(
-                row.first_tier, ranks[row.first_tier], row.first_model, None, row.items,
-                row.passed_first,
-            )  # fmt: skip
-        else:
-            evidence.pairs[(row.first_tier, row.second_tier)] = Paired(
-                row.items, row.passed_first, row.passed_second, row.passed_both
-            )
-    return found
+        cells[(row.feature, row.task_type)].append(row)
+    return {
+        segment: _paired_evidence(found, floors.floor_of(*segment).pass_percent, ranks)
+        for segment, found in cells.items()
+    }
+
+
+def _paired_evidence(cells: list, pass_percent: int, ranks: dict[str, int]) -> SegmentEvidence:
+    """A segment's evidence from its cells of eval_pairs, at a pass score in hundredths."""
+    own: Counter = Counter()  # (model, tier) -> items, and those passed
+    own_passed: Counter = Counter()
+    pairs: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for cell in cells:
+        first, second = (cell.first_model, cell.first_tier), (cell.second_model, cell.second_tier)
+        first_passed = cell.first_pct >= pass_percent
+        second_passed = cell.second_pct >= pass_percent
+        if first == second:
+            own[first] += cell.items
+            own_passed[first] += cell.items * first_passed
+            continue
+        counts = pairs[(first, second)]
+        for i, counted in enumerate(
+            (True, first_passed, second_passed, first_passed and second_passed)
+        ):
+            counts[i] += cell.items * counted
+    models: dict[str, Counter] = defaultdict(Counter)
+    for (model, tier), items in own.items():
+        models[tier][(model,)] = items
+    chosen = {tier: (_most(found)[0], tier) for tier, found in models.items()}
+    evidence = SegmentEvidence(OFFLINE)
+    for tier, key in chosen.items():
+        evidence.tiers[tier] = TierEvidence(
+            tier, ranks[tier], key[0], None, own[key], own_passed[key]
+        )
+    for (first, second), (items, passed_first, passed_second, both) in pairs.items():
+        if chosen.get(first[1]) != first or chosen.get(second[1]) != second:
+            continue
+        if first[1] > second[1]:  # kept in the order of the tiers' names
+            first, second, passed_first, passed_second = second, first, passed_second, passed_first
+        evidence.pairs[(first[1], second[1])] = Paired(items, passed_first, passed_second, both)
+    return evidence
 
 
 # --- traffic ---------------------------------------------------------------------------------
@@ -357,21 +328,22 @@ class Traffic:
 def segment_traffic(
     conn: Connection, *, project_id: int, within: Period, feature: str | None
 ) -> dict[Segment, Traffic]:
-    source, params = _source(conn, FLOW, project_id=project_id, within=within, feature=feature)
-    rows = conn.execute(
-        text(
-            f"""
-            select feature, task_type, served_tier, served_model, served_provider,
-                   sum(requests)::bigint as requests,
-                   sum(served_input_tokens)::bigint as input_tokens,
-                   sum(served_output_tokens)::bigint as output_tokens,
-                   sum(served_cache_read_tokens)::bigint as cache_read_tokens,
-                   sum(served_cache_write_tokens)::bigint as cache_write_tokens,
-                   sum(cost_usd) as cost_usd, sum(unpriced_requests)::bigint as unpriced
-            from {source} r group by 1, 2, 3, 4, 5
-            """
-        ),
-        params,
+    rows = _summed(
+        conn,
+        FLOW,
+        """
+        select feature, task_type, served_tier, served_model, served_provider,
+               sum(requests)::bigint as requests,
+               sum(served_input_tokens)::bigint as input_tokens,
+               sum(served_output_tokens)::bigint as output_tokens,
+               sum(served_cache_read_tokens)::bigint as cache_read_tokens,
+               sum(served_cache_write_tokens)::bigint as cache_write_tokens,
+               sum(cost_usd) as cost_usd, sum(unpriced_requests)::bigint as unpriced
+        from {source} r group by 1, 2, 3, 4, 5
+        """,
+        project_id=project_id,
+        within=within,
+        feature=feature,
     )
     found: dict[Segment, Traffic] = defaultdict(Traffic)
     for row in rows:

@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
+from app.db import planner_settings
 from app.periods import WEEK_ORIGIN_SQL, Period
 from app.services.intervals import Estimate, wilson_interval
 from app.services.metrics import Coverage, Filters, coverage
@@ -114,7 +115,8 @@ def router_calibration(
     cover = coverage(conn, project_id=project_id, within=within)
     source, params = Filters(feature=feature).source(FLOW, project_id=project_id, cover=cover)
     week = f"date_bin('7 days', hour, {WEEK_ORIGIN_SQL})"
-    rows = conn.execute(text(_bins_sql(source, by=week)), params).all()
+    with planner_settings(conn, enable_sort="off"):  # see app.services.advice._summed
+        rows = conn.execute(text(_bins_sql(source, by=week)), params).all()
     weeks = _calibrations(rows)
     overall = _calibrations((None, *row[1:]) for row in rows).get(None, Calibration(()))
     return RouterCalibration(overall, tuple(sorted(weeks.items())))

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select, text
 
+from app.db import planner_settings
 from app.models import drift_results
 from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
 from app.rollup_figures import REQUEST_FIGURES, named
@@ -242,13 +243,14 @@ def routing_flow(
     model and served model, from the flow rollup."""
     cover = coverage(conn, project_id=project_id, within=within)
     source, params = Filters(feature=feature).source(FLOW, project_id=project_id, cover=cover)
-    rows = conn.execute(
-        text(
-            f"""
-            select intended_tier, first_model, served_model, sum(requests)::bigint as requests
-            from {source} r group by 1, 2, 3 order by 4 desc, 1, 2, 3
-            """
-        ),
-        params,
-    )
-    return [FlowLink(*row) for row in rows]
+    with planner_settings(conn, enable_sort="off"):  # see app.services.advice._summed
+        rows = conn.execute(
+            text(
+                f"""
+                select intended_tier, first_model, served_model, sum(requests)::bigint
+                from {source} r group by 1, 2, 3
+                """
+            ),
+            params,
+        ).all()
+    return sorted((FlowLink(*row) for row in rows), key=lambda link: -link.requests)

@@ -3,7 +3,8 @@ feature (and task type), the evidence that compares tiers on the same items.
 
 A result's tier is the one it names, else its model's in the project's model-to-tier map.
 A bad result (invalid, an unknown tier, an unmapped model) is an error for that result only;
-the others are stored. The same item and model sent again replaces the score.
+the others are stored. The same item and model sent again replaces the score. Each segment
+written is counted again into eval_pairs, what the advice reads (app.models.eval_pairs).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert
 
+from app.db import planner_settings
 from app.models import eval_results
 from app.periods import utc_now
 from app.schemas import EvalError, EvalResultIn, EvalsResult, describe_errors
@@ -69,6 +71,14 @@ def record_evals(conn: Connection, *, project_id: int, items: Iterable[Any]) -> 
             "score": float(result.score),
             "recorded_at": now,
         }
+    segments = sorted({(row["feature"], row["task_type"]) for row in rows.values()}, key=str)
+    for feature, task_type in segments:
+        # One writer of a segment at a time: each recounts its pairs from every result
+        # committed before it, its own included.
+        conn.execute(
+            text("select pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            {"key": f"routeledger.evals.{project_id}.{feature}.{task_type}"},
+        )
     if rows:
         statement = insert(eval_results)
         conn.execute(
@@ -81,4 +91,38 @@ def record_evals(conn: Connection, *, project_id: int, items: Iterable[Any]) -> 
             ),
             list(rows.values()),
         )
+    for feature, task_type in segments:
+        pair_results(conn, project_id=project_id, feature=feature, task_type=task_type)
     return EvalsResult(accepted=len(rows), errors=sorted(errors, key=lambda e: e.index))
+
+
+_PAIRS = text(
+    """
+    insert into eval_pairs (project_id, feature, task_type, first_model, first_tier,
+                            second_model, second_tier, first_pct, second_pct, items)
+    select a.project_id, a.feature, a.task_type, a.model, a.tier, b.model, b.tier,
+           floor(a.score::numeric * 100), floor(b.score::numeric * 100), count(*)
+    from eval_results a
+    join eval_results b on b.project_id = a.project_id and b.feature = a.feature
+                       and b.item_id = a.item_id and (b.model, b.tier) >= (a.model, a.tier)
+    where a.project_id = :project_id and a.feature = :feature
+      and a.task_type is not distinct from :task_type
+      and b.task_type is not distinct from :task_type
+    group by 1, 2, 3, 4, 5, 6, 7, 8, 9
+    """
+)
+
+
+def pair_results(conn: Connection, *, project_id: int, feature: str, task_type: str | None):
+    """Counts a segment's results again into eval_pairs (app.models), item by item."""
+    conn.execute(
+        text(
+            "delete from eval_pairs where project_id = :project_id and feature = :feature "
+            "and task_type is not distinct from :task_type"
+        ),
+        {"project_id": project_id, "feature": feature, "task_type": task_type},
+    )
+    # Results joined to themselves by item: hashed, whatever the statistics of rows just
+    # written say (a nested loop took minutes over 28,000 results).
+    with planner_settings(conn, enable_nestloop="off", work_mem="64MB"):
+        conn.execute(_PAIRS, {"project_id": project_id, "feature": feature, "task_type": task_type})

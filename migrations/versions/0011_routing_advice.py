@@ -1,5 +1,5 @@
-"""routing advice: quality floors, offline evaluation results, the flow and quality rollups,
-the calibration_error alert metric
+"""routing advice: quality floors, offline evaluation results and their pairs, the flow
+and quality rollups, the calibration_error alert metric
 
 Revision ID: 0011
 Revises: 0008
@@ -147,6 +147,19 @@ def upgrade() -> None:
             postgresql_nulls_not_distinct=True,
         ),
     )  # fmt: skip
+    op.create_table(
+        "eval_pairs",
+        sa.Column("project_id", sa.BigInteger(), nullable=False),
+        *_segment(),
+        *(sa.Column(f"{side}_{what}", sa.Text(), nullable=False)
+          for side in ("first", "second") for what in ("model", "tier")),
+        sa.Column("first_pct", sa.SmallInteger(), nullable=False),
+        sa.Column("second_pct", sa.SmallInteger(), nullable=False),
+        sa.Column("items", sa.BigInteger(), nullable=False),
+    )  # fmt: skip
+    op.create_index(
+        op.f("ix_eval_pairs_project_feature"), "eval_pairs", ["project_id", "feature"]
+    )
     # Every hour holding requests, for the rollup job to roll again (the new tables too).
     op.execute(
         """
@@ -160,6 +173,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("eval_pairs")
     op.drop_table("eval_results")
     op.drop_table("quality_floors")
     for name in ("rollup_quality", "rollup_flow"):
