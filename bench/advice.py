@@ -19,7 +19,7 @@ import json
 import math
 import statistics
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -140,10 +140,9 @@ def main() -> None:
         with api_server(url) as (api_url, _):
             api = api_latency(api_url, key, options.calls)
         print("measuring pages ...", flush=True)
-        calls = dashboard_latency.page_calls(options.days, date.today())
         pages = dashboard_latency.measure(
             project_id, "bench-advice", runs=options.runs, range_days=options.days,
-            pages={page: calls[page] for page in ("advisor", "routing")},
+            only=("advisor", "routing"),
         )  # fmt: skip
     print(
         json.dumps(
