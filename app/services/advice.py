@@ -42,11 +42,12 @@ from app.services.pricing import PriceBook
 from app.services.projects import project_tiers
 from app.services.quality_floors import FloorBook, QualityFloor, load_floors
 from app.services.rollups import FLOW, QUALITY, RollupTable
+from app.vocabulary import EVIDENCE_SOURCES
 
 TRAFFIC_WINDOW = timedelta(days=30)
 MIN_CASES = 30
 INSUFFICIENT_EVIDENCE = "insufficient_evidence"
-OFFLINE, ONLINE = "offline", "online"
+ONLINE, OFFLINE = EVIDENCE_SOURCES
 
 
 class NoTraffic(LookupError):
