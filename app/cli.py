@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from app import secret_key
+from app.eval_cli import eval_group
 from app.periods import InvalidPeriod, as_utc, floor_day, floor_hour, parse_instant, utc_now
 from app.settings import get_settings
 from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
@@ -801,6 +802,8 @@ def _export(project_name: str, start: str | None, end: str | None, output: Path,
         soft_wrap=True,
     )
 
+
+main.add_command(eval_group)
 
 if __name__ == "__main__":
     main()

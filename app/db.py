@@ -70,3 +70,23 @@ def limit_statements(conn: Connection, *, seconds: float) -> None:
     conn.execute(
         text("select set_config('statement_timeout', :ms, true)"), {"ms": str(int(seconds * 1000))}
     )
+
+
+@contextmanager
+def planner_settings(conn: Connection, **settings: str) -> Iterator[None]:
+    """PostgreSQL planner settings (`enable_sort="off"`, `work_mem="64MB"`, ...) for the
+    statements run inside, in the current transaction, then back to what they were. For
+    queries over rows written moments ago, whose statistics would make the planner sort or
+    loop over many rows it takes for few."""
+    set_config = text("select set_config(:name, :value, true)")
+    before = {
+        name: conn.execute(text("select current_setting(:name)"), {"name": name}).scalar_one()
+        for name in settings
+    }
+    for name, value in settings.items():
+        conn.execute(set_config, {"name": name, "value": value})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            conn.execute(set_config, {"name": name, "value": value})

@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
-from app.api import admin, alerts, errors, exports, health, ingest, metrics, traces
+from app.api import admin, advice, alerts, errors, exports, health, ingest, metrics, traces
 from app.api.bodies import BodyLimitAndGzip
 from app.schemas import describe_errors
 
@@ -27,7 +27,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     errors.install(app)
     app.include_router(health.router)
-    for api in (ingest, admin, metrics, alerts, exports, traces):
+    for api in (ingest, admin, metrics, alerts, exports, traces, advice):
         app.include_router(api.router, responses=errors.KEYED)
     app.openapi = lambda: _openapi(app)
     return app
@@ -40,7 +40,7 @@ def _openapi(app: FastAPI) -> dict:
             title=app.title, version=app.version, summary=app.summary, routes=app.routes
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in ingest.OPENAPI_EXTRA_MODELS:
+        for model in (*ingest.OPENAPI_EXTRA_MODELS, *advice.OPENAPI_EXTRA_MODELS):
             model_schema = TypeAdapter(model).json_schema(
                 ref_template="#/components/schemas/{model}"
             )

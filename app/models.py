@@ -27,7 +27,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-from app.rollup_figures import ATTEMPT_FIGURES, CUSTOMER_FIGURES, REQUEST_FIGURES
+from app.rollup_figures import (
+    ATTEMPT_FIGURES,
+    CUSTOMER_FIGURES,
+    FLOW_FIGURES,
+    QUALITY_FIGURES,
+    REQUEST_FIGURES,
+)
 from app.vocabulary import (
     ALERT_METRICS,
     ALERT_STATES,
@@ -784,4 +790,112 @@ otlp_response_ids = Table(
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("project_id", "response_id"),
     Index("ix_otlp_response_ids_claimed_at", "claimed_at"),
+)
+
+
+# --- routing advice (issue 15) ------------------------------------------------------------
+
+
+def _segment() -> list:
+    return [Column("feature", Text, nullable=False), Column("task_type", Text)]
+
+
+def _flow_route() -> list:
+    return [
+        Column("intended_tier", Text, nullable=False),
+        Column("first_model", Text, nullable=False),
+        Column("served_tier", Text),
+        Column("served_model", Text),
+        Column("served_provider", Text),
+        # Router confidence in ten equal bins on [0, 1] (app.services.rollups.FLOW); NULL
+        # when the request carried none.
+        Column("confidence_bin", SmallInteger),
+        *(figure.column() for figure in FLOW_FIGURES),
+    ]
+
+
+def _scored_route() -> list:
+    return [
+        Column("served_tier", Text, nullable=False),
+        Column("served_model", Text, nullable=False),
+        Column("served_provider", Text),
+        # floor(score × 100): a pass at pass_score p (two decimals) is quality_pct >= 100 p.
+        Column("quality_pct", SmallInteger, nullable=False),
+        *(figure.column() for figure in QUALITY_FIGURES),
+    ]
+
+
+# Requests from the intended tier through the first attempt's model to the served route, with
+# the served attempt's tokens and the router's confidence; and the scored requests per route
+# and score: what the advice, the routing flow and router calibration read.
+rollup_flow_hourly, rollup_flow_daily = _rollup_tables("rollup_flow", _segment, _flow_route)
+rollup_quality_hourly, rollup_quality_daily = _rollup_tables(
+    "rollup_quality", _segment, _scored_route
+)
+
+# A feature's quality floor, or one task type's within it (task_type NULL: the feature's).
+quality_floors = Table(
+    "quality_floors",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("task_type", Text),
+    # A case passes from this score on; two decimals at most (app.services.rollups.QUALITY).
+    Column("pass_score", Numeric, nullable=False),
+    # The share of the reference tier's pass rate a cheaper tier must reach.
+    Column("target", Numeric, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("project_id", "feature", "task_type", postgresql_nulls_not_distinct=True),
+    CheckConstraint(
+        "pass_score >= 0 and pass_score <= 1 and pass_score = round(pass_score, 2)",
+        name="pass_score_range",
+    ),
+    CheckConstraint("target > 0 and target <= 1", name="target_range"),
+)
+
+# Offline evaluation results: one model's score on one item of a feature (and task type).
+# The same item and model again replaces the score.
+eval_results = Table(
+    "eval_results",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    Column("feature", Text, nullable=False),
+    Column("task_type", Text),
+    Column("item_id", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    # From the result, else the project's model-to-tier map when it was recorded.
+    Column("tier", Text, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint(
+        "project_id", "feature", "task_type", "item_id", "model",
+        postgresql_nulls_not_distinct=True,
+    ),
+    ForeignKeyConstraint(
+        ["project_id", "tier"], ["tiers.project_id", "tiers.name"],
+        name="fk_eval_results_project_id_tiers",
+    ),
+    CheckConstraint("score >= 0 and score <= 1", name="score_range"),
+)  # fmt: skip
+
+# The evaluation results of a segment, paired item by item: per pair of (model, tier) of the
+# segment, in order, how many items scored each pair of hundredths (a model paired with
+# itself counts its own items). A pass rate at any pass score, alone or of both models of a
+# pair on the same items, is a sum of these. Recomputed for a segment whenever results of it
+# are recorded (app.services.evals), in the same transaction.
+eval_pairs = Table(
+    "eval_pairs",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    *_segment(),
+    Column("first_model", Text, nullable=False),
+    Column("first_tier", Text, nullable=False),
+    Column("second_model", Text, nullable=False),
+    Column("second_tier", Text, nullable=False),
+    Column("first_pct", SmallInteger, nullable=False),
+    Column("second_pct", SmallInteger, nullable=False),
+    Column("items", BigInteger, nullable=False),
+    Index("ix_eval_pairs_project_feature", "project_id", "feature"),
 )

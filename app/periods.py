@@ -18,10 +18,14 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
+WEEK = timedelta(days=7)
 # The origin of date_bin's buckets (hours, days, wider buckets of the dashboard's series), in
 # Python and in SQL: every bucket boundary is a whole number of widths from it.
 BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 BIN_ORIGIN_SQL = "timestamptz '2000-01-01 00:00:00+00'"
+# Weeks start on Monday, 00:00 UTC (ISO 8601): date_bin's origin for them is a Monday.
+WEEK_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+WEEK_ORIGIN_SQL = "timestamptz '2000-01-03 00:00:00+00'"
 
 
 def utc_now() -> datetime:
@@ -103,6 +107,12 @@ def floor_day(at: datetime) -> datetime:
     return floor_hour(at).replace(hour=0)
 
 
+def floor_week(at: datetime) -> datetime:
+    """The Monday midnight (UTC) starting the week of `at`."""
+    day = floor_day(at)
+    return day - DAY * day.weekday()
+
+
 def midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
@@ -144,11 +154,17 @@ def calendar_parts(within: Period, granularity: str) -> list[Period]:
 # --- the periods callers ask for ----------------------------------------------------------------
 
 
-def hourly_period(start: str | None, end: str | None, *, now: datetime | None = None) -> Period:
-    """The period of a metrics call: whole hours, by default the 24 hours up to the end of
-    the current hour."""
+def hourly_period(
+    start: str | None,
+    end: str | None,
+    *,
+    now: datetime | None = None,
+    length: timedelta = DAY,
+) -> Period:
+    """The period of a metrics call: whole hours, by default the `length` (24 hours) up to
+    the end of the current hour."""
     end_at = parse_hour(end, name="end") if end else next_hour(now or utc_now())
-    start_at = parse_hour(start, name="start") if start else end_at - DAY
+    start_at = parse_hour(start, name="start") if start else end_at - length
     if start_at >= end_at:
         raise InvalidPeriod("start: must be before end")
     longest = get_settings().routeledger_max_period_days

@@ -92,3 +92,25 @@ CUSTOMER_FIGURES = named(
     REQUEST_FIGURES,
     "requests", "input_tokens", "output_tokens", "cost_usd", "unpriced_requests", "revenue_usd",
 )  # fmt: skip
+
+# Per route of requests, for routing advice and router calibration (app.services.advice,
+# app.services.calibration): the served attempt's own tokens (`s`, what a request would cost
+# at another model), whether the first attempt served the request, and the router's
+# confidence. They read the requests `r` beside their first and served attempts (see
+# app.services.rollups.FLOW).
+FLOW_FIGURES = (
+    Figure("requests", "count(*)", "count"),
+    Figure("served_input_tokens", "coalesce(sum(s.input_tokens), 0)", "count"),
+    Figure("served_output_tokens", "coalesce(sum(s.output_tokens), 0)", "count"),
+    Figure("served_cache_read_tokens", "coalesce(sum(s.cache_read_tokens), 0)", "count"),
+    Figure("served_cache_write_tokens", "coalesce(sum(s.cache_write_tokens), 0)", "count"),
+    Figure("cost_usd", "coalesce(sum(r.cost_usd), 0)", "money"),
+    Figure("unpriced_requests", "count(*) filter (where r.is_unpriced)", "count"),
+    # "The first attempt was accepted": it is the served attempt (not rejected, not escalated).
+    Figure("first_accepted", "count(*) filter (where s.position = 0)", "count"),
+    Figure("confidence_sum", "coalesce(sum(r.router_confidence), 0)", "float"),
+)
+
+# Scored requests per route and score (a hundredth wide): the pass rate at any pass score
+# with at most two decimals is a sum of these.
+QUALITY_FIGURES = (Figure("requests", "count(*)", "count"),)

@@ -20,10 +20,17 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    model_validator,
 )
 
 from app.periods import EARLIEST, LATEST
-from app.vocabulary import ALERT_METRICS, ALERT_STATES, ATTEMPT_STATUSES, KEY_SCOPES
+from app.vocabulary import (
+    ALERT_METRICS,
+    ALERT_STATES,
+    ATTEMPT_STATUSES,
+    EVIDENCE_SOURCES,
+    KEY_SCOPES,
+)
 
 MAX_STRING = 200
 MAX_ATTEMPTS = 20
@@ -528,3 +535,168 @@ class UnmappedModel(BaseModel):
 class UnmappedModels(BaseModel):
     held_requests: int
     unmapped: list[UnmappedModel]
+
+
+# --- routing advice (issue 15) -------------------------------------------------------------
+
+# A pass score has at most two decimals: the scored requests are kept to the hundredth.
+PassScore = Annotated[Decimal, BeforeValidator(_money_input), Field(ge=0, le=1, decimal_places=2)]
+Target = Annotated[Decimal, BeforeValidator(_money_input), Field(gt=0, le=1)]
+
+
+class QualityFloorIn(Strict):
+    """A feature's quality floor, or one task type's within it."""
+
+    task_type: Text | None = Field(
+        default=None, description="the task type it applies to; null: the whole feature"
+    )
+    pass_score: PassScore = Field(
+        default=Decimal("0.7"), description="a case passes from this score on (two decimals)"
+    )
+    target: Target = Field(
+        default=Decimal("0.95"),
+        description="the share of the reference tier's pass rate a cheaper tier must reach",
+    )
+
+
+class QualityFloorOut(BaseModel):
+    feature: str
+    task_type: str | None
+    pass_score: float
+    target: float
+    updated_at: datetime | None = Field(description="null: the defaults, never set")
+
+
+class QualityFloorList(BaseModel):
+    quality_floors: list[QualityFloorOut]
+
+
+class EvalResultIn(Strict):
+    """One model's score on one evaluation item."""
+
+    item_id: RequiredText
+    model: RequiredText
+    score: Score
+    feature: RequiredText
+    task_type: Text | None = None
+    tier: RequiredText | None = Field(
+        default=None, description="default: the model's tier in the project's model-to-tier map"
+    )
+
+
+class EvalBatch(Strict):
+    results: Annotated[list[EvalResultIn], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class EvalError(BaseModel):
+    index: int
+    item_id: str | None = None
+    error: str
+
+
+class EvalsResult(BaseModel):
+    accepted: int = Field(description="results stored; an item and model sent again replaces")
+    errors: list[EvalError]
+
+
+class IntervalOut(BaseModel):
+    value: float | None
+    low: float | None
+    high: float | None
+
+
+class TierAdviceOut(BaseModel):
+    tier: str
+    model: str
+    cases: int = Field(
+        description="offline: the items the reference passed that this tier was scored on; "
+        "online: this tier's scored requests"
+    )
+    relative_pass_rate: float | None
+    low: float | None = Field(description="95% interval of the relative pass rate")
+    high: float | None
+    cost_per_request_usd: MoneyText | None = Field(
+        description="the segment's served tokens of the traffic window at this tier's model, "
+        "priced at the end of the period, per request; null when the model has no price"
+    )
+    pass_rate: IntervalOut = Field(description="this tier's own pass rate, Wilson interval")
+    meets_target: bool
+
+
+class SegmentAdviceOut(BaseModel):
+    feature: str
+    task_type: str | None
+    evidence: Literal[EVIDENCE_SOURCES] | None
+    pass_score: float
+    target: float
+    reference_tier: str | None
+    recommended_tier: str = Field(description="a tier, or insufficient_evidence")
+    projected_savings_usd: MoneyText | None = Field(
+        description="the segment's cost over the traffic window minus its cost at the "
+        "recommended tier (per 30 days)"
+    )
+    expected_pass_rate: IntervalOut = Field(description="at the recommended tier")
+    requests: int = Field(description="in the traffic window")
+    cost_usd: MoneyText = Field(description="what the traffic window cost")
+    cost_is_lower_bound: bool
+    tiers: list[TierAdviceOut]
+
+
+class AdviceOut(BaseModel):
+    start: datetime = Field(description="online evidence: scored requests in [start, end)")
+    end: datetime
+    traffic_start: datetime = Field(description="the 30 days of traffic that costs are from")
+    traffic_end: datetime
+    segments: list[SegmentAdviceOut]
+
+
+class WhatIfIn(Strict):
+    """A candidate for a feature over a period of its real traffic: shares per tier for
+    every segment of the feature, or one segment (task_type) moved to one tier."""
+
+    feature: RequiredText
+    start: StrictStr | None = Field(
+        default=None, description="whole UTC hour; default: end - 30 days"
+    )
+    end: StrictStr | None = Field(
+        default=None, description="whole UTC hour; default: the next hour"
+    )
+    shares: dict[str, Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]] | None = None
+    task_type: Text | None = Field(default=None, description="with move_to: the segment moved")
+    move_to: RequiredText | None = None
+
+    @model_validator(mode="after")
+    def _one_candidate(self) -> WhatIfIn:
+        if (self.shares is None) == (self.move_to is None):
+            raise ValueError("give shares (per tier) or move_to (a tier), not both")
+        if self.shares is not None and "task_type" in self.model_fields_set:
+            raise ValueError("task_type goes with move_to; shares apply to every segment")
+        return self
+
+
+class WhatIfSegmentOut(BaseModel):
+    task_type: str | None
+    evidence: Literal[EVIDENCE_SOURCES] | None
+    requests: int
+    shares: dict[str, float] = Field(description="the candidate's shares of this segment")
+    current_cost_usd: MoneyText
+    projected_cost_usd: MoneyText | None
+    savings_usd: MoneyText | None
+    expected_pass_rate: IntervalOut
+
+
+class WhatIfOut(BaseModel):
+    feature: str
+    start: datetime
+    end: datetime
+    requests: int
+    current_cost_usd: MoneyText
+    cost_is_lower_bound: bool
+    projected_cost_usd: MoneyText | None = Field(
+        description="every request's served tokens at its candidate tier's model, priced at end"
+    )
+    savings_usd: MoneyText | None
+    expected_pass_rate: IntervalOut = Field(
+        description="the candidate's pass rate, weighted by requests, 95% interval (MOVER)"
+    )
+    segments: list[WhatIfSegmentOut]

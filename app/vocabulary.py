@@ -29,6 +29,8 @@ ALERT_METRICS = (
     "drift_psi",
     "unpriced_requests",
     "policy_deviation",
+    # The router's expected calibration error over the window (app.services.calibration).
+    "calibration_error",
 )
 ALERT_STATES = ("firing", "resolved")
 
@@ -37,6 +39,9 @@ DASHBOARD_ROLES = ("viewer", "admin")
 
 # Customer figures are kept and exported per day or per month.
 GRANULARITIES = ("day", "month")
+
+# Evidence of a tier's quality: scores of served requests, or evaluation results per item.
+EVIDENCE_SOURCES = ("online", "offline")
 
 # The distributions whose drift is measured.
 DRIFT_DIMENSIONS = ("tier", "confidence", "input_tokens")

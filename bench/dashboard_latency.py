@@ -140,7 +140,9 @@ def prepare(project_id: int, *, start: datetime) -> None:
 
 def page_calls(range_days: int, today: date) -> dict:
     """page -> (layout function, its query, callback, the callback's arguments)."""
+    from dashboards import flow
     from dashboards.pages import (
+        advisor,
         alerts,
         customer,
         customers,
@@ -162,8 +164,15 @@ def page_calls(range_days: int, today: date) -> dict:
         "routing": (
             routing.layout,
             {**period, "feature": "support-chat"},
-            routing.update,
+            # Its callbacks, one after the other (a browser asks for them at once).
+            lambda *args: (routing.update(*args), flow.update_flow(*args[:3])),
             (start, end, "support-chat", None, shares),
+        ),
+        "advisor": (
+            advisor.layout,
+            period,
+            lambda *args: (advisor.update(*args), advisor.router_calibration(*args)),
+            (start, end, None),
         ),
         "customers": (customers.layout, period, customers.update, (start, end, "")),
         "customer": (
@@ -186,9 +195,17 @@ def page_calls(range_days: int, today: date) -> dict:
     }
 
 
-def measure(project_id: int, project_name: str, *, runs: int, range_days: int) -> dict:
-    """Per page: p50 and p95 with the read cache empty (cold: every figure from
-    PostgreSQL) and with it filled (warm: a second view within CACHE_SECONDS)."""
+def measure(
+    project_id: int,
+    project_name: str,
+    *,
+    runs: int,
+    range_days: int,
+    only: tuple[str, ...] | None = None,
+) -> dict:
+    """Per page (of page_calls, or those named in `only`): p50 and p95 with the read cache
+    empty (cold: every figure from PostgreSQL) and with it filled (warm: a second view within
+    CACHE_SECONDS)."""
     from flask import g
 
     from app.services.users import Membership
@@ -202,7 +219,10 @@ def measure(project_id: int, project_name: str, *, runs: int, range_days: int) -
     app = create_app()
     membership = Membership(project_id, project_name, "admin")
     results = {}
-    for page, (layout, query, update, args) in page_calls(range_days, date.today()).items():
+    pages = page_calls(range_days, date.today())  # once the app is there to register them
+    for page, (layout, query, update, args) in pages.items():
+        if only is not None and page not in only:
+            continue
         figures = {}
         for state in ("cold", "warm"):
             times = []

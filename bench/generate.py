@@ -64,7 +64,9 @@ from (
                    random() as confidence,
                    random() < 0.5 as in_experiment,
                    1 + floor(random() * 2)::int as arm
-            from generate_series(0, :rows - 1) as i, lateral (select random() as r) as draw
+            -- One draw per row (an uncorrelated lateral subquery ran once per chunk: every
+            -- request of a million had the same intended tier).
+            from (select i, random() as r from generate_series(0, :rows - 1) as i) as draw
         ) drawn
     ) ranked
 ) generated

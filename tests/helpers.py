@@ -408,6 +408,7 @@ VIEWER = demo.DEMO_LOGINS["viewer"]
 PAGES = {
     "/": "#overview-spend .trace",
     "/routing": "#routing-splits .trace",
+    "/advisor": "#advisor-table td[data-dash-column='recommended']",
     "/customers": "#customers-table td[data-dash-column='requests']",
     "/customers/globex": "#customer-money .trace",
     "/models": "#models-table td[data-dash-column='attempts']",

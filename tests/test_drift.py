@@ -47,7 +47,13 @@ def test_the_drift_job_stores_psi_and_both_distributions(engine, database_url):
               router={"confidence": 0.55}, timestamp=before(end, hours=2, minutes=i))
         for i, tier in enumerate(["cheap", "premium"] * 10)
     ]  # fmt: skip
-    batch = Batch(reference + current)
+    # Requests without a router confidence count in the other distributions only.
+    unrouted = [
+        event(attempt(tier="cheap", input_tokens=5000), intended_tier="cheap",
+              timestamp=before(end, hours=3, minutes=i))
+        for i in range(4)
+    ]  # fmt: skip
+    batch = Batch(reference + current + unrouted)
     assert ingest_batch(engine, project_id=project.id, batch=batch, now=now).accepted
     run_rollup(engine, now=now)
     run_drift(engine, now=now)
@@ -61,10 +67,13 @@ def test_the_drift_job_stores_psi_and_both_distributions(engine, database_url):
     found = {row[0]: row[1:] for row in rows}
     assert set(found) == {"confidence", "input_tokens", "tier"}
     tier_psi, current_n, reference_n, current_split, reference_split = found["tier"]
-    assert (current_n, reference_n) == (20, 30)
-    assert current_split == {"cheap": 0.5, "premium": 0.5} and reference_split == {"cheap": 1.0}
-    expected = (0.5 - 1) * math.log(0.5) + (0.5 - 0.0001) * math.log(0.5 / 0.0001)
+    assert (current_n, reference_n) == (24, 30)
+    cheap, premium = 14 / 24, 10 / 24
+    assert current_split == pytest.approx({"cheap": cheap, "premium": premium})
+    assert reference_split == {"cheap": 1.0}
+    expected = (cheap - 1) * math.log(cheap) + (premium - 0.0001) * math.log(premium / 0.0001)
     assert tier_psi == pytest.approx(expected)
+    assert found["confidence"][1] == 20  # the four without a confidence are in no bin
     assert found["confidence"][3] == {"0.5-0.6": 1.0}
     assert found["input_tokens"][4] == {"64-127": 1.0}
     assert found["input_tokens"][3] == {"4096-8191": 1.0}

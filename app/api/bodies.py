@@ -6,10 +6,12 @@ from __future__ import annotations
 import zlib
 
 import orjson
+from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.api.callers import Refused, client_address, resolve_caller
 from app.api.errors import UNAVAILABLE, unavailable
+from app.services.batches import Batch, BatchTooLarge, BodyNotJson, NotABatch, read_batch
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 
@@ -106,3 +108,18 @@ async def _error(send, status: int, detail: str, headers: dict[str, str] | None 
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+async def read_json_batch(request: Request, key: str) -> Batch:
+    """The items of a JSON `{key: [...]}` body, or the 4xx that says what is wrong with it."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise HTTPException(415, "Content-Type must be application/json")
+    try:
+        return read_batch(await request.body(), key=key)
+    except BodyNotJson as error:
+        raise HTTPException(400, str(error)) from None
+    except NotABatch as error:
+        raise HTTPException(422, str(error)) from None
+    except BatchTooLarge as error:
+        raise HTTPException(413, str(error)) from None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
+from app.api.bodies import read_json_batch
 from app.api.deps import Db, IngestCaller, ReadCaller
 from app.api.errors import answers
 from app.db import get_engine, transaction
@@ -16,7 +17,7 @@ from app.schemas import (
     IngestBatch,
     IngestResult,
 )
-from app.services.batches import Batch, BatchTooLarge, BodyNotJson, NotABatch, read_batch
+from app.services.batches import Batch
 from app.services.feedback import held_summary, record_feedback
 from app.services.ingest import ingest_batch
 
@@ -31,20 +32,6 @@ def _multi_status(result: IngestResult | FeedbackResult) -> Response:
         status_code=207 if result.errors else 200,
         media_type="application/json",
     )
-
-
-async def _read_batch(request: Request, key: str) -> Batch:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise HTTPException(415, "Content-Type must be application/json")
-    try:
-        return read_batch(await request.body(), key=key)
-    except BodyNotJson as error:
-        raise HTTPException(400, str(error)) from None
-    except NotABatch as error:
-        raise HTTPException(422, str(error)) from None
-    except BatchTooLarge as error:
-        raise HTTPException(413, str(error)) from None
 
 
 def _documented_body(model: type) -> dict:
@@ -66,7 +53,7 @@ def _documented_body(model: type) -> dict:
     openapi_extra=_documented_body(IngestBatch),
 )
 async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
-    batch = await _read_batch(request, "requests")
+    batch = await read_json_batch(request, "requests")
     result = await run_in_threadpool(
         ingest_batch, get_engine(), project_id=caller.project_id, batch=batch
     )
@@ -81,7 +68,7 @@ async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
     openapi_extra=_documented_body(FeedbackBatch),
 )
 async def ingest_feedback(request: Request, caller: IngestCaller) -> Response:
-    batch = await _read_batch(request, "feedback")
+    batch = await read_json_batch(request, "feedback")
     result = await run_in_threadpool(_record_feedback, caller.project_id, batch)
     return _multi_status(result)
 

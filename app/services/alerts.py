@@ -21,6 +21,7 @@ from app.models import alert_rules, alerts
 from app.periods import Period, floor_hour, trailing, utc_now
 from app.rollup_figures import REQUEST_FIGURES, named, totals_sql
 from app.schemas import AlertRuleChanges, AlertRuleIn
+from app.services.calibration import window_calibration
 from app.services.emails import dashboard_url, queue_email, report_email
 from app.services.metrics import (
     MONEY_CONTEXT,
@@ -268,6 +269,9 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
         return _policy_deviation(conn, project_id=project_id, scope=scope, within=within)
     if metric == "drift_psi":
         return _drift(conn, project_id=project_id, scope=scope, now=now)
+    if metric == "calibration_error":
+        found = window_calibration(conn, project_id=project_id, scope=scope, within=within)
+        return Measurement(found.expected_calibration_error, found.requests)
     totals = window_totals(conn, project_id=project_id, scope=scope, within=within)
     reference = None
     if rule["baseline_multiplier"] is not None:

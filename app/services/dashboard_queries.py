@@ -4,18 +4,19 @@ definitions of app.services.metrics (its RoutingMetrics does the arithmetic)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import Connection, select, text
 
+from app.db import planner_settings
 from app.models import drift_results
 from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
 from app.rollup_figures import REQUEST_FIGURES, named
-from app.services.metrics import MONEY_CONTEXT, TOTALS_SQL, Filters, RoutingMetrics
-from app.services.rollups import latency_quantile
+from app.services.intervals import Estimate, mean_interval, wilson_interval
+from app.services.metrics import MONEY_CONTEXT, TOTALS_SQL, Filters, RoutingMetrics, coverage
+from app.services.rollups import FLOW, latency_quantile
 
 
 def routing_series(
@@ -138,15 +139,6 @@ def filter_values(conn: Connection, *, project_id: int, within: Period) -> Filte
 
 # --- experiments: arms side by side, with 95% intervals ------------------------------------
 
-Z95 = 1.959964
-
-
-@dataclass(frozen=True)
-class Estimate:
-    value: float | None
-    low: float | None
-    high: float | None
-
 
 @dataclass(frozen=True)
 class ArmFigures:
@@ -157,27 +149,6 @@ class ArmFigures:
     mean_quality: Estimate
     quality_count: int
     unpriced_requests: int
-
-
-def mean_interval(mean: float | None, sd: float | None, n: int) -> Estimate:
-    """Normal approximation: mean ± 1.96 · sd / √n."""
-    if mean is None or n == 0:
-        return Estimate(None, None, None)
-    if sd is None or n < 2:
-        return Estimate(mean, None, None)
-    half = Z95 * sd / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half)
-
-
-def wilson_interval(successes: int, n: int) -> Estimate:
-    """The Wilson score interval of a proportion (sound near 0 and 1, and for small n)."""
-    if n == 0:
-        return Estimate(None, None, None)
-    p = successes / n
-    z2 = Z95 * Z95
-    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
 # The rollup figures an arm counts, from its requests.
@@ -249,3 +220,37 @@ def drift_history(conn: Connection, *, project_id: int, within: Period) -> list[
         .order_by(drift_results.c.window_end, drift_results.c.feature)
     )
     return [dict(row._mapping) for row in rows]
+
+
+# --- routing flow (issue 15) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowLink:
+    """Requests that went from an intended tier through a first attempt's model to a served
+    model (None: the request failed)."""
+
+    intended_tier: str
+    first_model: str
+    served_model: str | None
+    requests: int
+
+
+def routing_flow(
+    conn: Connection, *, project_id: int, within: Period, feature: str | None = None
+) -> list[FlowLink]:
+    """The period's requests (of one feature, when given) by intended tier, first attempt's
+    model and served model, from the flow rollup."""
+    cover = coverage(conn, project_id=project_id, within=within)
+    source, params = Filters(feature=feature).source(FLOW, project_id=project_id, cover=cover)
+    with planner_settings(conn, enable_sort="off"):  # see app.services.advice._summed
+        rows = conn.execute(
+            text(
+                f"""
+                select intended_tier, first_model, served_model, sum(requests)::bigint
+                from {source} r group by 1, 2, 3
+                """
+            ),
+            params,
+        ).all()
+    return sorted((FlowLink(*row) for row in rows), key=lambda link: -link.requests)

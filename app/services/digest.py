@@ -11,7 +11,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, Engine, text
 
-from app.periods import DAY, Period, floor_day, utc_now
+from app.periods import DAY, Period, floor_day, trailing, utc_now
+from app.services.advice import TRAFFIC_WINDOW, top_recommendations
 from app.services.alerts import list_alerts
 from app.services.emails import dashboard_url, queue_email, report_email
 from app.services.metrics import customer_metrics, money_text, routing_metrics
@@ -49,8 +50,27 @@ def digest_lines(conn: Connection, *, project_id: int, within: Period) -> list[t
         lines.append(
             (f"Margin of {customer.customer_id}", f"${money_text(round(customer.margin_usd, 2))}")
         )
+    lines += advice_lines(conn, project_id=project_id, end=within.end)
     firing = list_alerts(conn, project_id=project_id, state="firing")
     lines.append(("Firing alerts", ", ".join(a["rule_name"] for a in firing) or "none"))
+    return lines
+
+
+def advice_lines(conn: Connection, *, project_id: int, end: datetime) -> list[tuple[str, str]]:
+    """The routing advice that saves the most, over the 30 days up to `end`."""
+    lines = []
+    within = trailing(TRAFFIC_WINDOW, end=end)
+    for segment in top_recommendations(conn, project_id=project_id, within=within):
+        expected = segment.expected_pass_rate
+        where = segment.feature + (f" / {segment.task_type}" if segment.task_type else "")
+        lines.append(
+            (
+                f"Advice for {where}",
+                f"route to {segment.recommended_tier}: saves {_usd(segment.projected_savings_usd)}"
+                f" per 30 days; expected pass rate {_percent(expected.value)}"
+                f" ({_percent(expected.low)} to {_percent(expected.high)})",
+            )
+        )
     return lines
 
 

@@ -54,7 +54,10 @@ _DISTRIBUTIONS = text(
            intended_tier, confidence_bucket, token_bucket, count(*) as n
     from (
         select feature, ts, intended_tier,
-               least(width_bucket(router_confidence, 0, 1, 10), 10) as confidence_bucket,
+               -- least() passes over NULL: a request without a confidence has no bin.
+               case when router_confidence is not null
+                    then least(width_bucket(router_confidence, 0, 1, 10), 10) end
+                   as confidence_bucket,
                width_bucket(input_tokens, cast(:token_bounds as bigint[])) as token_bucket
         from requests
         where project_id = :project_id and ts >= :reference_start and ts < :end

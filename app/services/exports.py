@@ -21,6 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from sqlalchemy import Connection
 
 from app.periods import Period, calendar_parts, iso_utc
+from app.services.advice import Advice
 from app.services.metrics import Filters, customer_metrics
 from app.vocabulary import GRANULARITIES
 
@@ -201,3 +202,37 @@ def customers_csv(
             for c in sorted(figures, key=lambda c: c.customer_id)
         ]
         yield Chunk(_csv_bytes(rows), 1)
+
+
+# --- routing advice (issue 15) -----------------------------------------------------------------
+
+ADVICE_HEADER = (
+    "feature", "task_type", "evidence", "pass_score", "target", "reference_tier",
+    "recommended_tier", "segment_requests", "segment_cost_usd", "projected_savings_usd",
+    "tier", "model", "cases", "relative_pass_rate", "relative_low", "relative_high",
+    "pass_rate", "pass_rate_low", "pass_rate_high", "cost_per_request_usd", "meets_target",
+)  # fmt: skip
+
+
+def advice_csv(advice: Advice) -> bytes:
+    """One row per segment and tier (a segment without evidence: one row, its tier cells
+    empty); money to 6 places, rates and limits as they are."""
+    rows: list[tuple] = [ADVICE_HEADER]
+    for s in advice.segments:
+        segment = (
+            neutralise(s.feature), neutralise(s.task_type or ""), s.evidence or "",
+            s.floor.pass_score, s.floor.target, s.reference_tier or "", s.recommended_tier,
+            s.requests, six_places(s.cost_usd), six_places(s.projected_savings_usd),
+        )  # fmt: skip
+        for t in s.tiers or (None,):
+            tier = () if t is None else (
+                t.tier, neutralise(t.model), t.cases, *_estimate_cells(t.relative),
+                *_estimate_cells(t.pass_rate), six_places(t.cost_per_request),
+                str(t.meets_target).lower(),
+            )  # fmt: skip
+            rows.append((*segment, *tier))
+    return _csv_bytes(rows)
+
+
+def _estimate_cells(estimate) -> tuple:
+    return tuple("" if v is None else v for v in (estimate.value, estimate.low, estimate.high))

@@ -1,6 +1,7 @@
 """Routing, per feature: the policy split against the intended and served splits, the
 split and the fallback, escalation and failover rates over time (with the alert
-thresholds and the alerts that fired), mean quality per route, and the policy editor."""
+thresholds and the alerts that fired), the routing flow, mean quality per route, the policy
+editor and the quality floor."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from app.periods import InvalidPeriod, parse_instant, utc_now
 from app.schemas import PolicyIn, describe_errors
 from app.services import alerts, dashboard_queries, metrics, policies, projects
-from dashboards import auth, components, data, filters
+from dashboards import auth, components, data, filters, flow, quality_floors
 from dashboards.formatting import count, pct
 
 dash.register_page(
@@ -78,6 +79,7 @@ def layout(**query):
                 ),
                 components.graph(RATES),
             ),
+            flow.card(),
             html.Div(
                 [
                     components.card("Mean quality per route", components.graph(QUALITY)),
@@ -85,6 +87,7 @@ def layout(**query):
                 ],
                 className="grid",
             ),
+            quality_floors.section(project),
             filters.url_store(URL),
         ]
     )
@@ -319,3 +322,5 @@ def save_policy(_clicks, feature, values, ids, effective_from):
 
 
 filters.sync_url(URL)
+flow.register(dates=DATES, feature=FEATURE)
+quality_floors.register(feature=FEATURE)
