@@ -167,8 +167,17 @@ def derive(
         "experiment_arm": experiment.arm if experiment else None,
     }
     attempt_rows = []
+    # The request's token and latency totals, summed in the same pass.
+    input_tokens = output_tokens = cache_read = cache_write = 0
+    latency = None
     for position, attempt in enumerate(attempts):
         cost = attempt_cost(attempt, client_cost=attempt.cost_usd, prices=prices, at=ts)
+        input_tokens += attempt.input_tokens
+        output_tokens += attempt.output_tokens
+        cache_read += attempt.cache_read_tokens
+        cache_write += attempt.cache_write_tokens
+        if attempt.latency_ms is not None:
+            latency = attempt.latency_ms + (latency or 0)
         attempt_rows.append(
             {
                 **keys,
@@ -193,7 +202,6 @@ def derive(
     baseline, baseline_price_id = baseline_cost(
         served, baseline=project.baseline, prices=prices, at=ts
     )
-    latencies = [a.latency_ms for a in attempts if a.latency_ms is not None]
     router, quality = event.router, event.quality
     request_row = {
         **keys,
@@ -209,11 +217,11 @@ def derive(
         "is_escalation": facts.is_escalation,
         "is_failover": facts.is_failover,
         "is_failed": facts.is_failed,
-        "input_tokens": sum(a.input_tokens for a in attempts),
-        "output_tokens": sum(a.output_tokens for a in attempts),
-        "cache_read_tokens": sum(a.cache_read_tokens for a in attempts),
-        "cache_write_tokens": sum(a.cache_write_tokens for a in attempts),
-        "latency_ms": sum(latencies) if latencies else None,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "latency_ms": latency,
         "cost_usd": cost.known_usd,
         "unpriced_attempts": cost.unpriced_attempts,
         "is_unpriced": cost.is_unpriced,

@@ -7,7 +7,6 @@ Used by the API, the dashboard, the exports and the alert emails. Periods are ha
 
 from __future__ import annotations
 
-import decimal
 from collections.abc import Iterable
 from dataclasses import dataclass, field, make_dataclass
 from datetime import datetime
@@ -24,6 +23,7 @@ from app.rollup_figures import (
     totals_sql,
 )
 from app.services.policies import PolicyComparison, compare_with_policies
+from app.services.pricing import MONEY_CONTEXT
 from app.services.request_facts import RATE_COUNTS, rate
 from app.services.rollups import (
     ATTEMPTS,
@@ -40,7 +40,6 @@ from app.services.rollups import (
     raw_select,
 )
 
-MONEY_CONTEXT = decimal.Context(prec=50)
 Range = tuple[datetime, datetime]
 
 

@@ -30,7 +30,8 @@ CATALOG_SOURCE = "genai-prices"
 CATALOG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 MILLION = Decimal(1_000_000)
 # Token counts up to 2**40 times prices with a dozen digits stay exact at this precision.
-_MONEY_CONTEXT = decimal.Context(prec=50)
+# Money is summed and multiplied at this precision everywhere, rounded only when shown.
+MONEY_CONTEXT = decimal.Context(prec=50)
 
 
 class TokenUsage(Protocol):
@@ -69,7 +70,7 @@ class Price:
             cache_read = self.input_per_mtok
         if cache_write is None:
             cache_write = self.input_per_mtok
-        ctx = _MONEY_CONTEXT
+        ctx = MONEY_CONTEXT
         total = ctx.add(
             ctx.add(
                 ctx.multiply(self.input_per_mtok, input_tokens),
@@ -113,7 +114,7 @@ class PriceBook:
         for row in rows:
             self._by_model.setdefault(row.model, []).append(row)
         self._match = match
-        self._timelines: dict[tuple[str, str], tuple[list[Price], list[Price]]] = {}
+        self._timelines: dict[tuple[str, str | None], tuple[list[Price], list[Price], str]] = {}
 
     @classmethod
     def load(
@@ -166,11 +167,11 @@ class PriceBook:
            that provider in force at `at` applies.
         3. Else the model is unpriced: None.
         """
-        provider = normalize_provider(provider)
-        own, catalog = self._candidates(model, provider)
-        in_force = [p for p in own if p.effective_from <= at]
-        if in_force:
-            return min(in_force, key=lambda p: _own_preference(p, provider))
+        own, catalog, provider = self._candidates(model, provider)
+        if own:
+            in_force = [p for p in own if p.effective_from <= at]
+            if in_force:
+                return min(in_force, key=lambda p: _own_preference(p, provider))
         return _in_force(catalog, at)
 
     def cost_at(
@@ -189,16 +190,17 @@ class PriceBook:
         )
         return cost, price.id
 
-    def _candidates(self, model: str, provider: str) -> tuple[list[Price], list[Price]]:
-        """The project's prices that may apply, and the catalog timeline that applies when
-        none of them is in force (oldest first)."""
+    def _candidates(self, model: str, provider: str | None) -> tuple[list[Price], list[Price], str]:
+        """The project's prices that may apply, the catalog timeline that applies when none
+        of them is in force (oldest first), and the provider as compared."""
         key = (model, provider)
         if key not in self._timelines:
+            normal = normalize_provider(provider)
             exact = self._by_model.get(model, [])
             own = [
-                p for p in exact if p.project_id is not None and p.provider in ("", provider)
-            ] if provider else [p for p in exact if p.project_id is not None]  # fmt: skip
-            self._timelines[key] = (own, self._catalog_timeline(model, provider))
+                p for p in exact if p.project_id is not None and p.provider in ("", normal)
+            ] if normal else [p for p in exact if p.project_id is not None]  # fmt: skip
+            self._timelines[key] = (own, self._catalog_timeline(model, normal), normal)
         return self._timelines[key]
 
     def _catalog_timeline(self, model: str, provider: str) -> list[Price]:

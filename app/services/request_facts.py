@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
-from app.services.pricing import PriceBook, TokenUsage
+from app.services.pricing import MONEY_CONTEXT, PriceBook, TokenUsage
 from app.vocabulary import FAILOVER_STATUSES, SERVED_STATUS
 
 
@@ -33,8 +33,8 @@ def served_attempt(attempts: Sequence[A]) -> A | None:
     return next((a for a in reversed(attempts) if a.status == SERVED_STATUS), None)
 
 
-@dataclass(frozen=True)
-class RequestFacts(Generic[A]):
+class RequestFacts(NamedTuple, Generic[A]):
+    # A named tuple, not a dataclass: ingest makes one per request, and it is twice as fast.
     intended_tier: str
     served: A | None
     attempt_count: int
@@ -69,8 +69,7 @@ def request_facts(
 # --- cost ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttemptCost:
+class AttemptCost(NamedTuple):
     """An attempt's cost (None: unpriced), where it came from ('client': sent on the event;
     'price': priced here, price_id says with which row), and that row."""
 
@@ -95,8 +94,7 @@ def attempt_cost(
     return AttemptCost(cost, None if price_id is None else "price", price_id)
 
 
-@dataclass(frozen=True)
-class RequestCost:
+class RequestCost(NamedTuple):
     """The sum of a request's known attempt costs, and how many attempts are unpriced (the
     sum is then a lower bound)."""
 
@@ -109,9 +107,13 @@ class RequestCost:
 
 
 def request_cost(attempt_costs: Iterable[Decimal | None]) -> RequestCost:
-    costs = list(attempt_costs)
-    known = sum((c for c in costs if c is not None), Decimal(0))
-    return RequestCost(known, sum(c is None for c in costs))
+    known, unpriced = Decimal(0), 0
+    for cost in attempt_costs:
+        if cost is None:
+            unpriced += 1
+        else:
+            known = MONEY_CONTEXT.add(known, cost)
+    return RequestCost(known, unpriced)
 
 
 @dataclass(frozen=True)
