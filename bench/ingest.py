@@ -4,6 +4,8 @@ into the same tables, measured in the same run.
 
     .venv/bin/python -m bench.ingest [--events 100000] [--senders 4] [--api-workers 2]
 
+It also times the service's own Python work per event (`ingest_batch` called in this
+process, its CPU time): a figure the machine's other work moves far less than throughput.
 The last line printed is one JSON object with the figures.
 """
 
@@ -142,6 +144,26 @@ def raw_copy(events: list[dict], project_id: int) -> float:
         raw.close()
 
 
+def service_cpu(events: list[dict], project_id: int, batch: int) -> float:
+    """CPU seconds per event of this process calling `ingest_batch` itself on batches of the
+    events (after one batch of warm-up): the service's Python work without HTTP, PostgreSQL's
+    work not counted."""
+    from app.db import get_engine
+    from app.services.batches import Batch
+    from app.services.ingest import ingest_batch
+
+    engine = get_engine()
+    chunks = [
+        [{**e, "request_id": str(uuid.uuid4())} for e in events[i : i + batch]]
+        for i in range(0, min(len(events), 11 * batch), batch)
+    ]
+    ingest_batch(engine, project_id=project_id, batch=Batch(chunks[0]))
+    started = time.process_time()
+    for chunk in chunks[1:]:
+        ingest_batch(engine, project_id=project_id, batch=Batch(chunk))
+    return (time.process_time() - started) / sum(len(c) for c in chunks[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -167,6 +189,7 @@ def main() -> None:
             send_all(url, key, [orjson.dumps({"requests": warm})], 1)
             api_seconds = send_all(url, key, bodies, args.senders)
         copy_seconds = raw_copy(events, copy_project)
+        cpu_per_event = service_cpu(events, create_project("bench-cpu")[0], args.batch)
 
     api_rate = args.events / api_seconds
     copy_rate = args.events / copy_seconds
@@ -187,6 +210,7 @@ def main() -> None:
                 "api_events_per_s": round(api_rate),
                 "copy_events_per_s": round(copy_rate),
                 "api_to_copy_ratio": round(api_rate / copy_rate, 3),
+                "service_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
             }
         )
     )

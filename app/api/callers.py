@@ -12,8 +12,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import text
-
 from app.db import transaction
 from app.periods import utc_now
 from app.services import rate_limits
@@ -88,8 +86,6 @@ def resolve_caller(authorization: str | None, *, address: str) -> Caller:
             401, "missing API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
         )
     with transaction() as conn:
-        # The bucket's count may be lost in a crash, but no call waits for it to be flushed.
-        conn.execute(text("set local synchronous_commit = off"))
         caller = authenticate(conn, secret=secret.strip())
         if caller is None:
             failures.failed(address)

@@ -75,21 +75,14 @@ def coverage(
     - an hour in which a policy took effect after its start is read from the raw rows;
     - raw ranges are cut where a policy takes effect.
     """
-    changes = sorted(
-        conn.execute(
-            text(
-                "select distinct effective_from from policies where project_id = :project_id "
-                "and effective_from > :start and effective_from < :end"
-            ),
-            {"project_id": project_id, "start": within.start, "end": within.end},
-        ).scalars()
-    )
     first_hour = min(next_hour(within.start - _TICK), within.end)  # the first whole hour
     last_hour = max(first_hour, floor_hour(within.end))
     if rolled_before is not None:
         last_hour = max(first_hour, min(last_hour, floor_hour(rolled_before)))
+    changes, unfolded = _changes_and_unfolded_days(
+        conn, project_id=project_id, within=within, first=first_hour, last=last_hour
+    )
     split_hours = {floor_hour(at) for at in changes if at != floor_hour(at)}
-    unfolded = _unfolded_days(conn, project_id=project_id, first=first_hour, last=last_hour)
     by_hour_days = unfolded | {floor_day(at) for at in changes if at != floor_day(at)}
 
     hours: list[Range] = []
@@ -113,23 +106,26 @@ def coverage(
 _TICK = DAILY.width / 86_400_000_000
 
 
-def _unfolded_days(
-    conn: Connection, *, project_id: int, first: datetime, last: datetime
-) -> set[datetime]:
-    if first >= last:
-        return set()
-    return set(
-        conn.execute(
-            text(
-                f"""
-                select distinct date_bin('1 day', hour, {BIN_ORIGIN_SQL}) from dirty_hours
-                where job = :job and project_id = :project_id and hour >= :first and hour < :last
-                """
-            ),
-            {"job": ROLLUP_DAILY_JOB, "project_id": project_id, "first": floor_day(first),
-             "last": last},
-        ).scalars()
-    )  # fmt: skip
+def _changes_and_unfolded_days(
+    conn: Connection, *, project_id: int, within: Period, first: datetime, last: datetime
+) -> tuple[list[datetime], set[datetime]]:
+    """In one query: when policies take effect inside the period (in order), and the days
+    of [first, last) whose daily rows wait for a fold."""
+    rows = conn.execute(
+        text(
+            f"""
+            select true as is_change, effective_from as at from policies
+            where project_id = :project_id and effective_from > :start and effective_from < :end
+            union
+            select false, date_bin('1 day', hour, {BIN_ORIGIN_SQL}) from dirty_hours
+            where job = :job and project_id = :project_id and hour >= :first and hour < :last
+            """
+        ),
+        {"project_id": project_id, "start": within.start, "end": within.end,
+         "job": ROLLUP_DAILY_JOB, "first": floor_day(first), "last": last},
+    ).all()  # fmt: skip
+    changes = sorted(row.at for row in rows if row.is_change)
+    return changes, {row.at for row in rows if not row.is_change}
 
 
 def _extend(ranges: list[Range], start: datetime, end: datetime) -> None:

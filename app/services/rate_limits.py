@@ -7,28 +7,33 @@ from datetime import datetime
 
 from sqlalchemy import Connection, text
 
+# One statement: the bucket's row is locked (two processes counting the same key take turns),
+# refilled for the time since it was last counted, and spent if it holds a whole call. The
+# first call of a key makes the row. The count may be lost in a crash: the transaction does
+# not wait for it to be flushed (synchronous_commit off), so no call waits on the disk.
+_TAKE = text(
+    """
+    with current as (
+        select tokens, updated_at from rate_limits where key_id = :key_id for update
+    ), refilled as (
+        select coalesce(least(:capacity, c.tokens + :rate * greatest(0,
+                   extract(epoch from cast(:now as timestamptz) - c.updated_at))), :capacity)
+               as tokens
+        from (select 1) as one left join current c on true
+    )
+    insert into rate_limits as r (key_id, tokens, updated_at)
+    select :key_id, case when tokens >= 1 then tokens - 1 else tokens end, :now from refilled
+    on conflict (key_id) do update
+        set tokens = excluded.tokens, updated_at = greatest(r.updated_at, excluded.updated_at)
+    returning (select tokens from refilled) as available,
+              set_config('synchronous_commit', 'off', true)
+    """
+)
+
 
 def take(conn: Connection, *, key_id: int, rate: float, now: datetime) -> float:
-    """Counts a call of the key: 0 when it may go ahead, else the seconds until it may. The
-    bucket's row stays locked to the end of the caller's transaction, so two processes
-    counting at once take turns."""
-    capacity = max(1.0, 2 * rate)
-    params = {"key_id": key_id, "rate": rate, "capacity": capacity, "now": now}
-    tokens = conn.execute(
-        text(
-            """
-            insert into rate_limits as r (key_id, tokens, updated_at)
-            values (:key_id, :capacity, :now)
-            on conflict (key_id) do update set
-                tokens = least(:capacity, r.tokens + :rate * greatest(0,
-                    extract(epoch from excluded.updated_at - r.updated_at))),
-                updated_at = greatest(r.updated_at, excluded.updated_at)
-            returning tokens
-            """
-        ),
-        params,
+    """Counts a call of the key: 0 when it may go ahead, else the seconds until it may."""
+    available = conn.execute(
+        _TAKE, {"key_id": key_id, "rate": rate, "capacity": max(1.0, 2 * rate), "now": now}
     ).scalar_one()
-    if tokens < 1:
-        return (1 - tokens) / rate
-    conn.execute(text("update rate_limits set tokens = tokens - 1 where key_id = :key_id"), params)
-    return 0.0
+    return 0.0 if available >= 1 else (1 - available) / rate
