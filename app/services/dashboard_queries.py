@@ -15,7 +15,14 @@ from app.models import drift_results
 from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
 from app.rollup_figures import REQUEST_FIGURES, named
 from app.services.intervals import Estimate, mean_interval, wilson_interval
-from app.services.metrics import MONEY_CONTEXT, TOTALS_SQL, Filters, RoutingMetrics, coverage
+from app.services.metrics import (
+    MONEY_CONTEXT,
+    TOTALS_SQL,
+    Filters,
+    RoutingMetrics,
+    coverage,
+    latency_histograms,
+)
 from app.services.rollups import FLOW, latency_quantile
 
 
@@ -90,20 +97,7 @@ def served_model_latency(
 ) -> dict[str, tuple[float | None, float | None]]:
     """Latency p50 and p95 (ms) of the requests each model served."""
     source, params = filters.request_source(conn, project_id=project_id, within=within)
-    rows = conn.execute(
-        text(
-            f"""
-            select served_model, bucket, sum(n) as n
-            from {source} r, unnest(latency_buckets, latency_counts) as h(bucket, n)
-            where served_model is not null
-            group by served_model, bucket
-            """
-        ),
-        params,
-    )
-    histograms: dict[str, dict[int, int]] = {}
-    for row in rows:
-        histograms.setdefault(row.served_model, {})[row.bucket] = int(row.n)
+    histograms = latency_histograms(conn, source=source, params=params, by="served_model")
     return {
         model: (latency_quantile(h, 0.5), latency_quantile(h, 0.95))
         for model, h in histograms.items()
