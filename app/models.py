@@ -262,10 +262,11 @@ def _feedback_item() -> list:
 feedback = Table(
     "feedback",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     *_feedback_item(),
     Column("request_ts", DateTime(timezone=True), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "id"),
     Index("ix_feedback_project_request", "project_id", "request_id"),
     Index("ix_feedback_received_at", "received_at"),
 )
@@ -274,9 +275,10 @@ feedback = Table(
 held_feedback = Table(
     "held_feedback",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     *_feedback_item(),
     Column("received_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("project_id", "id"),
     Index("ix_held_feedback_received_at", "received_at"),
 )
 
@@ -300,25 +302,27 @@ _one_item_index(held_feedback)
 policies = Table(
     "policies",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("feature", Text, nullable=False),
     Column("split", JSONB, nullable=False),
     Column("effective_from", DateTime(timezone=True), nullable=False),
     _created_at(),
+    PrimaryKeyConstraint("project_id", "id"),
     UniqueConstraint("project_id", "feature", "effective_from"),
 )
 
 revenue_records = Table(
     "revenue_records",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("customer_id", Text, nullable=False),
     Column("period_start", DateTime(timezone=True), nullable=False),
     Column("period_end", DateTime(timezone=True), nullable=False),
     Column("amount_usd", Numeric, nullable=False),
     _created_at(),
+    PrimaryKeyConstraint("project_id", "id"),
     CheckConstraint("period_end > period_start", name="period_order"),
     Index("ix_revenue_records_project_customer", "project_id", "customer_id", "period_start"),
 )
@@ -354,10 +358,11 @@ rate_limits = Table(
 dirty_marks = Table(
     "dirty_marks",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("job", Text, nullable=False),
     Column("project_id", BigInteger, nullable=False),
     Column("hour", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("project_id", "id"),
 )
 
 
@@ -517,7 +522,7 @@ drift_results = Table(
 alert_rules = Table(
     "alert_rules",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("name", Text, nullable=False),
     Column("metric", Text, nullable=False),
@@ -532,6 +537,7 @@ alert_rules = Table(
     Column("enabled", Boolean, nullable=False, server_default="true"),
     _created_at(),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "id"),
     CheckConstraint(f"metric in ({sql_list(ALERT_METRICS)})", name="known_metric"),
     CheckConstraint(
         "threshold is not null or baseline_multiplier is not null", name="has_condition"
@@ -545,8 +551,8 @@ alert_rules = Table(
 alerts = Table(
     "alerts",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
-    Column("rule_id", BigInteger, ForeignKey("alert_rules.id", ondelete="CASCADE"), nullable=False),
+    Column("id", BigInteger, Identity()),
+    Column("rule_id", BigInteger, nullable=False),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("state", Text, nullable=False),
     Column("fired_at", DateTime(timezone=True), nullable=False),
@@ -563,11 +569,19 @@ alerts = Table(
     Column("fired_notified_at", DateTime(timezone=True)),
     Column("last_reminder_at", DateTime(timezone=True)),
     Column("resolved_notified_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("project_id", "id"),
+    ForeignKeyConstraint(
+        ["project_id", "rule_id"],
+        ["alert_rules.project_id", "alert_rules.id"],
+        name="fk_alerts_project_id_alert_rules",
+        ondelete="CASCADE",
+    ),
     CheckConstraint(f"state in ({sql_list(ALERT_STATES)})", name="known_state"),
     Index("ix_alerts_project_id", "project_id", "fired_at"),
     # One open alert per rule, whatever races.
     Index(
         "uq_alerts_one_firing_per_rule",
+        "project_id",
         "rule_id",
         unique=True,
         postgresql_where="state = 'firing'",
@@ -599,7 +613,7 @@ email_outbox = Table(
 repricings = Table(
     "repricings",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     # 'unpriced': requests that had no price got one; 'correction': an explicit re-pricing.
     Column("kind", Text, nullable=False),
@@ -612,15 +626,15 @@ repricings = Table(
     Column("cost_before_usd", Numeric, nullable=False),
     Column("cost_after_usd", Numeric, nullable=False),
     _created_at(),
+    PrimaryKeyConstraint("project_id", "id"),
     CheckConstraint("kind in ('unpriced','correction')", name="known_kind"),
 )
 
 repriced_attempts = Table(
     "repriced_attempts",
     metadata,
-    Column(
-        "repricing_id", BigInteger, ForeignKey("repricings.id", ondelete="CASCADE"), nullable=False
-    ),
+    Column("project_id", BigInteger, nullable=False),
+    Column("repricing_id", BigInteger, nullable=False),
     Column("ts", DateTime(timezone=True), nullable=False),
     Column("request_id", UUID(as_uuid=True), nullable=False),
     Column("position", SmallInteger, nullable=False),
@@ -628,7 +642,13 @@ repriced_attempts = Table(
     Column("new_cost_usd", Numeric),
     Column("old_price_id", BigInteger),
     Column("new_price_id", BigInteger),
-    PrimaryKeyConstraint("repricing_id", "ts", "request_id", "position"),
+    PrimaryKeyConstraint("project_id", "repricing_id", "ts", "request_id", "position"),
+    ForeignKeyConstraint(
+        ["project_id", "repricing_id"],
+        ["repricings.project_id", "repricings.id"],
+        name="fk_repriced_attempts_project_id_repricings",
+        ondelete="CASCADE",
+    ),
 )
 
 # Indexes on the partitioned event tables (created on every partition).
@@ -837,7 +857,7 @@ rollup_quality_hourly, rollup_quality_daily = _rollup_tables(
 quality_floors = Table(
     "quality_floors",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("feature", Text, nullable=False),
     Column("task_type", Text),
@@ -846,6 +866,7 @@ quality_floors = Table(
     # The share of the reference tier's pass rate a cheaper tier must reach.
     Column("target", Numeric, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "id"),
     UniqueConstraint("project_id", "feature", "task_type", postgresql_nulls_not_distinct=True),
     CheckConstraint(
         "pass_score >= 0 and pass_score <= 1 and pass_score = round(pass_score, 2)",
@@ -859,7 +880,7 @@ quality_floors = Table(
 eval_results = Table(
     "eval_results",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity()),
     Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
     Column("feature", Text, nullable=False),
     Column("task_type", Text),
@@ -869,6 +890,7 @@ eval_results = Table(
     Column("tier", Text, nullable=False),
     Column("score", Float, nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("project_id", "id"),
     UniqueConstraint(
         "project_id", "feature", "task_type", "item_id", "model",
         postgresql_nulls_not_distinct=True,

@@ -100,11 +100,22 @@ def test_the_calibration_error_alert_fires_on_its_window(calibrated, http):
     rule_id = created.json()["id"]
     week1_end = MONDAY + timedelta(days=2)
     with transaction() as conn:
-        assert evaluate_rule(conn, rule_id=rule_id, now=week1_end) == "fired"
+        assert (
+            evaluate_rule(conn, project_id=calibrated.project_id, rule_id=rule_id, now=week1_end)
+            == "fired"
+        )
         (alert,) = list_alerts(conn, project_id=calibrated.project_id)
     assert alert["value"] == pytest.approx(2.55 / 27) and alert["requests"] == 27
     with transaction() as conn:  # week 2: four requests, under min_requests
-        assert evaluate_rule(conn, rule_id=rule_id, now=week1_end + timedelta(days=7)) == "resolved"
+        assert (
+            evaluate_rule(
+                conn,
+                project_id=calibrated.project_id,
+                rule_id=rule_id,
+                now=week1_end + timedelta(days=7),
+            )
+            == "resolved"
+        )
 
 
 def test_the_routing_flow_goes_from_intent_through_the_first_model_to_the_served_one(

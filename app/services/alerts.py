@@ -138,7 +138,11 @@ def list_alerts(
 ) -> list[dict]:
     query = (
         select(alerts, alert_rules.c.name.label("rule_name"), alert_rules.c.metric)
-        .join(alert_rules, alert_rules.c.id == alerts.c.rule_id)
+        .join(
+            alert_rules,
+            (alert_rules.c.project_id == alerts.c.project_id)
+            & (alert_rules.c.id == alerts.c.rule_id),
+        )
         .where(alerts.c.project_id == project_id)
         .order_by(alerts.c.fired_at.desc(), alerts.c.id.desc())
         .limit(limit)
@@ -313,30 +317,34 @@ class AlertsRun:
 def run_alerts(engine: Engine, *, now: datetime | None = None) -> AlertsRun:
     """Evaluates every enabled rule once, each in its own transaction."""
     with engine.connect() as conn:
-        rule_ids = (
-            conn.execute(
-                select(alert_rules.c.id).where(alert_rules.c.enabled).order_by(alert_rules.c.id)
-            )
-            .scalars()
-            .all()
-        )
+        rules = conn.execute(
+            select(alert_rules.c.project_id, alert_rules.c.id)
+            .where(alert_rules.c.enabled)
+            .order_by(alert_rules.c.id)
+        ).all()
     outcomes = []
-    for rule_id in rule_ids:
+    for project_id, rule_id in rules:
         with engine.begin() as conn:
-            outcomes.append(evaluate_rule(conn, rule_id=rule_id, now=now))
+            outcomes.append(evaluate_rule(conn, project_id=project_id, rule_id=rule_id, now=now))
     return AlertsRun(
-        evaluated=len(rule_ids),
+        evaluated=len(rules),
         fired=outcomes.count("fired"),
         reminded=outcomes.count("reminded"),
         resolved=outcomes.count("resolved"),
     )
 
 
-def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None) -> str | None:
+def evaluate_rule(
+    conn: Connection, *, project_id: int, rule_id: int, now: datetime | None = None
+) -> str | None:
     """Evaluates one rule and moves its alert on; returns what happened, if anything."""
     row = conn.execute(
         select(alert_rules)
-        .where(alert_rules.c.id == rule_id, alert_rules.c.enabled)
+        .where(
+            alert_rules.c.project_id == project_id,
+            alert_rules.c.id == rule_id,
+            alert_rules.c.enabled,
+        )
         .with_for_update()
     ).first()
     if row is None:
@@ -346,7 +354,11 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
     found = measure(conn, rule=rule, now=now)
     limit = exceeded_limit(rule, found)
     open_alert = conn.execute(
-        select(alerts).where(alerts.c.rule_id == rule_id, alerts.c.state == "firing")
+        select(alerts).where(
+            alerts.c.project_id == project_id,
+            alerts.c.rule_id == rule_id,
+            alerts.c.state == "firing",
+        )
     ).first()
     cooldown = timedelta(minutes=rule["cooldown_minutes"])
     window = rule_window(rule, now)
@@ -356,7 +368,7 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
             return None
         conn.execute(
             update(alerts)
-            .where(alerts.c.id == open_alert.id)
+            .where(alerts.c.project_id == project_id, alerts.c.id == open_alert.id)
             .values(
                 state="resolved",
                 resolved_at=now,
@@ -372,14 +384,18 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
     if open_alert is None:
         recent = conn.execute(
             select(alerts)
-            .where(alerts.c.rule_id == rule_id, alerts.c.resolved_at > now - cooldown)
+            .where(
+                alerts.c.project_id == project_id,
+                alerts.c.rule_id == rule_id,
+                alerts.c.resolved_at > now - cooldown,
+            )
             .order_by(alerts.c.resolved_at.desc())
             .limit(1)
         ).first()
         if recent is not None:  # flapping: reopen quietly, the reminder clock goes on
             conn.execute(
                 update(alerts)
-                .where(alerts.c.id == recent.id)
+                .where(alerts.c.project_id == project_id, alerts.c.id == recent.id)
                 .values(state="firing", resolved_at=None, **figures)
             )
             return "reopened"
@@ -407,12 +423,16 @@ def evaluate_rule(conn: Connection, *, rule_id: int, now: datetime | None = None
     if now - last_email >= cooldown:
         conn.execute(
             update(alerts)
-            .where(alerts.c.id == open_alert.id)
+            .where(alerts.c.project_id == project_id, alerts.c.id == open_alert.id)
             .values(last_reminder_at=now, **figures)
         )
         _notify(conn, rule, open_alert.id, f"reminder {now.isoformat()}", found, limit, window)
         return "reminded"
-    conn.execute(update(alerts).where(alerts.c.id == open_alert.id).values(**figures))
+    conn.execute(
+        update(alerts)
+        .where(alerts.c.project_id == project_id, alerts.c.id == open_alert.id)
+        .values(**figures)
+    )
     return None
 
 

@@ -167,9 +167,9 @@ def _write(
         conn.execute(
             insert(repriced_attempts),
             [
-                {"repricing_id": repricing_id, "ts": a.ts, "request_id": a.request_id,
-                 "position": a.position, "old_cost_usd": a.cost_usd, "new_cost_usd": cost,
-                 "old_price_id": a.price_id, "new_price_id": price_id}
+                {"project_id": project_id, "repricing_id": repricing_id, "ts": a.ts,
+                 "request_id": a.request_id, "position": a.position, "old_cost_usd": a.cost_usd,
+                 "new_cost_usd": cost, "old_price_id": a.price_id, "new_price_id": price_id}
                 for a, cost, price_id in attempt_changes
             ],
         )  # fmt: skip

@@ -134,8 +134,9 @@ def take_dirty_hours(
     rows = conn.execute(
         text(
             """
-            delete from dirty_hours where (job, project_id, hour) in (
-                select job, project_id, hour from dirty_hours
+            delete from dirty_hours
+            where job = :job and project_id = :project_id and hour in (
+                select hour from dirty_hours
                 where job = :job and project_id = :project_id
                   and (cast(:since as timestamptz) is null or hour >= :since)
                   and (cast(:before as timestamptz) is null or hour < :before)
