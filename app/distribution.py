@@ -32,6 +32,7 @@ DISTRIBUTED = frozenset(
         "rollup_customers_hourly", "rollup_customers_daily",
         "rollup_flow_hourly", "rollup_flow_daily",
         "rollup_quality_hourly", "rollup_quality_daily",
+        "rollup_latency_hourly", "rollup_latency_daily", "rollup_customer_latency_daily",
         "customer_margins", "drift_results",
     }
 )  # fmt: skip

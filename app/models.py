@@ -31,6 +31,7 @@ from app.rollup_figures import (
     ATTEMPT_FIGURES,
     CUSTOMER_FIGURES,
     FLOW_FIGURES,
+    LATENCY_FIGURES,
     QUALITY_FIGURES,
     REQUEST_FIGURES,
 )
@@ -368,9 +369,16 @@ dirty_marks = Table(
 
 def _request_figures() -> list[Column]:
     """The summed figures of a request rollup row, and its latency histogram."""
+    return [*(figure.column() for figure in REQUEST_FIGURES), *_latency_histogram()]
+
+
+def _latency_figures() -> list[Column]:
+    return [*(figure.column() for figure in LATENCY_FIGURES), *_latency_histogram()]
+
+
+def _latency_histogram() -> list[Column]:
+    # Sparse latency histogram: bucket numbers (see app.services.rollups), their counts.
     return [
-        *(figure.column() for figure in REQUEST_FIGURES),
-        # Sparse latency histogram: bucket numbers (see app.services.rollups), their counts.
         Column("latency_buckets", ARRAY(SmallInteger), nullable=False),
         Column("latency_counts", ARRAY(BigInteger), nullable=False),
     ]
@@ -476,6 +484,15 @@ rollup_routing_hourly.append_column(
 rollup_routing_models_hourly, rollup_routing_models_daily = _rollup_tables(
     "rollup_routing_models", _feature, _experiment, _attempt_figures
 )
+# Latency histograms by feature and arm, and per customer by day: what the latency
+# percentiles of metrics read (a few rows a day, where the routing rollups hold a hundred).
+rollup_latency_hourly, rollup_latency_daily = _rollup_tables(
+    "rollup_latency", _feature, _experiment, _latency_figures
+)
+(rollup_customer_latency_daily,) = _rollup_tables(
+    "rollup_customer_latency", _feature, _customer, _experiment, _latency_figures,
+    by_customer=True, hourly=False,
+)  # fmt: skip
 # Per customer: what the customers' metrics and margins read.
 rollup_customers_hourly, rollup_customers_daily = _rollup_tables(
     "rollup_customers", _customer, _customer_figures

@@ -87,6 +87,10 @@ ATTEMPT_FIGURES = (
     Figure("unpriced_attempts", "count(*) filter (where a.cost_usd is null)", "count"),
 )
 
+# Per group of requests whose latency histogram is kept apart from the routing figures (see
+# app.services.rollups.LATENCY).
+LATENCY_FIGURES = named(REQUEST_FIGURES, "requests")
+
 # Per customer: what margins and the finance export need.
 CUSTOMER_FIGURES = named(
     REQUEST_FIGURES,

@@ -27,9 +27,11 @@ from app.services.pricing import MONEY_CONTEXT
 from app.services.request_facts import RATE_COUNTS, rate
 from app.services.rollups import (
     ATTEMPTS,
+    CUSTOMER_LATENCY,
     CUSTOMERS,
     DAILY,
     HOURLY,
+    LATENCY,
     REQUESTS,
     ROLLUP_DAILY_JOB,
     ROUTING,
@@ -165,6 +167,11 @@ class Filters:
         if self.customer_id is None:
             return ROUTING, ROUTING_ATTEMPTS
         return REQUESTS, ATTEMPTS
+
+    @property
+    def latency_rollup(self) -> RollupTable:
+        """The latency histograms to read (the customer's by day, when one is asked for)."""
+        return LATENCY if self.customer_id is None else CUSTOMER_LATENCY
 
     def source(self, table: RollupTable, *, project_id: int, cover: Coverage) -> tuple[str, dict]:
         """A subquery of `table`'s rows that make up the covered period and pass the filters
@@ -420,7 +427,8 @@ def routing_metrics(
     result.by_model = [by_model[key] for key in sorted(by_model)]
 
     result.policy = compare_with_policies(conn, source=requests, params=params)
-    histogram = latency_histogram(conn, source=requests, params=params)
+    latencies, _ = filters.source(filters.latency_rollup, project_id=project_id, cover=cover)
+    histogram = latency_histogram(conn, source=latencies, params=params)
     result.latency_p50_ms = latency_quantile(histogram, 0.5)
     result.latency_p95_ms = latency_quantile(histogram, 0.95)
     return result

@@ -41,6 +41,7 @@ from app.rollup_figures import (
     ATTEMPT_FIGURES,
     CUSTOMER_FIGURES,
     FLOW_FIGURES,
+    LATENCY_FIGURES,
     QUALITY_FIGURES,
     REQUEST_FIGURES,
     Figure,
@@ -189,7 +190,10 @@ class RollupTable:
     A dimension is the raw rows' column of its name, or the SQL of `derived[name]`; `joins`
     adds rows beside each raw row of requests (SQL after its FROM, where `{attempts}` stands
     for the condition on attempts `a` that picks the attempts of the rows read), and `only`
-    keeps the raw rows that pass it."""
+    keeps the raw rows that pass it. A table `folded_from` another computes its bins from
+    that table's rows of the same bins rather than from raw rows (its daily rows, when it
+    keeps hours, from its own hourly rows): far fewer rows to read, when its dimensions
+    are some of the other's."""
 
     name: str
     dimensions: tuple[str, ...]
@@ -200,6 +204,7 @@ class RollupTable:
     derived: Mapping[str, str] = field(default_factory=dict)
     joins: str = ""
     only: str | None = None
+    folded_from: RollupTable | None = None
 
     def at(self, grain: Grain) -> str:
         """The table of this grain."""
@@ -213,6 +218,14 @@ class RollupTable:
     def raw_alias(self) -> str:
         """How SQL here names the raw rows this table counts: requests `r`, attempts `a`."""
         return "a" if self.of_attempts else "r"
+
+    @property
+    def insert_order(self) -> str:
+        """SQL after the select that inserts this table's rows: one customer's rows of a bin
+        side by side, on a few pages, as metrics of one customer read them (through the
+        customer index: 3 times faster from memory than rows spread over a page each, 20
+        times from disk)."""
+        return "order by customer_id" if "customer_id" in self.dimensions else ""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -281,7 +294,23 @@ QUALITY = RollupTable(
     derived={"quality_pct": "floor(r.quality_score::numeric * 100)::smallint"},
     only="r.quality_score is not null and not r.is_failed",
 )
-ROLLUPS = (REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS, FLOW, QUALITY)
+# Latency histograms by feature and arm, and per customer by day: what the latency
+# percentiles of metrics read. The routing rollups keep histograms too (per served model, for
+# the Models page), but a hundred rows a day with twenty buckets each made the percentiles of
+# 90 days the slowest part of a metrics call.
+LATENCY = RollupTable(
+    "rollup_latency", ("feature", *_EXPERIMENT), LATENCY_FIGURES, histogram=True,
+    folded_from=ROUTING,
+)  # fmt: skip
+CUSTOMER_LATENCY = RollupTable(
+    "rollup_customer_latency", ("feature", "customer_id", *_EXPERIMENT), LATENCY_FIGURES,
+    histogram=True, grains=(DAILY,), folded_from=REQUESTS,
+)  # fmt: skip
+# In the order they are computed: a table after the one it is folded from.
+ROLLUPS = (
+    REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS, FLOW, QUALITY, LATENCY,
+    CUSTOMER_LATENCY,
+)  # fmt: skip
 
 _BINS = bindparam("bins", type_=ARRAY(DateTime(timezone=True)))
 _BOUNDS_SQL = "cast('{" + ",".join(map(repr, LATENCY_BOUNDS_MS)) + "}' as float8[])"
@@ -340,18 +369,33 @@ def _roll(table: RollupTable, *, grain: Grain) -> TextClause:
     where = f"{raw_rows(table, low=':low', high=':high')} and {bin_of_row} = any(:bins)"
     return text(
         f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)}) "
-        f"{raw_select(table, bin_sql=bin_of_row, where=where)}"
+        f"{raw_select(table, bin_sql=bin_of_row, where=where)} {table.insert_order}"
     ).bindparams(_BINS)
 
 
-def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
-    """`table`'s rows of the bins `:bins` of `grain`, folded from its hourly rows. A
-    histogram is merged bucket by bucket, each hourly row's other figures counted once
-    (with its first bucket)."""
+def _rows_of(table: RollupTable, *, grain: Grain) -> TextClause:
+    """Inserts `table`'s rows of the `grain` bins `:bins`: daily ones folded from its hourly
+    rows, or the rows of a table it is folded from, or computed from raw rows."""
+    if grain == DAILY and HOURLY in table.grains:
+        return _fold(table, grain=grain, source=table.hourly, source_bin=HOURLY.column)
+    if table.folded_from is not None:
+        assert grain in table.folded_from.grains, f"{table.name} folds {grain.suffix} rows"
+        return _fold(
+            table, grain=grain, source=table.folded_from.at(grain), source_bin=grain.column
+        )
+    return _roll(table, grain=grain)
+
+
+def _fold(table: RollupTable, *, grain: Grain, source: str, source_bin: str) -> TextClause:
+    """`table`'s rows of the bins `:bins` of `grain`, folded from the rows of the table
+    `source` (binned by its column `source_bin`, at `grain` or finer). A histogram is merged
+    bucket by bucket, each source row's other figures counted once (with its first
+    bucket)."""
     dimensions = ", ".join(table.dimensions)
-    bin_of_hour = grain.bin_of("hour")
+    bin_of_source = grain.bin_of(source_bin)
     where = (
-        f"project_id = :project_id and hour >= :low and hour < :high and {bin_of_hour} = any(:bins)"
+        f"project_id = :project_id and {source_bin} >= :low and {source_bin} < :high "
+        f"and {bin_of_source} = any(:bins)"
     )
     insert = (
         f"insert into {table.at(grain)} (project_id, {grain.column}, {', '.join(table.columns)})"
@@ -361,9 +405,10 @@ def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
         return text(
             f"""
             {insert}
-            select project_id, {bin_of_hour} as bin, {dimensions}, {sums}
-            from {table.hourly} where {where}
+            select project_id, {bin_of_source} as bin, {dimensions}, {sums}
+            from {source} where {where}
             group by project_id, bin, {dimensions}
+            {table.insert_order}
             """
         ).bindparams(_BINS)
     first_bucket_only = ", ".join(
@@ -377,26 +422,22 @@ def _fold(table: RollupTable, *, grain: Grain) -> TextClause:
             coalesce(array_agg(bucket) filter (where bucket is not null), '{{}}'),
             coalesce(array_agg(latency_count) filter (where bucket is not null), '{{}}')
         from (
-            select project_id, {bin_of_hour} as bin, {dimensions}, h.bucket,
+            select project_id, {bin_of_source} as bin, {dimensions}, h.bucket,
                 sum(h.n) as latency_count, {first_bucket_only}
-            from {table.hourly}
+            from {source}
             left join lateral unnest(latency_buckets, latency_counts) with ordinality
                 as h(bucket, n, k) on true
             where {where}
             group by project_id, bin, {dimensions}, h.bucket
         ) by_bucket
         group by project_id, bin, {dimensions}
+        {table.insert_order}
         """
     ).bindparams(_BINS)
 
 
-# The hourly tables from raw rows; the daily ones folded from them, or from raw rows for the
-# tables without hourly rows.
-_HOURLY = tuple(_roll(table, grain=HOURLY) for table in ROLLUPS if HOURLY in table.grains)
-_DAILY = tuple(
-    _fold(table, grain=DAILY) if HOURLY in table.grains else _roll(table, grain=DAILY)
-    for table in ROLLUPS
-)
+_HOURLY = tuple(_rows_of(table, grain=HOURLY) for table in ROLLUPS if HOURLY in table.grains)
+_DAILY = tuple(_rows_of(table, grain=DAILY) for table in ROLLUPS)
 
 
 def _tune_for_rollups(conn: Connection) -> None:
