@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from math import ceil
 
 from sqlalchemy import Engine, text
 
@@ -97,16 +98,19 @@ where project_id = :project_id and ts >= :low and ts < :high and is_fallback
 
 
 def generate(
-    engine: Engine, *, project_id: int, rows: int, end: datetime, days: int, seed: float = 0.42
+    engine: Engine, *, project_id: int, rows: int, end: datetime, days: float, seed: float = 0.42
 ) -> float:
-    """Writes `rows` requests spread evenly over the `days` before `end`; returns seconds."""
+    """Writes `rows` requests spread evenly over the `days` (or part of a day) before `end`;
+    returns seconds."""
     from app.periods import HOUR, floor_hour
     from app.services.partitions import ensure_partitions, month_start
     from app.services.rollups import ROLLUP_JOB, mark_written
 
     start = end - timedelta(days=days)
-    ensure_partitions(engine, {month_start(start + timedelta(days=d)) for d in range(days + 1)})
-    span_us = days * 86_400 * 10**6
+    ensure_partitions(
+        engine, {month_start(start + timedelta(days=d)) for d in range(ceil(days) + 1)}
+    )
+    span_us = round(days * 86_400 * 10**6)
     started = time.perf_counter()
     for offset in range(0, rows, CHUNK):
         count = min(CHUNK, rows - offset)

@@ -16,7 +16,10 @@ from celery.schedules import crontab
 from app.db import sqlalchemy_url
 from app.settings import get_settings
 
-ROLLUP_EVERY = timedelta(seconds=15)
+# Metrics show an event after the next tick's rollup: waiting up to a period, then the run.
+# A tick with nothing dirty costs a few milliseconds; a busy one re-rolls only the hours
+# written since (see app.services.rollups and BENCHMARKS.md, "Freshness").
+ROLLUP_EVERY = timedelta(seconds=5)
 # Well under ROUTELEDGER_OTLP_SETTLE_SECONDS, so a quiet trace waits little past it.
 TRACES_EVERY = timedelta(seconds=10)
 
