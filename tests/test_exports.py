@@ -16,7 +16,7 @@ from decimal import Decimal
 import pytest
 
 from app.periods import Period
-from app.services.exports import neutralise, periods, six_places
+from app.services.exports import neutralise, periods, requests_csv, six_places, with_crlf
 from app.services.rollups import run_rollup
 from tests.helpers import REPO, attempt, auth, batch, event, post
 
@@ -186,6 +186,43 @@ def test_requests_export_columns_formats_and_neutralised_cells(http, fresh_proje
         http, fresh_project, "requests", start=DAY2.date().isoformat(), end=DAY3.date().isoformat()
     )
     assert empty.text == ",".join(REQUEST_HEADER) + "\r\n"
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [b"a,b\n", b"1,2\n"],
+        [b'a,"x\ny"\n', b'"",",\n"\n', b"\n"],
+        [b'"say ""hi""\n",\n', b'"\r\n",""""\n', b'"\n\n",3\n'],
+    ],
+)
+def test_with_crlf_ends_lines_but_keeps_line_breaks_inside_quoted_cells(lines):
+    expected = b"".join(line[:-1] + b"\r\n" for line in lines)
+    assert with_crlf(b"".join(lines), len(lines)) == expected
+
+
+def test_requests_export_is_the_same_bytes_in_chunks_of_any_size(http, fresh_project, engine):
+    """Line breaks, quotes, commas, empty cells, carriage returns and whole seconds, cut
+    into chunks anywhere: each chunk's line ends become CRLF and nothing else moves."""
+    events = [
+        event(timestamp=_at(DAY1, 1), task_type="a\nb", feature='say "hi", =x', user_tier=""),
+        event(timestamp=_at(DAY1, 1.000001), task_type="\r\n", feature="\r=1", user_tier="\n"),
+        event(timestamp=_at(DAY1, 2.5), metadata={"a": "x\ny", "b": '"=,'}, feature="é-"),
+    ]
+    assert post(http, fresh_project.ingest_key, batch(*events)).status_code == 200
+    within = Period(DAY1, DAY2)
+    whole = _export(http, fresh_project, "requests", start=DAY1.isoformat(), end=DAY2.isoformat())
+    # The header, each line and the cell that holds \r\n; no other line break becomes CRLF.
+    assert whole.content.count(b"\r\n") == 1 + len(events) + 1
+    with engine.connect() as conn:
+        for chunk_bytes in (1, 40, 300, 10**6):
+            chunks = list(
+                requests_csv(
+                    conn, project_id=fresh_project.id, within=within, chunk_bytes=chunk_bytes
+                )
+            )
+            assert b"".join(c.data for c in chunks) == whole.content
+            assert sum(c.done for c in chunks) == len(events)
 
 
 def test_exports_need_a_read_key_and_whole_hours(http, fresh_project):
