@@ -113,11 +113,14 @@ def api_server(database_url: str, *, workers: int = 1):
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                ready = httpx.get(f"{url}/readyz", timeout=1)
+                if ready.status_code == 200:
                     break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
+                problem = f"/readyz answers {ready.status_code}: {ready.text}"
+            except httpx.TransportError as error:
+                problem = f"/readyz: {error}"
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not get ready in 60 s ({problem})")
             time.sleep(0.2)
         yield url, process.pid
     finally:

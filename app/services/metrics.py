@@ -375,7 +375,10 @@ def routing_metrics(
 ) -> RoutingMetrics:
     cover = coverage(conn, project_id=project_id, within=within)
     request_rollup, attempt_rollup = filters.rollups
-    requests, params = filters.source(request_rollup, project_id=project_id, cover=cover)
+    # The latency percentiles come from their own rollups.
+    requests, params = filters.source(
+        request_rollup.figures_only, project_id=project_id, cover=cover
+    )
     attempts, _ = filters.source(attempt_rollup, project_id=project_id, cover=cover)
     result = RoutingMetrics(start=within.start, end=within.end)
     by_model: dict[tuple[str, str], ModelFigures] = {}

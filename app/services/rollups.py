@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
@@ -218,6 +218,12 @@ class RollupTable:
     def raw_alias(self) -> str:
         """How SQL here names the raw rows this table counts: requests `r`, attempts `a`."""
         return "a" if self.of_attempts else "r"
+
+    @property
+    def figures_only(self) -> RollupTable:
+        """The table read without its latency histogram: computed from raw rows, a
+        histogram costs a grouping of its own per row."""
+        return replace(self, histogram=False)
 
     @property
     def insert_order(self) -> str:
