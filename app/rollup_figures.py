@@ -78,6 +78,16 @@ REQUEST_FIGURES = (
     Figure("revenue_usd", "coalesce(sum(r.revenue_usd), 0)", "money"),
     Figure("quality_sum", "coalesce(sum(r.quality_score), 0)", "float"),
     Figure("quality_count", "count(r.quality_score)", "count"),
+    # Sums of squares: the spreads an experiment's intervals need (in double precision, as
+    # only the intervals' widths use them). PostgreSQL raises on a float8 product that
+    # underflows, so a score under 1e-100 adds 0 (a cost, at most 30 decimal places, cannot).
+    Figure("cost_sq_sum", "coalesce(sum(r.cost_usd::float8 * r.cost_usd::float8), 0)", "float"),
+    Figure(
+        "quality_sq_sum",
+        "coalesce(sum(case when r.quality_score > 1e-100 "
+        "then r.quality_score * r.quality_score else 0 end), 0)",
+        "float",
+    ),
 )
 
 # Per group of attempts (of one model and tier).

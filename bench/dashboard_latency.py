@@ -76,14 +76,20 @@ _ATTEMPT_COLUMNS = """
     input_tokens, output_tokens, 0, 0, 300 + r4 * 3000,
     (input_tokens + output_tokens)
         * (array[0.0000004, 0.000006, 0.00003]::numeric[])[served_rank],
-    'client', null
+    'client', null,
+    feature, 'customer-' || lpad((i * 7919 % :customers)::text, 3, '0'),
+    case when feature = 'code-assist' then 'router-v4' end,
+    case when feature = 'code-assist' then
+        (case when r3 < 0.5 then 'control' else 'treatment' end) end
 """
 
 
 def load(*, project_id: int, requests: int, days: int, customers: int, end: datetime) -> float:
     """Writes the rows day by day; returns the seconds it took."""
     from app.db import get_engine, transaction
+    from app.periods import HOUR
     from app.services.partitions import ensure_partitions, month_start
+    from app.services.rollups import ROLLUP_JOB, mark_written
 
     engine = get_engine()
     start = end - timedelta(days=days)
@@ -104,6 +110,9 @@ def load(*, project_id: int, requests: int, days: int, customers: int, end: date
         with transaction() as conn:
             for table, columns in (("requests", _REQUEST_COLUMNS), ("attempts", _ATTEMPT_COLUMNS)):
                 conn.execute(text(_INSERT.format(table=table, columns=columns)), params)
+            # As ingest does: the hours written, marked in the same transaction.
+            hours = [params["start"] + HOUR * h for h in range(24)]
+            mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=hours)
         print(f"  day {day + 1}/{days}: {last + 1:,} requests", flush=True)
     with engine.begin() as conn:
         conn.execute(text("analyze requests; analyze attempts"))

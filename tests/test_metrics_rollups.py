@@ -4,6 +4,7 @@ are idempotent and re-roll only the hours they must."""
 from __future__ import annotations
 
 import bisect
+import statistics
 import threading
 import time
 import uuid
@@ -21,8 +22,9 @@ from sqlalchemy import text
 from app.periods import Period, floor_day, floor_hour
 from app.schemas import PolicyIn, PriceIn
 from app.services import rollups
-from app.services.dashboard_queries import routing_series, total_of
+from app.services.dashboard_queries import experiment_arms, routing_series, total_of
 from app.services.ingest import Batch, ingest_batch
+from app.services.intervals import Estimate, mean_interval, wilson_interval
 from app.services.metrics import Filters, customer_metrics, routing_metrics, shares
 from app.services.policies import set_policy, total_variation
 from app.services.pricing import add_prices
@@ -326,6 +328,76 @@ def test_metrics_over_days_equal_direct_computation(
         )  # fmt: skip
     assert daily.requests == len(rows)
     assert daily.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    specs=st.lists(
+        st.tuples(
+            event_st,
+            st.integers(0, DAYS * 86_400 - 1),
+            st.sampled_from(["control", "treatment", "treatment"]),
+        ).map(
+            lambda t: {
+                **t[0],
+                "offset_seconds": t[1],
+                "experiment": {"name": "router-v4", "arm": t[2]},
+            }  # fmt: skip
+        ),
+        min_size=4,
+        max_size=40,
+    ),
+    first=st.integers(0, DAYS * 24 - 1),
+    length=st.integers(6, DAYS * 24 + 30),
+)
+def test_experiment_arms_equal_direct_computation(engine, database_url, specs, first, length):
+    """An experiment's arms from the rollups (days, hours and raw minutes alike): counts and
+    means exact, spreads (from sums of squares) as the requests' own sample deviations."""
+    project = priced_project(engine)
+    ingest(engine, project.id, [to_event(spec, base=FIRST_DAY) for spec in specs])
+    run_rollup(engine)
+    start = FIRST_DAY + timedelta(hours=first, minutes=first % 7 * 5)
+    within = Period(start, start + timedelta(hours=length))
+    with engine.connect() as conn:
+        arms = experiment_arms(conn, project_id=project.id, within=within, experiment="router-v4")
+
+    requests, _ = raw_rows(database_url, project.id)
+    rows = [r for r in requests if selected(r, Filters(experiment="router-v4"), within)]
+    by_arm = {arm: [r for r in rows if r["experiment_arm"] == arm]
+              for arm in sorted({r["experiment_arm"] for r in rows})}  # fmt: skip
+    assert [a.arm for a in arms] == list(by_arm)
+    for got, mine in zip(arms, by_arm.values(), strict=True):
+        costs = [float(r["cost_usd"]) for r in mine]
+        scores = [r["quality_score"] for r in mine if r["quality_score"] is not None]
+        assert got.requests == len(mine)
+        assert got.unpriced_requests == sum(r["is_unpriced"] for r in mine)
+        assert got.escalation_rate == wilson_interval(
+            sum(r["is_escalation"] for r in mine), len(mine)
+        )
+        assert_estimate(got.cost_per_request, costs)
+        assert got.quality_count == len(scores)
+        assert_estimate(got.mean_quality, scores)
+
+
+def assert_estimate(got: Estimate, values: list[float]) -> None:
+    """A mean with its normal-approximation interval, as computed from the values."""
+    if not values:
+        assert got == Estimate(None, None, None)
+        return
+    expected = mean_interval(
+        statistics.fmean(values),
+        statistics.stdev(values) if len(values) > 1 else None,
+        len(values),
+    )
+    assert got.value == pytest.approx(expected.value, rel=1e-9, abs=1e-12)
+    for bound, want in ((got.low, expected.low), (got.high, expected.high)):
+        assert (bound is None) == (want is None)
+        if want is not None:
+            assert bound == pytest.approx(want, rel=1e-6, abs=1e-9)
 
 
 def test_a_policy_taking_effect_within_an_hour_holds_the_requests_after_it(engine, database_url):

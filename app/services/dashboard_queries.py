@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 
 from sqlalchemy import Connection, select, text
 
 from app.db import planner_settings
 from app.models import drift_results
 from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
-from app.rollup_figures import REQUEST_FIGURES, named
-from app.services.intervals import Estimate, mean_interval, wilson_interval
+from app.rollup_figures import REQUEST_FIGURES, named, totals_sql
+from app.services.intervals import Estimate, mean_interval, sample_sd, wilson_interval
 from app.services.metrics import (
     MONEY_CONTEXT,
     TOTALS_SQL,
@@ -145,58 +144,51 @@ class ArmFigures:
     unpriced_requests: int
 
 
-# The rollup figures an arm counts, from its requests.
-_ARM_COUNTS = named(
-    REQUEST_FIGURES, "requests", "escalations", "unpriced_requests", "quality_count"
-)
+# The rollup figures an arm is judged on.
+_ARM_FIGURES = named(
+    REQUEST_FIGURES, "requests", "escalations", "unpriced_requests", "cost_usd", "cost_sq_sum",
+    "quality_sum", "quality_sq_sum", "quality_count",
+)  # fmt: skip
 
 
 def experiment_arms(
     conn: Connection, *, project_id: int, within: Period, experiment: str
 ) -> list[ArmFigures]:
     """Per arm of an experiment: requests, cost per request, escalation rate and mean
-    quality, with 95% intervals (from the requests themselves: intervals need spreads,
-    which the rollups do not keep). Means are exact; spreads, only used for the
-    intervals, are computed in double precision."""
-    counts = ", ".join(f"{f.aggregate} as {f.name}" for f in _ARM_COUNTS)
+    quality, with 95% intervals. From the rollups, like the other figures: the intervals'
+    spreads come from sums of squares, in double precision (only the intervals' widths use
+    them); the means are exact."""
+    source, params = Filters(experiment=experiment).request_source(
+        conn, project_id=project_id, within=within
+    )
     rows = conn.execute(
         text(
-            f"""
-            select r.experiment_arm as arm, {counts},
-                   sum(r.cost_usd) / count(*) as cost_mean,
-                   stddev_samp(r.cost_usd::float8) as cost_sd,
-                   avg(r.quality_score) as quality_mean, stddev_samp(r.quality_score) as quality_sd
-            from requests r
-            where r.project_id = :project_id and r.experiment_name = :experiment
-              and r.ts >= :start and r.ts < :end
-            group by r.experiment_arm order by r.experiment_arm
-            """
+            f"select experiment_arm as arm, {totals_sql(_ARM_FIGURES)} from {source} r "
+            "group by experiment_arm order by experiment_arm"
         ),
-        {
-            "project_id": project_id,
-            "experiment": experiment,
-            "start": within.start,
-            "end": within.end,
-        },
+        params,
     )
     return [
         ArmFigures(
             arm=row.arm or "(no arm)",
             requests=row.requests,
             cost_per_request=mean_interval(
-                _float(row.cost_mean), _float(row.cost_sd), row.requests
+                float(row.cost_usd) / row.requests,
+                sample_sd(float(row.cost_usd), row.cost_sq_sum, row.requests),
+                row.requests,
             ),
             escalation_rate=wilson_interval(row.escalations, row.requests),
-            mean_quality=mean_interval(row.quality_mean, row.quality_sd, row.quality_count),
+            mean_quality=mean_interval(
+                row.quality_sum / row.quality_count if row.quality_count else None,
+                sample_sd(row.quality_sum, row.quality_sq_sum, row.quality_count),
+                row.quality_count,
+            ),
             quality_count=row.quality_count,
             unpriced_requests=row.unpriced_requests,
         )
         for row in rows
+        if row.requests
     ]
-
-
-def _float(value: Decimal | None) -> float | None:
-    return None if value is None else float(value)
 
 
 # --- drift: what the drift job stored ----------------------------------------------------

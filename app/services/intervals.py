@@ -36,6 +36,15 @@ def mean_interval(mean: float | None, sd: float | None, n: int) -> Estimate:
     return Estimate(mean, mean - half, mean + half)
 
 
+def sample_sd(total: float, sum_of_squares: float, n: int) -> float | None:
+    """The sample standard deviation of n values from their sum and sum of squares; None
+    below two values. (Rounding can make the variance a hair below 0 when the values are
+    all equal: it is 0 then.)"""
+    if n < 2:
+        return None
+    return math.sqrt(max(0.0, (sum_of_squares - total * total / n) / (n - 1)))
+
+
 def wilson_interval(successes: int, n: int) -> Estimate:
     """The Wilson score interval of a proportion (sound near 0 and 1, and for small n)."""
     if n == 0:

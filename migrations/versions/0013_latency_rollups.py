@@ -1,15 +1,18 @@
 """latency rollups: the requests' latency histograms by feature and arm (hourly and daily)
-and per customer (daily), apart from the routing rollups
+and per customer (daily), apart from the routing rollups; sums of squares of cost and
+quality in the request rollups
 
 Revision ID: 0013
 Revises: 0012
 Create Date: 2026-12-06 09:00:00
 
-New tables only. The metrics' latency percentiles read them: over 90 days the routing
-rollups' histograms (a hundred rows a day, twenty buckets each) were the slowest part of a
-metrics call. The rollup job fills them: upgrading marks every hour that holds requests
-dirty, so the next run rolls all of history again (about a minute per 10 million requests);
-until then latency percentiles leave out the hours not yet rolled again.
+The metrics' latency percentiles read the new tables: over 90 days the routing rollups'
+histograms (a hundred rows a day, twenty buckets each) were the slowest part of a metrics
+call. The sums of squares give an experiment's intervals their spreads, which the
+Experiments page read from the requests themselves. The rollup job fills them: upgrading
+marks every hour that holds requests dirty, so the next run rolls all of history again
+(about two minutes per 10 million requests); until then latency percentiles leave out the
+hours not yet rolled again, and the intervals of those hours are too narrow.
 """
 
 import sqlalchemy as sa
@@ -44,7 +47,16 @@ def _latency_table(table: str, bin_column: str, *, by_customer: bool) -> None:
         )
 
 
+# The request rollups (app.rollup_figures.REQUEST_FIGURES).
+_REQUEST_ROLLUPS = ("rollup_daily", "rollup_routing_hourly", "rollup_routing_daily")
+_SQUARES = ("cost_sq_sum", "quality_sq_sum")
+
+
 def upgrade() -> None:
+    for table in _REQUEST_ROLLUPS:
+        for column in _SQUARES:
+            op.add_column(table, sa.Column(column, sa.Float(), nullable=False, server_default="0"))
+            op.alter_column(table, column, server_default=None)
     _latency_table("rollup_latency_hourly", "hour", by_customer=False)
     _latency_table("rollup_latency_daily", "day", by_customer=False)
     _latency_table("rollup_customer_latency_daily", "day", by_customer=True)
@@ -61,5 +73,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for table in _REQUEST_ROLLUPS:
+        for column in _SQUARES:
+            op.drop_column(table, column)
     for table in ("rollup_customer_latency_daily", "rollup_latency_daily", "rollup_latency_hourly"):
         op.drop_table(table)
