@@ -95,7 +95,9 @@ def served_model_latency(
     conn: Connection, *, project_id: int, within: Period, filters: Filters = Filters()
 ) -> dict[str, tuple[float | None, float | None]]:
     """Latency p50 and p95 (ms) of the requests each model served."""
-    source, params = filters.request_source(conn, project_id=project_id, within=within)
+    source, params = filters.request_source(
+        conn, project_id=project_id, within=within, histogram=True
+    )
     histograms = latency_histograms(conn, source=source, params=params, by="served_model")
     return {
         model: (latency_quantile(h, 0.5), latency_quantile(h, 0.95))

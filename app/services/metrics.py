@@ -214,12 +214,16 @@ class Filters:
         within: Period,
         daily: bool = True,
         rolled_before: datetime | None = None,
+        histogram: bool = False,
     ) -> tuple[str, dict]:
-        """`source` of the request rollup to read, over the coverage of the period."""
+        """`source` of the request rollup to read, over the coverage of the period; with
+        the latency histograms only when asked (from raw rows, each group's histogram costs
+        a grouping of its own)."""
         cover = coverage(
             conn, project_id=project_id, within=within, daily=daily, rolled_before=rolled_before
         )
-        return self.source(self.rollups[0], project_id=project_id, cover=cover)
+        table = self.rollups[0] if histogram else self.rollups[0].figures_only
+        return self.source(table, project_id=project_id, cover=cover)
 
     def columns(self) -> dict[str, str]:
         """The filtered columns (named alike in requests and rollups) and their values."""
