@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import httpx
@@ -30,17 +31,10 @@ def scratch_database(prefix: str, *, keep: bool = False):
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'create database "{name}"')
-    url = database_url(name)
-    from app.cli import _migrate
-
-    _use_database(url)
-    _migrate()
     try:
-        yield url
+        with existing_database(name) as url:
+            yield url
     finally:
-        from app.db import get_engine
-
-        get_engine().dispose()
         if keep:
             print(f"kept database {name}", file=sys.stderr)
         else:
@@ -50,25 +44,20 @@ def scratch_database(prefix: str, *, keep: bool = False):
 
 @contextmanager
 def existing_database(name: str):
-    """A database kept by an earlier run (`scratch_database(keep=True)`), migrated to the
-    current code and left in place: to measure again without writing the rows again."""
-    from app.cli import _migrate
+    """A database, migrated to the current code and left in place (one kept by an earlier
+    run, `scratch_database(keep=True)`, measures again without writing the rows again)."""
     from app.db import get_engine
+    from app.migrate import migrate
+    from app.settings import get_settings
 
     url = database_url(name)
-    _use_database(url)
-    _migrate()
+    os.environ["DATABASE_URL"] = url
+    get_settings.cache_clear()
+    migrate()
     try:
         yield url
     finally:
         get_engine().dispose()
-
-
-def _use_database(url: str) -> None:
-    os.environ["DATABASE_URL"] = url
-    from app.settings import get_settings
-
-    get_settings.cache_clear()
 
 
 def create_project(name: str, baseline_model: str = "gpt-4o") -> tuple[int, str]:
@@ -101,28 +90,55 @@ def free_port() -> int:
 
 
 @contextmanager
-def api_server(database_url: str, *, workers: int = 1):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--workers", str(workers)],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_URL": database_url},
-    )
-    url = f"http://127.0.0.1:{port}"
+def service(*args: str, env: dict[str, str], log: Path | None = None):
+    """`routeledger ARGS` in a process group of its own, its output appended to `log` (or
+    shown, without one); the whole group is stopped when the block ends, however it ends."""
+    with log.open("ab") if log else nullcontext() as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=1)
-                if ready.status_code == 200:
-                    break
-                problem = f"/readyz answers {ready.status_code}: {ready.text}"
-            except httpx.TransportError as error:
-                problem = f"/readyz: {error}"
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not get ready in 60 s ({problem})")
-            time.sleep(0.2)
-        yield url, process.pid
+        yield process
     finally:
-        process.terminate()
-        process.wait(30)
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        # Whatever of the group outlived the grace (a pool child, say).
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the API at `url` answers /readyz with 200; fails when it exits or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the API exited with {process.returncode}")
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=1)
+            if ready.status_code == 200:
+                return
+            problem = f"/readyz answers {ready.status_code}: {ready.text}"
+        except httpx.TransportError as error:
+            problem = f"/readyz: {error}"
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the API did not get ready in {timeout:.0f} s ({problem})")
+        time.sleep(0.2)
+
+
+@contextmanager
+def api_server(database_url: str, *, workers: int = 1):
+    """A real `routeledger api` on a free port, ready: its URL and process id."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "DATABASE_URL": database_url}
+    with service("api", "--port", str(port), "--workers", str(workers), env=env) as process:
+        wait_ready(url, process)
+        yield url, process.pid

@@ -29,13 +29,11 @@ import json
 import os
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -44,51 +42,13 @@ import httpx
 import orjson
 import psutil
 
-from bench.common import REPO, create_project, free_port, scratch_database
+from bench.common import create_project, free_port, scratch_database, service, wait_ready
 from bench.ingest import make_event
 from bench.metrics_latency import percentile
 
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
 MISSED_AFTER_SECONDS = 60.0
 ROLLUP_DONE = re.compile(r"workers\.tasks\.rollup\[[^\]]+\] succeeded in ([0-9.]+)s")
-
-
-@contextmanager
-def service(*args: str, env: dict[str, str], log: Path):
-    """`routeledger ARGS` in a process group of its own, its output appended to `log`; the
-    whole group is stopped when the block ends, however it ends."""
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield process
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            process.wait(30)
-        # Whatever of the group outlived the grace (a pool child, say).
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the API exited with {process.returncode}")
-        with suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.2)
-    raise SystemExit("the API was not ready within a minute")
 
 
 def stamped_event(rng: random.Random, **fields) -> dict:

@@ -189,7 +189,6 @@ def experiment_arms(
             unpriced_requests=row.unpriced_requests,
         )
         for row in rows
-        if row.requests
     ]
 
 
