@@ -124,7 +124,8 @@ Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text), AfterVali
 
 def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     """At most MAX_METADATA_DEPTH levels, no NUL in any string, only finite numbers; walked
-    without recursion, so any depth the parser accepted is judged."""
+    without recursion, so any depth the parser accepted is judged. An integer beyond 64 bits
+    becomes a float, as orjson reads one, whichever parser read the body."""
     pending = [(value, 1)]
     while pending:
         node, depth = pending.pop()
@@ -140,7 +141,20 @@ def _metadata(value: dict[str, Any]) -> dict[str, Any]:
                 _no_nul(child)
             elif isinstance(child, float) and not math.isfinite(child):
                 raise ValueError("must hold finite numbers only")
+            elif isinstance(child, int) and not MIN_JSON_INT <= child <= MAX_JSON_INT:
+                node[key] = _as_float(child)
     return value
+
+
+# The integers orjson reads as integers; it reads any other as a float.
+MIN_JSON_INT, MAX_JSON_INT = -(2**63), 2**64 - 1
+
+
+def _as_float(value: int) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError("must hold finite numbers only") from None
 
 
 Metadata = Annotated[dict[str, Any], AfterValidator(_metadata)]

@@ -4,8 +4,9 @@ into the same tables, measured in the same run.
 
     .venv/bin/python -m bench.ingest [--events 100000] [--senders 4] [--api-workers 2]
 
-It also times the service's own Python work per event (`ingest_batch` called in this
-process, its CPU time): a figure the machine's other work moves far less than throughput.
+It also times the service's own Python work per event (`ingest_body` called in this
+process on such bodies, its CPU time): a figure the machine's other work moves far less
+than throughput.
 The last line printed is one JSON object with the figures.
 """
 
@@ -145,22 +146,22 @@ def raw_copy(events: list[dict], project_id: int) -> float:
 
 
 def service_cpu(events: list[dict], project_id: int, batch: int) -> float:
-    """CPU seconds per event of this process calling `ingest_batch` itself on batches of the
-    events (after one batch of warm-up): the service's Python work without HTTP, PostgreSQL's
-    work not counted."""
+    """CPU seconds per event of this process calling `ingest_body` itself on bodies of the
+    events, as the route does (after one body of warm-up): the service's Python work without
+    HTTP, PostgreSQL's work not counted."""
     from app.db import get_engine
-    from app.services.batches import Batch
-    from app.services.ingest import ingest_batch
+    from app.services.ingest import ingest_body
 
     engine = get_engine()
     chunks = [
         [{**e, "request_id": str(uuid.uuid4())} for e in events[i : i + batch]]
         for i in range(0, min(len(events), 11 * batch), batch)
     ]
-    ingest_batch(engine, project_id=project_id, batch=Batch(chunks[0]))
+    bodies = [orjson.dumps({"requests": chunk}) for chunk in chunks]
+    ingest_body(engine, project_id=project_id, body=bodies[0])
     started = time.process_time()
-    for chunk in chunks[1:]:
-        ingest_batch(engine, project_id=project_id, batch=Batch(chunk))
+    for body in bodies[1:]:
+        ingest_body(engine, project_id=project_id, body=body)
     return (time.process_time() - started) / sum(len(c) for c in chunks[1:])
 
 

@@ -15,7 +15,16 @@ import psycopg
 import pytest
 
 from app.periods import utc_now
-from tests.helpers import LiveApi, attempt, auth, batch, event, make_project, post
+from tests.helpers import (
+    LiveApi,
+    attempt,
+    auth,
+    batch,
+    event,
+    make_project,
+    post,
+    stored_request,
+)
 
 
 def nested(levels: int) -> dict:
@@ -50,6 +59,32 @@ def test_a_bad_event_is_refused_by_name_and_its_neighbours_stored(http, fresh_pr
     (error,) = response.json()["errors"]
     assert error["index"] == 1 and error["error"].startswith(field), error
     assert fresh_project.fetch_request_ids() == {good["request_id"]}
+
+
+def test_big_integers_in_metadata_read_alike_on_every_path(http, fresh_project, database_url):
+    """A whole batch is validated from the raw body, a batch with a bad event through orjson
+    (or leniently): both read an integer beyond 64 bits as a float, and one beyond a float's
+    range is refused by name, never a 500."""
+    big = {"big": 2**64, "small": -(2**63) - 1, "fits": 2**64 - 1}
+    whole = event(metadata=big)
+    # An invalid UTF-8 neighbour sends its batch down the lenient path.
+    lenient, bad = event(metadata=big), event(customer_id="PLACEHOLDER")
+    huge = event(metadata={"huge": 10**400})
+    for events, code in (([whole], 200), ([lenient, bad, huge], 207)):
+        raw = json.dumps(batch(*events)).encode().replace(b"PLACEHOLDER", b"caf\xc3\x28")
+        response = http.post(
+            "/v1/requests",
+            content=raw,
+            headers={**auth(fresh_project.ingest_key), "Content-Type": "application/json"},
+        )
+        assert response.status_code == code, response.text
+    errors = {e["index"]: e["error"] for e in response.json()["errors"]}
+    assert errors == {1: "customer_id: not valid UTF-8",
+                      2: "metadata: Value error, must hold finite numbers only"}  # fmt: skip
+    stored = [stored_request(database_url, e["request_id"])["metadata"] for e in (whole, lenient)]
+    # jsonb keeps the float's shortest digits: 2**64 is read as 1.8446744073709552e+19.
+    as_float = {"big": 18446744073709552000, "small": -9223372036854776000, "fits": 2**64 - 1}
+    assert stored[0] == stored[1] == as_float
 
 
 def test_an_event_older_than_the_age_bound_is_refused_alone(engine, monkeypatch):

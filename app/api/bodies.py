@@ -4,6 +4,8 @@ before any route runs."""
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import orjson
 from fastapi import HTTPException, Request
@@ -110,16 +112,29 @@ async def _error(send, status: int, detail: str, headers: dict[str, str] | None 
     await send({"type": "http.response.body", "body": payload})
 
 
-async def read_json_batch(request: Request, key: str) -> Batch:
-    """The items of a JSON `{key: [...]}` body, or the 4xx that says what is wrong with it."""
+async def json_body(request: Request) -> bytes:
+    """The body of a JSON call, or 415."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise HTTPException(415, "Content-Type must be application/json")
+    return await request.body()
+
+
+@contextmanager
+def batch_answers() -> Iterator[None]:
+    """The 4xx that says what is wrong with a body that is not a batch."""
     try:
-        return read_batch(await request.body(), key=key)
+        yield
     except BodyNotJson as error:
         raise HTTPException(400, str(error)) from None
     except NotABatch as error:
         raise HTTPException(422, str(error)) from None
     except BatchTooLarge as error:
         raise HTTPException(413, str(error)) from None
+
+
+async def read_json_batch(request: Request, key: str) -> Batch:
+    """The items of a JSON `{key: [...]}` body, or the 4xx that says what is wrong with it."""
+    body = await json_body(request)
+    with batch_answers():
+        return read_batch(body, key=key)

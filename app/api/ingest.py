@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from app.api.bodies import read_json_batch
+from app.api.bodies import batch_answers, json_body, read_json_batch
 from app.api.deps import Db, IngestCaller, ReadCaller
 from app.api.errors import answers
 from app.db import get_engine, transaction
@@ -19,7 +19,7 @@ from app.schemas import (
 )
 from app.services.batches import Batch
 from app.services.feedback import held_summary, record_feedback
-from app.services.ingest import ingest_batch
+from app.services.ingest import ingest_body
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -53,10 +53,11 @@ def _documented_body(model: type) -> dict:
     openapi_extra=_documented_body(IngestBatch),
 )
 async def ingest_requests(request: Request, caller: IngestCaller) -> Response:
-    batch = await read_json_batch(request, "requests")
-    result = await run_in_threadpool(
-        ingest_batch, get_engine(), project_id=caller.project_id, batch=batch
-    )
+    body = await json_body(request)
+    with batch_answers():
+        result = await run_in_threadpool(
+            ingest_body, get_engine(), project_id=caller.project_id, body=body
+        )
     return _multi_status(result)
 
 

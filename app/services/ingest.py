@@ -38,12 +38,13 @@ from app.periods import utc_now
 from app.schemas import (
     MAX_METADATA_BYTES,
     Event,
+    IngestBatch,
     IngestResult,
     ItemError,
     describe_errors,
     field_path,
 )
-from app.services.batches import Batch, request_id_of
+from app.services.batches import Batch, read_batch, request_id_of
 from app.services.feedback import apply_held
 from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
@@ -282,11 +283,42 @@ ATTEMPTS_COPY = CopyLayout.of(attempts)
 # --- the whole batch -------------------------------------------------------------------
 
 
+def ingest_body(
+    engine: Engine, *, project_id: int, body: bytes, now: datetime | None = None
+) -> IngestResult:
+    """A JSON body `{"requests": [...]}` as sent to POST /v1/requests; raises BodyNotJson,
+    NotABatch or BatchTooLarge (app.services.batches) when it is not a batch."""
+    try:
+        # Parsed and validated in one pass of pydantic's core, straight from the bytes: a
+        # third of the time of parsing first and validating the parsed objects.
+        events = IngestBatch.model_validate_json(body).requests
+    except ValidationError:
+        # Some event is bad, or the body is no batch: read it leniently, event by event.
+        return ingest_batch(
+            engine, project_id=project_id, batch=read_batch(body, key="requests"), now=now
+        )
+    valid = list(enumerate(events))
+    return _ingest_valid(engine, project_id=project_id, valid=valid, errors=[], now=now)
+
+
 def ingest_batch(
     engine: Engine, *, project_id: int, batch: Batch, now: datetime | None = None
 ) -> IngestResult:
-    now = now or utc_now()
     valid, errors = validate_events(batch)
+    return _ingest_valid(engine, project_id=project_id, valid=valid, errors=errors, now=now)
+
+
+def _ingest_valid(
+    engine: Engine,
+    *,
+    project_id: int,
+    valid: list[tuple[int, Event]],
+    errors: list[ItemError],
+    now: datetime | None,
+) -> IngestResult:
+    """Stores the events that passed the schema (by their index in the batch) once each,
+    beside the errors of those that did not."""
+    now = now or utc_now()
 
     with engine.connect() as conn:
         project = load_project_context(conn, project_id=project_id)
