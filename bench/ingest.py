@@ -135,8 +135,7 @@ def raw_copy(events: list[dict], project_id: int) -> float:
             ) as copy:
                 copy.set_types(("int8", "uuid", "timestamptz"))
                 for row in rows:
-                    copy.write_row((project_id, row.request_row["request_id"],
-                                    row.request_row["ts"]))  # fmt: skip
+                    copy.write_row((project_id, row.request_id, row.ts))
             REQUESTS_COPY.write(cur, (row.request_row for row in rows))
             ATTEMPTS_COPY.write(cur, (a for row in rows for a in row.attempt_rows))
         raw.driver_connection.commit()

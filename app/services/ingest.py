@@ -9,11 +9,10 @@ primary key decides, so two batches racing on two connections store it once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from operator import itemgetter
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
 
 import orjson
 from psycopg.types.json import Jsonb
@@ -122,11 +121,12 @@ def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> s
             f"timestamp: {event.timestamp.isoformat()} is more than {max_age} days in the past "
             "(ROUTELEDGER_MAX_EVENT_AGE_DAYS)"
         )
-    known = ", ".join(sorted(tier_ranks))
     if event.intended_tier is not None and event.intended_tier not in tier_ranks:
+        known = ", ".join(sorted(tier_ranks))
         return f"intended_tier: unknown tier {event.intended_tier!r} (known: {known})"
     for position, attempt in enumerate(event.attempts):
         if attempt.tier not in tier_ranks:
+            known = ", ".join(sorted(tier_ranks))
             return f"attempts[{position}].tier: unknown tier {attempt.tier!r} (known: {known})"
     if event.metadata is not None:
         size = len(orjson.dumps(event.metadata))
@@ -138,12 +138,36 @@ def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> s
 # --- derivation and pricing --------------------------------------------------------------
 
 
-@dataclass
-class StoredRequest:
-    """One request as stored: its requests row and its attempts rows, by column name."""
+# The rows go to COPY as tuples, their values in the order of these columns (a dict per row
+# looked up by name cost a tenth of deriving). A request's keys lead both its row and each
+# of its attempts' rows, which carry them for the rollups (they never change).
+KEY_COLUMNS = (
+    "project_id", "ts", "request_id", "feature", "customer_id", "experiment_name",
+    "experiment_arm",
+)  # fmt: skip
+REQUEST_COLUMNS = (
+    *KEY_COLUMNS, "received_at", "user_tier", "task_type", "intended_tier", "served_tier",
+    "served_model", "served_provider", "attempt_count", "is_fallback", "is_escalation",
+    "is_failover", "is_failed", "input_tokens", "output_tokens", "cache_read_tokens",
+    "cache_write_tokens", "latency_ms", "cost_usd", "unpriced_attempts", "is_unpriced",
+    "baseline_cost_usd", "baseline_price_id", "quality_score", "quality_source", "revenue_usd",
+    "router_strategy", "router_version", "router_confidence", "router_latency_ms", "metadata",
+)  # fmt: skip
+ATTEMPT_COLUMNS = (
+    *KEY_COLUMNS, "position", "model", "provider", "tier", "status", "reason", "input_tokens",
+    "output_tokens", "cache_read_tokens", "cache_write_tokens", "latency_ms", "cost_usd",
+    "cost_source", "price_id",
+)  # fmt: skip
 
-    request_row: dict[str, Any]
-    attempt_rows: list[dict[str, Any]]
+
+class StoredRequest(NamedTuple):
+    """One request as stored: its requests row and its attempts rows (REQUEST_COLUMNS and
+    ATTEMPT_COLUMNS)."""
+
+    request_id: uuid.UUID
+    ts: datetime
+    request_row: tuple
+    attempt_rows: list[tuple]
 
 
 def derive(
@@ -151,28 +175,29 @@ def derive(
 ) -> StoredRequest:
     """The rows of an event: its facts and costs (app.services.request_facts) beside what
     it says."""
-    ts = event.timestamp.astimezone(UTC)
+    ts = event.timestamp  # in UTC (app.schemas.Timestamp)
     attempts = event.attempts
     facts = request_facts(
         attempts, intended_tier=event.intended_tier, tier_ranks=project.tier_ranks
     )
     experiment = event.experiment
-    # The request's keys, on its row and copied onto each attempt's (they never change).
-    keys = {
-        "project_id": project.project_id,
-        "ts": ts,
-        "request_id": event.request_id,
-        "feature": event.feature,
-        "customer_id": event.customer_id,
-        "experiment_name": experiment.name if experiment else None,
-        "experiment_arm": experiment.arm if experiment else None,
-    }
+    keys = (
+        project.project_id,
+        ts,
+        event.request_id,
+        event.feature,
+        event.customer_id,
+        experiment.name if experiment else None,
+        experiment.arm if experiment else None,
+    )
     attempt_rows = []
+    costs = []
     # The request's token and latency totals, summed in the same pass.
     input_tokens = output_tokens = cache_read = cache_write = 0
     latency = None
     for position, attempt in enumerate(attempts):
         cost = attempt_cost(attempt, client_cost=attempt.cost_usd, prices=prices, at=ts)
+        costs.append(cost.cost_usd)
         input_tokens += attempt.input_tokens
         output_tokens += attempt.output_tokens
         cache_read += attempt.cache_read_tokens
@@ -180,64 +205,63 @@ def derive(
         if attempt.latency_ms is not None:
             latency = attempt.latency_ms + (latency or 0)
         attempt_rows.append(
-            {
-                **keys,
-                "position": position,
-                "model": attempt.model,
-                "provider": attempt.provider,
-                "tier": attempt.tier,
-                "status": attempt.status,
-                "reason": attempt.reason,
-                "input_tokens": attempt.input_tokens,
-                "output_tokens": attempt.output_tokens,
-                "cache_read_tokens": attempt.cache_read_tokens,
-                "cache_write_tokens": attempt.cache_write_tokens,
-                "latency_ms": attempt.latency_ms,
-                "cost_usd": cost.cost_usd,
-                "cost_source": cost.source,
-                "price_id": cost.price_id,
-            }
+            (
+                *keys,
+                position,
+                attempt.model,
+                attempt.provider,
+                attempt.tier,
+                attempt.status,
+                attempt.reason,
+                attempt.input_tokens,
+                attempt.output_tokens,
+                attempt.cache_read_tokens,
+                attempt.cache_write_tokens,
+                attempt.latency_ms,
+                *cost,  # cost_usd, cost_source, price_id
+            )
         )
-    cost = request_cost(row["cost_usd"] for row in attempt_rows)
+    cost = request_cost(costs)
     served = facts.served
     baseline, baseline_price_id = baseline_cost(
         served, baseline=project.baseline, prices=prices, at=ts
     )
-    router, quality = event.router, event.quality
-    request_row = {
-        **keys,
-        "received_at": received_at,
-        "user_tier": event.user_tier,
-        "task_type": event.task_type,
-        "intended_tier": facts.intended_tier,
-        "served_tier": served.tier if served else None,
-        "served_model": served.model if served else None,
-        "served_provider": served.provider if served else None,
-        "attempt_count": facts.attempt_count,
-        "is_fallback": facts.is_fallback,
-        "is_escalation": facts.is_escalation,
-        "is_failover": facts.is_failover,
-        "is_failed": facts.is_failed,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "latency_ms": latency,
-        "cost_usd": cost.known_usd,
-        "unpriced_attempts": cost.unpriced_attempts,
-        "is_unpriced": cost.is_unpriced,
-        "baseline_cost_usd": baseline,
-        "baseline_price_id": baseline_price_id,
-        "quality_score": quality.score if quality else None,
-        "quality_source": quality.source if quality else None,
-        "revenue_usd": event.revenue_usd,
-        "router_strategy": router.strategy if router else None,
-        "router_version": router.version if router else None,
-        "router_confidence": router.confidence if router else None,
-        "router_latency_ms": router.latency_ms if router else None,
-        "metadata": Jsonb(event.metadata) if event.metadata is not None else None,
-    }
-    return StoredRequest(request_row, attempt_rows)
+    router, quality, metadata = event.router, event.quality, event.metadata
+    request_row = (
+        *keys,
+        received_at,
+        event.user_tier,
+        event.task_type,
+        facts.intended_tier,
+        served.tier if served else None,
+        served.model if served else None,
+        served.provider if served else None,
+        facts.attempt_count,
+        facts.is_fallback,
+        facts.is_escalation,
+        facts.is_failover,
+        facts.is_failed,
+        input_tokens,
+        output_tokens,
+        cache_read,
+        cache_write,
+        latency,
+        cost.known_usd,
+        cost.unpriced_attempts,
+        cost.is_unpriced,
+        baseline,
+        baseline_price_id,
+        quality.score if quality else None,
+        quality.source if quality else None,
+        event.revenue_usd,
+        router.strategy if router else None,
+        router.version if router else None,
+        router.confidence if router else None,
+        router.latency_ms if router else None,
+        # orjson: the same JSON as json.dumps for jsonb, in a fraction of the time.
+        Jsonb(metadata, dumps=orjson.dumps) if metadata is not None else None,
+    )
+    return StoredRequest(event.request_id, ts, request_row, attempt_rows)
 
 
 # PostgreSQL's names of the column types, for COPY in binary (a subclass before its base).
@@ -250,34 +274,30 @@ _COPY_TYPE_NAMES = (
 
 @dataclass(frozen=True)
 class CopyLayout:
-    """How rows of a table go through COPY: its columns, their types, a row's values."""
+    """How rows of a table go through COPY: its columns in the rows' order, their types."""
 
     statement: str
     types: tuple[str, ...]
-    values: Callable[[dict[str, Any]], tuple]
 
     @classmethod
-    def of(cls, table: Table) -> CopyLayout:
-        names = [column.name for column in table.columns]
+    def of(cls, table: Table, columns: tuple[str, ...]) -> CopyLayout:
+        if sorted(columns) != sorted(table.columns.keys()):
+            raise ValueError(f"COPY of {table.name}: {columns} are not its columns")
         types = tuple(
-            next(pg for sa_type, pg in _COPY_TYPE_NAMES if isinstance(column.type, sa_type))
-            for column in table.columns
+            next(pg for sa_type, pg in _COPY_TYPE_NAMES if isinstance(table.c[name].type, sa_type))
+            for name in columns
         )
-        return cls(
-            f"copy {table.name} ({', '.join(names)}) from stdin (format binary)",
-            types,
-            itemgetter(*names),
-        )
+        return cls(f"copy {table.name} ({', '.join(columns)}) from stdin (format binary)", types)
 
-    def write(self, cursor, rows: Iterable[dict[str, Any]]) -> None:
+    def write(self, cursor, rows: Iterable[tuple]) -> None:
         with cursor.copy(self.statement) as copy:
             copy.set_types(self.types)
             for row in rows:
-                copy.write_row(self.values(row))
+                copy.write_row(row)
 
 
-REQUESTS_COPY = CopyLayout.of(requests)
-ATTEMPTS_COPY = CopyLayout.of(attempts)
+REQUESTS_COPY = CopyLayout.of(requests, REQUEST_COLUMNS)
+ATTEMPTS_COPY = CopyLayout.of(attempts, ATTEMPT_COLUMNS)
 
 
 # --- the whole batch -------------------------------------------------------------------
@@ -346,41 +366,41 @@ def _ingest_valid(
         if project.baseline:
             models.add((project.baseline.model, project.baseline.provider))
         prices = PriceBook.load(conn, project_id=project_id, models=models)
-        derived = {
-            rid: derive(event, project=project, prices=prices, received_at=now)
-            for rid, event in unique.items()
-        }
+        derived = [
+            derive(event, project=project, prices=prices, received_at=now)
+            for event in unique.values()
+        ]
         conn.rollback()  # end the read transaction; the write below is its own
         with conn.begin():
             stored = _store(conn, project_id=project_id, derived=derived)
     return IngestResult(
-        accepted=len(stored),
-        duplicates=duplicates_in_batch + len(derived) - len(stored),
+        accepted=stored,
+        duplicates=duplicates_in_batch + len(derived) - stored,
         errors=errors,
     )
 
 
-def _store(
-    conn: Connection, *, project_id: int, derived: dict[uuid.UUID, StoredRequest]
-) -> set[uuid.UUID]:
-    # Sorted ids: two batches sharing ids lock them in the same order and never deadlock.
-    ids = sorted(derived)
-    timestamps = [derived[i].request_row["ts"] for i in ids]
+def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -> int:
+    """Stores the requests not stored before; returns how many."""
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
+        # The request_keys primary key decides what is new. The keys go in in the order of
+        # their ids, so two batches sharing ids lock them in the same order and never
+        # deadlock; only the ids stored before come back (usually none). Binary parameters:
+        # text arrays are quoted element by element in Python.
         cur.execute(
-            "insert into request_keys (project_id, request_id, ts) "
-            "select %s, k.id, k.ts from unnest(%s::uuid[], %s::timestamptz[]) as k(id, ts) "
-            "order by k.id on conflict do nothing returning request_id",
-            (project_id, ids, timestamps),
+            "with k as (select * from unnest(%b::uuid[], %b::timestamptz[]) as k(id, ts)),"
+            " new as (insert into request_keys (project_id, request_id, ts)"
+            " select %b, id, ts from k order by id on conflict do nothing returning request_id)"
+            " select id from k except select request_id from new",
+            ([r.request_id for r in derived], [r.ts for r in derived], project_id),
         )
-        new_ids = {row[0] for row in cur.fetchall()}
-        if not new_ids:
-            return new_ids
-        stored = [derived[rid].request_row for rid in ids if rid in new_ids]
-        REQUESTS_COPY.write(cur, stored)
-        ATTEMPTS_COPY.write(cur, (row for rid in ids if rid in new_ids
-                                  for row in derived[rid].attempt_rows))  # fmt: skip
-    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=(r["ts"] for r in stored))
-    apply_held(conn, project_id=project_id, stored={r["request_id"]: r["ts"] for r in stored})
-    return new_ids
+        stored_before = {row[0] for row in cur.fetchall()}
+        stored = [r for r in derived if r.request_id not in stored_before]
+        if not stored:
+            return 0
+        REQUESTS_COPY.write(cur, (request.request_row for request in stored))
+        ATTEMPTS_COPY.write(cur, (row for request in stored for row in request.attempt_rows))
+    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=(r.ts for r in stored))
+    apply_held(conn, project_id=project_id, stored={r.request_id: r.ts for r in stored})
+    return len(stored)

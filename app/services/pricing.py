@@ -63,24 +63,27 @@ class Price:
         cache_read_tokens: int,
         cache_write_tokens: int,
     ) -> Decimal:
-        # A missing cache price falls back to the input price (DESIGN.md, attempt cost).
-        cache_read = self.cache_read_per_mtok
-        cache_write = self.cache_write_per_mtok
-        if cache_read is None:
-            cache_read = self.input_per_mtok
-        if cache_write is None:
-            cache_write = self.input_per_mtok
         ctx = MONEY_CONTEXT
         total = ctx.add(
-            ctx.add(
-                ctx.multiply(self.input_per_mtok, input_tokens),
-                ctx.multiply(self.output_per_mtok, output_tokens),
-            ),
-            ctx.add(
-                ctx.multiply(cache_read, cache_read_tokens),
-                ctx.multiply(cache_write, cache_write_tokens),
-            ),
+            ctx.multiply(self.input_per_mtok, input_tokens),
+            ctx.multiply(self.output_per_mtok, output_tokens),
         )
+        # Without cache tokens their terms add nothing: skipped (a third of the work).
+        if cache_read_tokens or cache_write_tokens:
+            # A missing cache price falls back to the input price (DESIGN.md, attempt cost).
+            cache_read = self.cache_read_per_mtok
+            cache_write = self.cache_write_per_mtok
+            if cache_read is None:
+                cache_read = self.input_per_mtok
+            if cache_write is None:
+                cache_write = self.input_per_mtok
+            total = ctx.add(
+                total,
+                ctx.add(
+                    ctx.multiply(cache_read, cache_read_tokens),
+                    ctx.multiply(cache_write, cache_write_tokens),
+                ),
+            )
         return ctx.divide(total, MILLION).normalize(ctx) if total else Decimal(0)
 
 
