@@ -66,9 +66,11 @@ RequiredText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING, p
 # headers and subjects, where a line break would start a new header.
 Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING, pattern=NO_CONTROL)]
 TokenCount = Annotated[StrictInt, Field(ge=0, le=2**40)]
-# A latency: at most about eleven days.
-Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**9, allow_inf_nan=False)]
-Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1, allow_inf_nan=False)]
+# A latency: at most about eleven days. NaN and infinities are refused by the models that use
+# these (Strict's allow_inf_nan=False, in pydantic's core); said again on the field, it was a
+# Python call per value that never refused anything more.
+Millis = Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**9)]
+Score = Annotated[StrictFloat | StrictInt, Field(ge=0, le=1)]
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT4)]
 
 
