@@ -122,17 +122,20 @@ def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> s
             "(ROUTELEDGER_MAX_EVENT_AGE_DAYS)"
         )
     if event.intended_tier is not None and event.intended_tier not in tier_ranks:
-        known = ", ".join(sorted(tier_ranks))
-        return f"intended_tier: unknown tier {event.intended_tier!r} (known: {known})"
+        return _unknown_tier("intended_tier", event.intended_tier, tier_ranks)
     for position, attempt in enumerate(event.attempts):
         if attempt.tier not in tier_ranks:
-            known = ", ".join(sorted(tier_ranks))
-            return f"attempts[{position}].tier: unknown tier {attempt.tier!r} (known: {known})"
+            return _unknown_tier(f"attempts[{position}].tier", attempt.tier, tier_ranks)
     if event.metadata is not None:
         size = len(orjson.dumps(event.metadata))
         if size > MAX_METADATA_BYTES:
             return f"metadata: {size} bytes, at most {MAX_METADATA_BYTES}"
     return None
+
+
+def _unknown_tier(field: str, tier: str, tier_ranks: dict[str, int]) -> str:
+    # The known tiers are listed only for an event that needs them (not once per event).
+    return f"{field}: unknown tier {tier!r} (known: {', '.join(sorted(tier_ranks))})"
 
 
 # --- derivation and pricing --------------------------------------------------------------
