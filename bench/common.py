@@ -142,3 +142,33 @@ def api_server(database_url: str, *, workers: int = 1):
     with service("api", "--port", str(port), "--workers", str(workers), env=env) as process:
         wait_ready(url, process)
         yield url, process.pid
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system) the processes have used so far; one gone is left out."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):
+            # The fields after the command name, which is in parentheses and may hold spaces.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_group(pgid: int) -> list[int]:
+    """The processes of a group (`service` starts each in its own: the API and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if int(os.getpgid(int(entry.name))) == pgid:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def database_backends(url: str) -> list[int]:
+    """The server processes of the connections open to the database of `url`."""
+    name = url.rsplit("/", 1)[1].partition("?")[0]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute("select pid from pg_stat_activity where datname = %s", (name,))
+        return [row[0] for row in rows]
