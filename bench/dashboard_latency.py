@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime, timedelta
 from plotly.io.json import to_json_plotly
 from sqlalchemy import text
 
-from bench.common import create_project, existing_database, scratch_database
+from bench.common import create_project, existing_database, kept_project, scratch_database
 
 PROJECT = "bench-dashboard"
 FEATURES = ("support-chat", "summarize", "code-assist", "search-answer")
@@ -211,20 +211,6 @@ def page_calls(range_days: int, today: date) -> dict:
     }
 
 
-def bench_project() -> tuple[int, date]:
-    """The project of a kept database and the day of its last request."""
-    from app.db import get_engine
-
-    with get_engine().connect() as conn:
-        project_id = conn.execute(
-            text("select id from projects where name = :name"), {"name": PROJECT}
-        ).scalar_one()
-        last = conn.execute(
-            text("select max(ts) from requests where project_id = :id"), {"id": project_id}
-        ).scalar_one()
-    return project_id, last.astimezone(UTC).date()
-
-
 def measure(
     project_id: int,
     project_name: str,
@@ -297,7 +283,8 @@ def main() -> None:
         from app.services.rollups import run_rollup
 
         if options.database:
-            project_id, today = bench_project()
+            project_id, last = kept_project(PROJECT)
+            today = last.astimezone(UTC).date()
         else:
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
             today = end.date()
