@@ -12,10 +12,10 @@ late events and late feedback re-roll only the hours they touch.
 Each hourly table has a daily twin, the same rows by UTC day, so that long periods read a row
 per day instead of 24. A re-rolled hour marks its day; a marked day is folded again once it
 is over. Metrics read a day from the daily tables only when it is not marked (see
-app.services.metrics.coverage), so the two tiers never disagree. The tables with the customer
-dimension keep days only (by the hour the customer makes about a row per request): their days
+app.services.metrics.coverage), so the two tiers never disagree. The tables by customer and
+route keep days only (by the hour the customer makes about a row per request): their days
 are computed from raw rows, and metrics of one customer read its other hours from the raw
-rows too.
+rows too. By customer alone, and by customer and served tier, the tables are hourly.
 
 The work is split into one day of one project per transaction (so a large backlog is not one
 huge transaction), rolled on several connections at once. An advisory lock per day keeps two
