@@ -452,6 +452,10 @@ def _customer() -> list:
     return [Column("customer_id", Text, nullable=False)]
 
 
+def _served_tier() -> list:
+    return [Column("served_tier", Text)]
+
+
 def _experiment() -> list:
     return [Column("experiment_name", Text), Column("experiment_arm", Text)]
 
@@ -493,6 +497,11 @@ rollup_latency_hourly, rollup_latency_daily = _rollup_tables(
     "rollup_customer_latency", _feature, _customer, _experiment, _latency_figures,
     by_customer=True, hourly=False,
 )  # fmt: skip
+# Per customer and served tier: what the Customer page draws over time (the customers' own
+# figures below are folded from it).
+rollup_customer_tiers_hourly, rollup_customer_tiers_daily = _rollup_tables(
+    "rollup_customer_tiers", _customer, _served_tier, _customer_figures, by_customer=True
+)
 # Per customer: what the customers' metrics and margins read.
 rollup_customers_hourly, rollup_customers_daily = _rollup_tables(
     "rollup_customers", _customer, _customer_figures

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager, nullcontext, suppress
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,22 @@ def existing_database(name: str):
         yield url
     finally:
         get_engine().dispose()
+
+
+def kept_project(name: str) -> tuple[int, datetime]:
+    """The project of this name in a kept database, and the time of its last request."""
+    from sqlalchemy import text
+
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        project_id = conn.execute(
+            text("select id from projects where name = :name"), {"name": name}
+        ).scalar_one()
+        last = conn.execute(
+            text("select max(ts) from requests where project_id = :id"), {"id": project_id}
+        ).scalar_one()
+    return project_id, last
 
 
 def create_project(name: str, baseline_model: str = "gpt-4o") -> tuple[int, str]:
