@@ -2,7 +2,7 @@
 hourly and daily
 
 Revision ID: 0015
-Revises: 0013
+Revises: 0014
 Create Date: 2026-12-06 12:00:00
 
 The Customer page draws 3-hour points over 7 days, which the customer rollups by route keep
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0013"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
