@@ -29,6 +29,7 @@ DISTRIBUTED = frozenset(
         "rollup_daily", "rollup_models_daily",
         "rollup_routing_hourly", "rollup_routing_daily",
         "rollup_routing_models_hourly", "rollup_routing_models_daily",
+        "rollup_customer_tiers_hourly", "rollup_customer_tiers_daily",
         "rollup_customers_hourly", "rollup_customers_daily",
         "rollup_flow_hourly", "rollup_flow_daily",
         "rollup_quality_hourly", "rollup_quality_daily",

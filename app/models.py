@@ -452,6 +452,10 @@ def _customer() -> list:
     return [Column("customer_id", Text, nullable=False)]
 
 
+def _served_tier() -> list:
+    return [Column("served_tier", Text)]
+
+
 def _experiment() -> list:
     return [Column("experiment_name", Text), Column("experiment_arm", Text)]
 
@@ -493,6 +497,11 @@ rollup_latency_hourly, rollup_latency_daily = _rollup_tables(
     "rollup_customer_latency", _feature, _customer, _experiment, _latency_figures,
     by_customer=True, hourly=False,
 )  # fmt: skip
+# Per customer and served tier: what the Customer page draws over time (the customers' own
+# figures below are folded from it).
+rollup_customer_tiers_hourly, rollup_customer_tiers_daily = _rollup_tables(
+    "rollup_customer_tiers", _customer, _served_tier, _customer_figures, by_customer=True
+)
 # Per customer: what the customers' metrics and margins read.
 rollup_customers_hourly, rollup_customers_daily = _rollup_tables(
     "rollup_customers", _customer, _customer_figures
@@ -817,12 +826,13 @@ otlp_held_requests = Table(
 )
 
 # Which request a model call's gen_ai.response.id went to, kept an hour: the same call reported
-# by two instrumentations (possibly in two traces) counts once.
+# by two instrumentations (possibly in two traces) counts once. No foreign key: a claim lives
+# an hour and is forgotten by age, and the key cost a third of its insert (migration 0014).
 otlp_response_ids = Table(
     "otlp_response_ids",
     metadata,
-    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
-    Column("response_id", Text, nullable=False),
+    Column("project_id", BigInteger, nullable=False),
+    Column("response_id", Text(collation="C"), nullable=False),
     Column("request_id", UUID(as_uuid=True), nullable=False),
     Column("claimed_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("project_id", "response_id"),

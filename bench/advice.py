@@ -142,7 +142,7 @@ def main() -> None:
         print("measuring pages ...", flush=True)
         pages = dashboard_latency.measure(
             project_id, "bench-advice", runs=options.runs, range_days=options.days,
-            only=("advisor", "routing"),
+            today=end.date(), only=("advisor", "routing"),
         )  # fmt: skip
     print(
         json.dumps(

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager, nullcontext, suppress
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,22 @@ def existing_database(name: str):
         yield url
     finally:
         get_engine().dispose()
+
+
+def kept_project(name: str) -> tuple[int, datetime]:
+    """The project of this name in a kept database, and the time of its last request."""
+    from sqlalchemy import text
+
+    from app.db import get_engine
+
+    with get_engine().connect() as conn:
+        project_id = conn.execute(
+            text("select id from projects where name = :name"), {"name": name}
+        ).scalar_one()
+        last = conn.execute(
+            text("select max(ts) from requests where project_id = :id"), {"id": project_id}
+        ).scalar_one()
+    return project_id, last
 
 
 def create_project(name: str, baseline_model: str = "gpt-4o") -> tuple[int, str]:
@@ -142,3 +159,33 @@ def api_server(database_url: str, *, workers: int = 1):
     with service("api", "--port", str(port), "--workers", str(workers), env=env) as process:
         wait_ready(url, process)
         yield url, process.pid
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user and system) the processes have used so far; one gone is left out."""
+    ticks = 0
+    for pid in pids:
+        with suppress(OSError):
+            # The fields after the command name, which is in parentheses and may hold spaces.
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def process_group(pgid: int) -> list[int]:
+    """The processes of a group (`service` starts each in its own: the API and its workers)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with suppress(OSError):
+                if int(os.getpgid(int(entry.name))) == pgid:
+                    pids.append(int(entry.name))
+    return pids
+
+
+def database_backends(url: str) -> list[int]:
+    """The server processes of the connections open to the database of `url`."""
+    name = url.rsplit("/", 1)[1].partition("?")[0]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        rows = admin.execute("select pid from pg_stat_activity where datname = %s", (name,))
+        return [row[0] for row in rows]

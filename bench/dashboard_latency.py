@@ -3,11 +3,17 @@ days): each page's layout and main callback, run as the server runs them (servic
 figures, JSON), with the read cache empty, so every figure comes from PostgreSQL.
 
     .venv/bin/python -m bench.dashboard_latency [--requests 10000000] [--days 30]
-        [--customers 100] [--runs 20] [--range-days 7]
+        [--customers 100] [--runs 20] [--range-days 7] [--keep | --database NAME]
+        [--pages customer,routing]
 
 Rows are written straight into requests and attempts with SQL (ingest has its own
 benchmark), then rolled up by the real rollup job. The last line printed is one JSON
 object with the figures.
+
+`--keep` leaves the database in place (its name is printed) and `--database NAME` measures
+again over such a database, without writing and rolling up the rows again: to compare two
+versions of the code on the same rows. The pages show the period that ends on the day of
+the last stored request.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from datetime import UTC, date, datetime, timedelta
 from plotly.io.json import to_json_plotly
 from sqlalchemy import text
 
-from bench.common import create_project, scratch_database
+from bench.common import create_project, existing_database, kept_project, scratch_database
 
+PROJECT = "bench-dashboard"
 FEATURES = ("support-chat", "summarize", "code-assist", "search-answer")
 _INSERT = """
 with rows as (
@@ -210,6 +217,7 @@ def measure(
     *,
     runs: int,
     range_days: int,
+    today: date,
     only: tuple[str, ...] | None = None,
 ) -> dict:
     """Per page (of page_calls, or those named in `only`): p50 and p95 with the read cache
@@ -228,7 +236,7 @@ def measure(
     app = create_app()
     membership = Membership(project_id, project_name, "admin")
     results = {}
-    pages = page_calls(range_days, date.today())  # once the app is there to register them
+    pages = page_calls(range_days, today)  # once the app is there to register them
     for page, (layout, query, update, args) in pages.items():
         if only is not None and page not in only:
             continue
@@ -259,37 +267,59 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=100)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--range-days", type=int, default=7, help="the period the pages show")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--database", help="a database kept by an earlier run, measured again")
+    parser.add_argument("--pages", help="comma-separated pages to measure (default: all)")
     options = parser.parse_args()
 
-    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    with scratch_database("bench_dashboard"):
+    load_seconds = rollup_seconds = None
+    database = (
+        existing_database(options.database)
+        if options.database
+        else scratch_database("bench_dashboard", keep=options.keep)
+    )
+    with database:
         from app.db import get_engine
         from app.services.rollups import run_rollup
 
-        project_id, _ = create_project("bench-dashboard")
-        prepare(project_id, start=end - timedelta(days=options.days))
-        print(f"writing {options.requests:,} requests over {options.days} days ...", flush=True)
-        load_seconds = load(
-            project_id=project_id,
-            requests=options.requests,
-            days=options.days,
-            customers=options.customers,
-            end=end,
-        )
-        print("rolling up ...", flush=True)
-        began = time.perf_counter()
-        run_rollup(get_engine())
-        rollup_seconds = time.perf_counter() - began
+        if options.database:
+            project_id, last = kept_project(PROJECT)
+            today = last.astimezone(UTC).date()
+        else:
+            end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            today = end.date()
+            project_id, _ = create_project(PROJECT)
+            prepare(project_id, start=end - timedelta(days=options.days))
+            print(f"writing {options.requests:,} requests over {options.days} days ...", flush=True)
+            load_seconds = load(
+                project_id=project_id,
+                requests=options.requests,
+                days=options.days,
+                customers=options.customers,
+                end=end,
+            )
+            print("rolling up ...", flush=True)
+            began = time.perf_counter()
+            run_rollup(get_engine())
+            rollup_seconds = time.perf_counter() - began
         # What autovacuum does soon after a load this size (statistics, visibility map).
         with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("vacuum analyze"))
             stored = conn.execute(text("select count(*) from requests")).scalar_one()
+            customers = conn.execute(
+                text("select count(distinct customer_id) from rollup_customers_daily")
+            ).scalar_one()
             rollup_rows = conn.execute(
                 text("select count(*) from rollup_routing_hourly")
             ).scalar_one()
         print(f"measuring pages over the last {options.range_days} days ...", flush=True)
         pages = measure(
-            project_id, "bench-dashboard", runs=options.runs, range_days=options.range_days
+            project_id,
+            PROJECT,
+            runs=options.runs,
+            range_days=options.range_days,
+            today=today,
+            only=tuple(options.pages.split(",")) if options.pages else None,
         )
     print(
         json.dumps(
@@ -297,11 +327,11 @@ def main() -> None:
                 "benchmark": "dashboard_latency",
                 "requests_stored": stored,
                 "rollup_routing_hourly_rows": rollup_rows,
-                "customers": options.customers,
+                "customers": customers,
                 "range_days": options.range_days,
                 "runs_per_page": options.runs,
-                "load_seconds": round(load_seconds, 1),
-                "rollup_seconds": round(rollup_seconds, 1),
+                "load_seconds": load_seconds and round(load_seconds, 1),
+                "rollup_seconds": rollup_seconds and round(rollup_seconds, 1),
                 "pages": pages,
                 "worst_cold_p95_ms": max(p["cold_p95_ms"] for p in pages.values()),
                 "worst_warm_p95_ms": max(p["warm_p95_ms"] for p in pages.values()),

@@ -26,7 +26,14 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from bench.common import api_server, create_key, create_project, existing_database, scratch_database
+from bench.common import (
+    api_server,
+    create_key,
+    create_project,
+    existing_database,
+    kept_project,
+    scratch_database,
+)
 from bench.generate import generate
 
 PROJECT = "bench-metrics"
@@ -45,18 +52,10 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
 
 
-def bench_project(engine) -> tuple[int, str, datetime]:
+def bench_project() -> tuple[int, str, datetime]:
     """The project of a kept database, a new key for it, and the end of its generated rows
     (the hour after the last request)."""
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        project_id = conn.execute(
-            text("select id from projects where name = :name"), {"name": PROJECT}
-        ).scalar_one()
-        last = conn.execute(
-            text("select max(ts) from requests where project_id = :id"), {"id": project_id}
-        ).scalar_one()
+    project_id, last = kept_project(PROJECT)
     end = last.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     return project_id, create_key(project_id), end
 
@@ -80,7 +79,7 @@ def main() -> None:
 
         engine = get_engine()
         if args.database:
-            project_id, key, end = bench_project(engine)
+            project_id, key, end = bench_project()
         else:
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
             project_id, key = create_project(PROJECT)

@@ -5,7 +5,9 @@ in one run, rounds alternating between the doors.
 
     .venv/bin/python -m bench.otlp [--requests 40000] [--senders 2] [--api-workers 1]
 
-The last line printed is one JSON object with the figures.
+Two figures per door: requests per second, and the CPU time the API processes and their
+database connections spent per request (which other work on the machine moves much less
+than it moves the rate). The last line printed is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import orjson
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Status
 
-from bench.common import api_server, create_project, scratch_database
+from bench.common import (
+    api_server,
+    cpu_seconds,
+    create_project,
+    database_backends,
+    process_group,
+    scratch_database,
+)
 from bench.ingest import make_event, send_all
 
 SPANS_PER_EXPORT = 512  # the OTel SDK's BatchSpanProcessor default
@@ -148,22 +157,31 @@ def main() -> None:
     spans = sum(count for _, count in otlp_rounds)
     requests = per_round * args.rounds
     seconds = {"json": 0.0, "otlp": 0.0}
+    cpu = {"json": 0.0, "otlp": 0.0}
     with scratch_database("bench_otlp") as database_url:
         json_project, json_key = create_project("bench-json")
         otlp_project, otlp_key = create_project("bench-otlp")
         map_tiers(otlp_project)
-        with api_server(database_url, workers=args.api_workers) as (url, _pid):
+        with api_server(database_url, workers=args.api_workers) as (url, pid):
             # Warm up both doors (connections, prices, partitions) outside the timing.
             warm = [make_event(rng, now) for _ in range(EVENTS_PER_BATCH)]
             send_all(url, json_key, [orjson.dumps({"requests": warm})], 1)
             send_all(url, otlp_key, exports(warm)[0], 1, path="/v1/traces",
                      content_type="application/x-protobuf")  # fmt: skip
+
+            def send(door: str, bodies: list[bytes], **how: str) -> None:
+                processes = process_group(pid) + database_backends(database_url)
+                used = cpu_seconds(processes)
+                seconds[door] += send_all(url, keys[door], bodies, args.senders, **how)
+                # Connections the pool opened meanwhile count whole.
+                processes += set(database_backends(database_url)) - set(processes)
+                cpu[door] += cpu_seconds(processes) - used
+
+            keys = {"json": json_key, "otlp": otlp_key}
             for json_bodies, (otlp_bodies, _) in zip(json_rounds, otlp_rounds, strict=True):
-                seconds["json"] += send_all(url, json_key, json_bodies, args.senders)
-                seconds["otlp"] += send_all(
-                    url, otlp_key, otlp_bodies, args.senders,
-                    path="/v1/traces", content_type="application/x-protobuf",
-                )  # fmt: skip
+                send("json", json_bodies)
+                send("otlp", otlp_bodies, path="/v1/traces",
+                     content_type="application/x-protobuf")  # fmt: skip
         stored = {"json": count_requests(json_project), "otlp": count_requests(otlp_project)}
     warm_requests = len(warm)
     if stored != {"json": requests + warm_requests, "otlp": requests + warm_requests}:
@@ -175,6 +193,11 @@ def main() -> None:
     print(
         f"OTLP: {requests} requests ({spans} spans) in {seconds['otlp']:.2f} s = "
         f"{otlp_rate:,.0f} requests/s, {spans / seconds['otlp']:,.0f} spans/s"
+    )
+    cpu_us = {door: used / requests * 1e6 for door, used in cpu.items()}
+    print(
+        f"CPU per request (API and its database connections): JSON {cpu_us['json']:.0f} µs, "
+        f"OTLP {cpu_us['otlp']:.0f} µs"
     )
     print(
         json.dumps(
@@ -190,6 +213,9 @@ def main() -> None:
                 "otlp_requests_per_s": round(otlp_rate),
                 "otlp_spans_per_s": round(spans / seconds["otlp"]),
                 "otlp_cost_per_request_vs_json": round(json_rate / otlp_rate, 3),
+                "json_cpu_us_per_request": round(cpu_us["json"]),
+                "otlp_cpu_us_per_request": round(cpu_us["otlp"]),
+                "otlp_cpu_per_request_vs_json": round(cpu_us["otlp"] / cpu_us["json"], 3),
             }
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+import plotly.io as pio
 from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme, Symbol
 
@@ -10,6 +11,9 @@ from dash.dash_table.Format import Format, Scheme, Symbol
 MONEY = Format(precision=2, scheme=Scheme.fixed, group=True, symbol=Symbol.yes, symbol_prefix="$")
 TIER_COLORS = {"cheap": "#2e7d32", "standard": "#1565c0", "premium": "#6a1b9a"}
 PALETTE = ["#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f", "#5d4037"]
+# Every figure's template, once: named in a figure's layout, the template was copied and
+# validated whole for each figure (about 11 ms each, and a page draws up to five).
+pio.templates.default = "plotly_white"
 
 
 def card(title: str, *children, class_name: str = "") -> html.Section:
@@ -39,17 +43,21 @@ def _slug(label: str) -> str:
 
 
 def figure(title: str = "", *, y_title: str = "", percent: bool = False) -> go.Figure:
-    fig = go.Figure()
-    fig.update_layout(
-        title={"text": title, "x": 0, "font": {"size": 14}},
-        margin={"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
-        height=320,
-        template="plotly_white",
-        legend={"orientation": "h", "y": -0.2},
-        yaxis={"title": y_title, "tickformat": ".0%" if percent else None, "rangemode": "tozero"},
-        hovermode="x unified",
+    # The layout given to the constructor: update_layout() on a new figure took 4 ms more.
+    return go.Figure(
+        layout={
+            "title": {"text": title, "x": 0, "font": {"size": 14}},
+            "margin": {"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
+            "height": 320,
+            "legend": {"orientation": "h", "y": -0.2},
+            "yaxis": {
+                "title": y_title,
+                "tickformat": ".0%" if percent else None,
+                "rangemode": "tozero",
+            },
+            "hovermode": "x unified",
+        }
     )
-    return fig
 
 
 def empty(message: str) -> go.Figure:

@@ -81,15 +81,21 @@ def routing_totals(project_id: int, within: Period, scope: Filters) -> RoutingMe
 
 
 def routing_over_time(project_id: int, within: Period, scope: Filters) -> list[RoutingMetrics]:
-    """The same figures per time bucket, the bucket sized to the period, up to this hour
-    (the hours still to come would read as a drop to zero)."""
+    """The same figures per time bucket (see over_time)."""
+    return over_time(dashboard_queries.routing_series, project_id, within, filters=scope)
+
+
+def over_time(series: Callable[..., list], project_id: int, within: Period, **scope: Any) -> list:
+    """`series` (a reader of figures per time bucket, such as routing_series) over the period
+    up to this hour (the hours still to come would read as a drop to zero), the bucket sized
+    to the period."""
     now = next_hour(utc_now())
     return read(
-        dashboard_queries.routing_series,
+        series,
         project_id=project_id,
         within=Period(within.start, max(within.start + HOUR, min(within.end, now))),
-        filters=scope,
         bucket_hours=bucket_hours(within),
+        **scope,
     )
 
 

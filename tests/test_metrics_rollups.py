@@ -22,7 +22,12 @@ from sqlalchemy import text
 from app.periods import Period, floor_day, floor_hour
 from app.schemas import PolicyIn, PriceIn
 from app.services import rollups
-from app.services.dashboard_queries import experiment_arms, routing_series, total_of
+from app.services.dashboard_queries import (
+    customer_series,
+    experiment_arms,
+    routing_series,
+    total_of,
+)
 from app.services.ingest import Batch, ingest_batch
 from app.services.intervals import Estimate, mean_interval, wilson_interval
 from app.services.metrics import Filters, customer_metrics, routing_metrics, shares
@@ -280,6 +285,20 @@ def assert_metrics_equal_raw_rows(
 # Several whole days before today: the daily rollups hold them once the rollup has run.
 DAYS = 4
 FIRST_DAY = datetime(2026, 2, 26, tzinfo=UTC)  # to March 2: across the end of February
+days_events_st = st.lists(
+    st.tuples(event_st, st.integers(0, DAYS * 86_400 - 1)).map(
+        lambda pair: {**pair[0], "offset_seconds": pair[1]}
+    ),
+    min_size=1,
+    max_size=40,
+)
+# Chat policies taking effect at midnight, on the hour, and inside an hour (minutes after
+# FIRST_DAY).
+days_policy_minutes_st = st.lists(
+    st.sampled_from([0, 24 * 60, (24 + 13) * 60, (24 + 13) * 60 + 20, (48 + 7) * 60 + 59]),
+    max_size=2,
+    unique=True,
+)
 
 
 @settings(
@@ -288,21 +307,11 @@ FIRST_DAY = datetime(2026, 2, 26, tzinfo=UTC)  # to March 2: across the end of F
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
-    specs=st.lists(
-        st.tuples(event_st, st.integers(0, DAYS * 86_400 - 1)).map(
-            lambda pair: {**pair[0], "offset_seconds": pair[1]}
-        ),
-        min_size=1,
-        max_size=40,
-    ),
+    specs=days_events_st,
     filters=filters_st,
     first=st.integers(0, DAYS * 24 - 1),
     length=st.integers(1, DAYS * 24 + 30),
-    policy_minutes=st.lists(
-        st.sampled_from([0, 24 * 60, (24 + 13) * 60, (24 + 13) * 60 + 20, (48 + 7) * 60 + 59]),
-        max_size=2,
-        unique=True,
-    ),
+    policy_minutes=days_policy_minutes_st,
 )
 def test_metrics_over_days_equal_direct_computation(
     engine, database_url, specs, filters, first, length, policy_minutes
@@ -328,6 +337,53 @@ def test_metrics_over_days_equal_direct_computation(
         )  # fmt: skip
     assert daily.requests == len(rows)
     assert daily.cost_usd == sum((r["cost_usd"] for r in rows), Decimal(0))
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    specs=days_events_st,
+    customer=st.sampled_from(["acme", "globex"]),
+    bucket_hours=st.sampled_from([1, 3, 24]),
+    first=st.integers(0, DAYS * 24 - 1),
+    minutes=st.sampled_from([0, 0, 25]),
+    length=st.integers(1, DAYS * 24 + 30),
+    policy_minutes=days_policy_minutes_st,
+)
+def test_customer_series_equals_direct_computation(
+    engine, database_url, specs, customer, bucket_hours, first, minutes, length, policy_minutes
+):
+    """One customer's series from its tier rollups (days, hours, and raw minutes at the edges
+    and where a policy took effect inside an hour): each bucket's figures and served tiers
+    are its requests' own."""
+    project = priced_project(engine)
+    chat_policies(engine, project.id, base=FIRST_DAY, minutes=policy_minutes)
+    ingest(engine, project.id, [to_event(spec, base=FIRST_DAY) for spec in specs])
+    run_rollup(engine)
+    start = FIRST_DAY + timedelta(hours=first, minutes=minutes)
+    within = Period(start, start + timedelta(hours=length))
+    with engine.connect() as conn:
+        points = customer_series(conn, project_id=project.id, within=within,
+                                 customer_id=customer, bucket_hours=bucket_hours)  # fmt: skip
+
+    requests, _ = raw_rows(database_url, project.id)
+    rows = [r for r in requests if selected(r, Filters(customer_id=customer), within)]
+    assert points[0].start <= within.start < points[0].end
+    assert points[-1].start < within.end <= points[-1].end
+    for point, following in zip(points, points[1:], strict=False):
+        assert point.end == following.start == point.start + timedelta(hours=bucket_hours)
+    for point in points:
+        mine = [r for r in rows if point.start <= r["ts"] < point.end]
+        assert point.requests == len(mine)
+        assert point.input_tokens == sum(r["input_tokens"] for r in mine)
+        assert point.output_tokens == sum(r["output_tokens"] for r in mine)
+        assert point.cost_usd == sum((r["cost_usd"] for r in mine), Decimal(0))
+        assert point.unpriced_requests == sum(r["is_unpriced"] for r in mine)
+        assert point.revenue_usd == sum((r["revenue_usd"] or Decimal(0) for r in mine), Decimal(0))
+        assert point.served_counts == Counter(r["served_tier"] for r in mine if not r["is_failed"])
 
 
 @settings(

@@ -65,14 +65,11 @@ async def post_traces(
         raise HTTPException(415, str(error)) from None
     body = await request.body()
     try:
-        export = await run_in_threadpool(otlp.decode_export, body, kind)
-        outcome = await run_in_threadpool(
-            traces.receive_export, get_engine(), project_id=caller.project_id, export=export
-        )
+        spans, outcome = await run_in_threadpool(_receive, body, kind, caller.project_id)
     except otlp.NotDecodable as error:
         raise HTTPException(400, str(error)) from None
     message = _summary(outcome.errors)
-    if outcome.rejected_spans and outcome.rejected_spans == _span_count(export):
+    if outcome.rejected_spans and outcome.rejected_spans == spans:
         raise HTTPException(400, f"every span was refused: {message}")
     return Response(
         otlp.encode_response(kind, rejected_spans=outcome.rejected_spans, error_message=message),
@@ -80,8 +77,11 @@ async def post_traces(
     )
 
 
-def _span_count(export) -> int:
-    return sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
+def _receive(body: bytes, kind: str, project_id: int) -> tuple[int, traces.Outcome]:
+    """Decodes and receives in one worker thread: the spans the export held, and the outcome."""
+    export = otlp.decode_export(body, kind)
+    outcome = traces.receive_export(get_engine(), project_id=project_id, export=export)
+    return sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans), outcome
 
 
 def _summary(errors: list[str]) -> str:

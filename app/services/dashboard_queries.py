@@ -4,7 +4,7 @@ definitions of app.services.metrics (its RoutingMetrics does the arithmetic)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, select, text
@@ -12,17 +12,18 @@ from sqlalchemy import Connection, select, text
 from app.db import planner_settings
 from app.models import drift_results
 from app.periods import BIN_ORIGIN, BIN_ORIGIN_SQL, Period
-from app.rollup_figures import REQUEST_FIGURES, named, totals_sql
+from app.rollup_figures import CUSTOMER_FIGURES, REQUEST_FIGURES, Figure, named, totals_sql
 from app.services.intervals import Estimate, mean_interval, sample_sd, wilson_interval
 from app.services.metrics import (
     MONEY_CONTEXT,
     TOTALS_SQL,
+    CustomerTotals,
     Filters,
     RoutingMetrics,
     coverage,
     latency_histograms,
 )
-from app.services.rollups import FLOW, latency_quantile
+from app.services.rollups import CUSTOMER_TIERS, FLOW, latency_quantile
 
 
 def routing_series(
@@ -51,24 +52,38 @@ def routing_series(
         ),
         {**params, "width": width},
     )
-    series: dict[datetime, RoutingMetrics] = {}
-    start = BIN_ORIGIN + (within.start - BIN_ORIGIN) // width * width  # as date_bin puts it
-    while start < within.end:
-        series[start] = RoutingMetrics(start=start, end=start + width)
-        start += width
+    series = {
+        start: RoutingMetrics(start=start, end=start + width)
+        for start in _bucket_starts(within, width)
+    }
     for row in rows:
         _add(series[row.bucket], row)
     return list(series.values())
 
 
-def _add(into: RoutingMetrics, part) -> None:
-    """Adds the sums of `part` (a row of sums or another RoutingMetrics) into `into`."""
-    for figure in REQUEST_FIGURES:
+def _bucket_starts(within: Period, width: timedelta) -> list[datetime]:
+    """The starts of the buckets of `width` that cover the period, as date_bin puts them."""
+    start = BIN_ORIGIN + (within.start - BIN_ORIGIN) // width * width
+    starts = []
+    while start < within.end:
+        starts.append(start)
+        start += width
+    return starts
+
+
+def _add_sums(into, part, figures: tuple[Figure, ...]) -> None:
+    """Adds the sums of `figures` in `part` (a row of sums, or totals) into `into`."""
+    for figure in figures:
         value = getattr(part, figure.name)
         if figure.kind == "money":
             setattr(into, figure.name, MONEY_CONTEXT.add(getattr(into, figure.name), value))
         else:
             setattr(into, figure.name, getattr(into, figure.name) + figure.python_type(value))
+
+
+def _add(into: RoutingMetrics, part) -> None:
+    """Adds the sums of `part` (a row of sums or another RoutingMetrics) into `into`."""
+    _add_sums(into, part, REQUEST_FIGURES)
     if isinstance(part, RoutingMetrics):
         tiers = [
             (into.intended_counts, part.intended_counts),
@@ -103,6 +118,50 @@ def served_model_latency(
         model: (latency_quantile(h, 0.5), latency_quantile(h, 0.95))
         for model, h in histograms.items()
     }
+
+
+@dataclass(kw_only=True)
+class CustomerPoint(CustomerTotals):
+    """One customer's figures over one time bucket, and its requests by served tier (those
+    that did not fail)."""
+
+    start: datetime
+    end: datetime
+    served_counts: dict[str, int] = field(default_factory=dict)
+
+
+def customer_series(
+    conn: Connection, *, project_id: int, within: Period, customer_id: str, bucket_hours: int = 1
+) -> list[CustomerPoint]:
+    """One customer's figures per time bucket of `bucket_hours` (every bucket, empty ones
+    too), from the customer tier rollups: a few rows per hour, where the customer rollups by
+    route keep whole days only."""
+    width = timedelta(hours=bucket_hours)
+    cover = coverage(conn, project_id=project_id, within=within, daily=bucket_hours % 24 == 0)
+    source, params = Filters(customer_id=customer_id).source(
+        CUSTOMER_TIERS, project_id=project_id, cover=cover
+    )
+    rows = conn.execute(
+        text(
+            f"""
+            select date_bin(:width, hour, {BIN_ORIGIN_SQL}) as bucket, served_tier,
+                   {totals_sql(CUSTOMER_FIGURES)}
+            from {source} r
+            group by 1, 2
+            """
+        ),
+        {**params, "width": width},
+    )
+    series = {
+        start: CustomerPoint(start=start, end=start + width)
+        for start in _bucket_starts(within, width)
+    }
+    for row in rows:
+        point = series[row.bucket]
+        _add_sums(point, row, CUSTOMER_FIGURES)
+        if row.served_tier is not None:
+            point.served_counts[row.served_tier] = row.requests
+    return list(series.values())
 
 
 @dataclass(frozen=True)

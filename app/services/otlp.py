@@ -163,7 +163,10 @@ REQUEST_ATTRIBUTES: dict[str, AttributeRule] = {
 # not a usable id is passed over rather than refusing the span.
 IDENTITY_ATTRIBUTES = ("enduser.id", "user.id")
 REQUEST_MARKERS = ("routeledger.feature", "routeledger.customer_id")
-CUSTOMER_SOURCES = ("routeledger.customer_id", *IDENTITY_ATTRIBUTES)
+ROUTER_FIELDS = tuple(
+    (key, f"routeledger.router.{key}")
+    for key in ("strategy", "version", "confidence", "latency_ms")
+)
 
 MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
@@ -204,19 +207,17 @@ class SpanRecord:
     received_at: datetime
     held: bool = False
     # Read from `fields` once: assembly asks them of every span many times.
+    attempt: dict[str, Any] | None = field(init=False)
     is_attempt: bool = field(init=False)
     request_fields: dict[str, Any] = field(init=False)
     marks_request: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.is_attempt = "attempt" in self.fields
+        self.attempt = self.fields.get("attempt")
+        self.is_attempt = self.attempt is not None
         self.request_fields = self.fields.get("request", {})
         fields = self.request_fields
         self.marks_request = bool(fields) and any(name in fields for name in REQUEST_MARKERS)
-
-    @property
-    def attempt(self) -> dict[str, Any]:
-        return self.fields["attempt"]
 
 
 class SpanRejected(ValueError):
@@ -322,14 +323,14 @@ def _attempt(
     span, attributes: dict[str, Any], tier_ranks: Mapping[str, int], duration_ns: int
 ) -> dict[str, Any]:
     request_model = _text(attributes, MODEL, required=True)
-    tokens = {name: _tokens(attributes, name) for name in
-              (INPUT_TOKENS, OUTPUT_TOKENS, CACHE_READ_TOKENS, CACHE_WRITE_TOKENS)}  # fmt: skip
+    input_tokens = _tokens(attributes, INPUT_TOKENS)
+    cache_read = _tokens(attributes, CACHE_READ_TOKENS)
+    cache_write = _tokens(attributes, CACHE_WRITE_TOKENS)
     # OTel counts cached tokens inside the input tokens; the event counts them apart.
-    cached = tokens[CACHE_READ_TOKENS] + tokens[CACHE_WRITE_TOKENS]
-    if cached > tokens[INPUT_TOKENS]:
+    if cache_read + cache_write > input_tokens:
         raise SpanRejected(
-            f"{CACHE_READ_TOKENS} + {CACHE_WRITE_TOKENS} ({cached}) exceed {INPUT_TOKENS} "
-            f"({tokens[INPUT_TOKENS]}), which include them"
+            f"{CACHE_READ_TOKENS} + {CACHE_WRITE_TOKENS} ({cache_read + cache_write}) exceed "
+            f"{INPUT_TOKENS} ({input_tokens}), which include them"
         )
     error_type = attributes.get(ERROR_TYPE)
     reason = error_type[:MAX_STRING] if isinstance(error_type, str) and error_type else None
@@ -341,14 +342,15 @@ def _attempt(
     tier = attributes.get(TIER)
     if tier is not None:
         tier = _tier(TIER, tier, tier_ranks)
+    provider_name = PROVIDERS[0] if PROVIDERS[0] in attributes else PROVIDERS[1]
     return {
         "request_model": request_model,
         "model": _text(attributes, RESPONSE_MODEL) or request_model,
-        "provider": next((_text(attributes, p) for p in PROVIDERS if p in attributes), None),
-        "input_tokens": tokens[INPUT_TOKENS] - cached,
-        "output_tokens": tokens[OUTPUT_TOKENS],
-        "cache_read_tokens": tokens[CACHE_READ_TOKENS],
-        "cache_write_tokens": tokens[CACHE_WRITE_TOKENS],
+        "provider": _text(attributes, provider_name),
+        "input_tokens": input_tokens - cache_read - cache_write,
+        "output_tokens": _tokens(attributes, OUTPUT_TOKENS),
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
         "latency_ms": duration_ns / 1e6,
         "status": status,
         "reason": reason,
@@ -480,46 +482,41 @@ class Draft:
 
     def _event(self, chunk: int, attempts: list[SpanRecord], tier_map: TierMap) -> dict:
         # The request span's fields, then its attempts', then the resource's: the first
-        # source that has a field gives it.
-        sources = [a.request_fields for a in attempts]
+        # source that has a field gives it (so they are laid over each other in reverse).
+        fields = dict((self.request_span or attempts[0]).resource)
+        for attempt in reversed(attempts):
+            fields.update(attempt.request_fields)
         if self.request_span is not None:
-            sources.insert(0, self.request_span.request_fields)
-        sources.append((self.request_span or attempts[0]).resource)
-        fields: dict[str, Any] = {}
-        for source in reversed(sources):
-            fields.update(source)
-
-        def value(*names: str) -> Any:
-            return next((fields[name] for name in names if name in fields), None)
-
-        experiment_name = value("routeledger.experiment.name")
-        experiment = (
-            {"name": experiment_name, "arm": value("routeledger.experiment.arm")}
-            if experiment_name is not None
-            else None
+            fields.update(self.request_span.request_fields)
+        get = fields.get
+        # Text fields are never empty once checked (_checked_fields), so `or` picks the
+        # first source present.
+        customer = get("routeledger.customer_id") or get("enduser.id") or get("user.id")
+        experiment_name = get("routeledger.experiment.name")
+        router = {key: get(name) for key, name in ROUTER_FIELDS}
+        score = get("routeledger.quality.score")
+        request_id = (
+            self.request_id
+            if chunk == 0
+            else request_id_of(self.trace_id, self.request_span_id, chunk)
         )
-        router = {
-            key: value(f"routeledger.router.{key}")
-            for key in ("strategy", "version", "confidence", "latency_ms")
-        }
-        score = value("routeledger.quality.score")
         return {
-            "request_id": str(
-                self.request_id
-                if chunk == 0
-                else request_id_of(self.trace_id, self.request_span_id, chunk)
-            ),
+            "request_id": str(request_id),
             "timestamp": _rfc3339(min(a.start_ns for a in attempts)),
-            "customer_id": value(*CUSTOMER_SOURCES) or UNATTRIBUTED,
-            "feature": value("routeledger.feature", SERVICE_NAME) or UNATTRIBUTED,
-            "user_tier": value("routeledger.user_tier"),
-            "task_type": value("routeledger.task_type"),
-            "intended_tier": value("routeledger.intended_tier"),
+            "customer_id": customer or UNATTRIBUTED,
+            "feature": get("routeledger.feature") or get(SERVICE_NAME) or UNATTRIBUTED,
+            "user_tier": get("routeledger.user_tier"),
+            "task_type": get("routeledger.task_type"),
+            "intended_tier": get("routeledger.intended_tier"),
             "router": router if any(v is not None for v in router.values()) else None,
-            "experiment": experiment,
+            "experiment": (
+                {"name": experiment_name, "arm": get("routeledger.experiment.arm")}
+                if experiment_name is not None
+                else None
+            ),
             "attempts": [_event_attempt(a, tier_map) for a in attempts],
             "quality": {"score": score} if score is not None else None,
-            "revenue_usd": value("routeledger.revenue_usd"),
+            "revenue_usd": get("routeledger.revenue_usd"),
             "metadata": {
                 "otel_trace_id": self.trace_id.hex(),
                 "otel_span_id": self.request_span_id.hex(),

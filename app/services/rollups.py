@@ -12,10 +12,10 @@ late events and late feedback re-roll only the hours they touch.
 Each hourly table has a daily twin, the same rows by UTC day, so that long periods read a row
 per day instead of 24. A re-rolled hour marks its day; a marked day is folded again once it
 is over. Metrics read a day from the daily tables only when it is not marked (see
-app.services.metrics.coverage), so the two tiers never disagree. The tables with the customer
-dimension keep days only (by the hour the customer makes about a row per request): their days
+app.services.metrics.coverage), so the two tiers never disagree. The tables by customer and
+route keep days only (by the hour the customer makes about a row per request): their days
 are computed from raw rows, and metrics of one customer read its other hours from the raw
-rows too.
+rows too. By customer alone, and by customer and served tier, the tables are hourly.
 
 The work is split into one day of one project per transaction (so a large backlog is not one
 huge transaction), rolled on several connections at once. An advisory lock per day keeps two
@@ -257,7 +257,16 @@ ROUTING_ATTEMPTS = RollupTable(
     "rollup_routing_models", ("feature", *_EXPERIMENT, "model", "tier"), ATTEMPT_FIGURES,
     of_attempts=True,
 )  # fmt: skip
-CUSTOMERS = RollupTable("rollup_customers", ("customer_id",), CUSTOMER_FIGURES)
+# Per customer and served tier, hourly and daily: what the Customer page draws over time
+# (cost, revenue and served tiers in 3-hour points, where the customer rollups by route keep
+# whole days only). A few rows per customer and hour; the customers' own figures are folded
+# from them, so the raw rows are grouped once for both.
+CUSTOMER_TIERS = RollupTable(
+    "rollup_customer_tiers", ("customer_id", "served_tier"), CUSTOMER_FIGURES
+)
+CUSTOMERS = RollupTable(
+    "rollup_customers", ("customer_id",), CUSTOMER_FIGURES, folded_from=CUSTOMER_TIERS
+)
 
 # Routing advice and router calibration (issue 15). The flow of requests by feature and task
 # type from the intended tier through the first attempt's model to the served route, with
@@ -314,8 +323,8 @@ CUSTOMER_LATENCY = RollupTable(
 )  # fmt: skip
 # In the order they are computed: a table after the one it is folded from.
 ROLLUPS = (
-    REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMERS, FLOW, QUALITY, LATENCY,
-    CUSTOMER_LATENCY,
+    REQUESTS, ROUTING, ATTEMPTS, ROUTING_ATTEMPTS, CUSTOMER_TIERS, CUSTOMERS, FLOW, QUALITY,
+    LATENCY, CUSTOMER_LATENCY,
 )  # fmt: skip
 
 _BINS = bindparam("bins", type_=ARRAY(DateTime(timezone=True)))

@@ -79,13 +79,14 @@ def receive_export(
     now = now or utc_now()
     with engine.connect() as conn:
         tier_ranks = project_tiers(conn, project_id=project_id)
-    extracted = extract_spans(export, tier_ranks=tier_ranks, now=now)
-    outcome = Outcome(rejected_spans=len(extracted.rejected), errors=list(extracted.rejected))
-    by_trace: dict[bytes, list[SpanRecord]] = defaultdict(list)
-    for record in extracted.records:
-        by_trace[record.trace_id].append(record)
-    if by_trace:
-        outcome.add(_process(engine, project_id=project_id, new=by_trace, now=now))
+        conn.rollback()  # the read ends here; the traces' transaction is its own
+        extracted = extract_spans(export, tier_ranks=tier_ranks, now=now)
+        outcome = Outcome(rejected_spans=len(extracted.rejected), errors=list(extracted.rejected))
+        by_trace: dict[bytes, list[SpanRecord]] = defaultdict(list)
+        for record in extracted.records:
+            by_trace[record.trace_id].append(record)
+        if by_trace:
+            outcome.add(_process(conn, project_id=project_id, new=by_trace, now=now))
     return outcome
 
 
@@ -190,9 +191,10 @@ def _process_traces(
 ) -> Outcome:
     now = now or utc_now()
     outcome = Outcome()
-    for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
-        chunk = trace_ids[start : start + TRACES_PER_TRANSACTION]
-        outcome.add(_process(engine, project_id=project_id, new={t: [] for t in chunk}, now=now))
+    with engine.connect() as conn:
+        for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
+            chunk = {t: [] for t in trace_ids[start : start + TRACES_PER_TRANSACTION]}
+            outcome.add(_process(conn, project_id=project_id, new=chunk, now=now))
     return outcome
 
 
@@ -202,13 +204,13 @@ def _lock_key(project_id: int, trace_id: bytes) -> int:
 
 
 def _process(
-    engine: Engine, *, project_id: int, new: dict[bytes, list[SpanRecord]], now: datetime
+    conn: Connection, *, project_id: int, new: dict[bytes, list[SpanRecord]], now: datetime
 ) -> Outcome:
     """Assembles what is due in these traces (their stored spans plus `new` ones), ingests it,
     and stores what must still wait, in one transaction under the traces' locks."""
     trace_ids = sorted(new)
     outcome = Outcome()
-    with engine.connect() as conn, conn.begin():
+    with conn.begin():
         conn.execute(
             text(
                 "select set_config('lock_timeout', :lock_timeout, true), "
@@ -248,8 +250,9 @@ def _process(
         names = {n for d in drafts for a in d.attempts
                  for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
         tier_map = load_tier_map(conn, project_id=project_id, models=names)
-        ready = [d for d in drafts if not d.unmapped(tier_map)]
-        held = [d for d in drafts if d.unmapped(tier_map)]
+        ready, held = [], []
+        for draft in drafts:
+            (held if draft.unmapped(tier_map) else ready).append(draft)
         counted_elsewhere = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
 
         events, owners = [], []
@@ -260,7 +263,7 @@ def _process(
                 owners.append(draft)
         if events:
             # The clock of ingest is its own: `now` may be a settle time injected by a test.
-            result = ingest_batch(engine, project_id=project_id, batch=Batch(events))
+            result = ingest_batch(conn.engine, project_id=project_id, batch=Batch(events))
             outcome.requests += result.accepted
             outcome.duplicates += result.duplicates
             for error in result.errors:

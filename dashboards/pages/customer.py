@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from dash import Input, Output, State, callback, dcc, html
 
 from app.periods import Period
-from app.services import metrics
+from app.services import dashboard_queries, metrics
 from dashboards import auth, components, data, filters
 from dashboards.formatting import count, pct, usd
 
@@ -66,8 +66,8 @@ def update(start_date, end_date, customer_id):
         lambda: data.read(
             metrics.customer_metrics, project_id=project_id, within=within, customer_id=customer_id
         ),
-        lambda: data.routing_over_time(
-            project_id, within, metrics.Filters(customer_id=customer_id)
+        lambda: data.over_time(
+            dashboard_queries.customer_series, project_id, within, customer_id=customer_id
         ),
         lambda: data.read(
             metrics.revenue_records, project_id=project_id, within=within, customer_id=customer_id

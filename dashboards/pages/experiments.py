@@ -144,9 +144,7 @@ def _arms_figure(arms):
             row=1,
             col=column,
         )
-    fig.update_layout(
-        showlegend=False, height=340, template="plotly_white", margin={"t": 50, "b": 30}
-    )
+    fig.update_layout(showlegend=False, height=340, margin={"t": 50, "b": 30})
     return fig
 
 
