@@ -226,6 +226,7 @@ def problems_of(sql: str) -> list[str]:
     copy_out = _COPY_OUT.match(sql)
     if copy_out:  # an export: its query is what runs
         sql = copy_out.group(1)
+    sql = re.sub(r"%[bt]\b", "%s", sql)  # psycopg's binary and text placeholders
     try:
         tree = sqlglot.parse_one(sql, read="postgres")
     except sqlglot.errors.ParseError as error:
@@ -236,11 +237,12 @@ def problems_of(sql: str) -> list[str]:
     if names & DISTRIBUTED and names & LOCAL:
         found.append(f"joins coordinator tables {sorted(names & LOCAL)} with distributed ones")
     by_block: dict[int, list[exp.Table]] = {}
+    # What an INSERT writes, at the top or in a WITH: each row goes to its project_id's node.
+    targets = {id(insert.find(exp.Table)) for insert in tree.find_all(exp.Insert)}
     for table in tables:
         block = _block_of(table)
         if block is None:
-            target = isinstance(tree, exp.Insert) and table is tree.find(exp.Table)
-            if table.name in DISTRIBUTED and not target:
+            if table.name in DISTRIBUTED and id(table) not in targets:
                 found.append(f"{table.name} outside a query (DDL?)")
         else:
             by_block.setdefault(id(block), []).append(table)

@@ -331,6 +331,34 @@ def ingest_batch(
     return _ingest_valid(engine, project_id=project_id, valid=valid, errors=errors, now=now)
 
 
+def ingest_in_transaction(
+    conn: Connection, *, project: ProjectContext, batch: Batch, now: datetime | None = None
+) -> IngestResult:
+    """ingest_batch within the caller's transaction, with its project context already read:
+    the traces' door stores its requests in the transaction that holds their traces' locks."""
+    valid, errors = validate_events(batch)
+    prepared = _prepare(conn, project=project, valid=valid, errors=errors, now=now or utc_now())
+    if not prepared.derived:
+        return prepared.result(0)
+    return prepared.result(_store(conn, project_id=project.project_id, derived=prepared.derived))
+
+
+@dataclass
+class _Prepared:
+    """A batch checked, its repeats counted and its new requests derived, not yet stored."""
+
+    derived: list[StoredRequest]
+    duplicates_in_batch: int
+    errors: list[ItemError]
+
+    def result(self, stored: int) -> IngestResult:
+        return IngestResult(
+            accepted=stored,
+            duplicates=self.duplicates_in_batch + len(self.derived) - stored,
+            errors=self.errors,
+        )
+
+
 def _ingest_valid(
     engine: Engine,
     *,
@@ -341,46 +369,50 @@ def _ingest_valid(
 ) -> IngestResult:
     """Stores the events that passed the schema (by their index in the batch) once each,
     beside the errors of those that did not."""
-    now = now or utc_now()
-
     with engine.connect() as conn:
         project = load_project_context(conn, project_id=project_id)
-        checked: list[Event] = []
-        for index, event in valid:
-            problem = check_event(event, tier_ranks=project.tier_ranks, now=now)
-            if problem is None:
-                checked.append(event)
-            else:
-                errors.append(
-                    ItemError(index=index, request_id=str(event.request_id), error=problem)
-                )
-        errors.sort(key=lambda e: e.index)
-
-        # The first copy of a request_id in the batch wins; later copies are duplicates.
-        unique: dict[uuid.UUID, Event] = {}
-        for event in checked:
-            unique.setdefault(event.request_id, event)
-        duplicates_in_batch = len(checked) - len(unique)
-        if not unique:
-            return IngestResult(accepted=0, duplicates=duplicates_in_batch, errors=errors)
-
-        ensure_partitions(engine, {month_start(e.timestamp) for e in unique.values()})
-        models = {(a.model, a.provider) for e in unique.values() for a in e.attempts}
-        if project.baseline:
-            models.add((project.baseline.model, project.baseline.provider))
-        prices = PriceBook.load(conn, project_id=project_id, models=models)
-        derived = [
-            derive(event, project=project, prices=prices, received_at=now)
-            for event in unique.values()
-        ]
+        prepared = _prepare(conn, project=project, valid=valid, errors=errors, now=now or utc_now())
+        if not prepared.derived:
+            return prepared.result(0)
         conn.rollback()  # end the read transaction; the write below is its own
         with conn.begin():
-            stored = _store(conn, project_id=project_id, derived=derived)
-    return IngestResult(
-        accepted=stored,
-        duplicates=duplicates_in_batch + len(derived) - stored,
-        errors=errors,
-    )
+            return prepared.result(_store(conn, project_id=project_id, derived=prepared.derived))
+
+
+def _prepare(
+    conn: Connection,
+    *,
+    project: ProjectContext,
+    valid: list[tuple[int, Event]],
+    errors: list[ItemError],
+    now: datetime,
+) -> _Prepared:
+    checked: list[Event] = []
+    for index, event in valid:
+        problem = check_event(event, tier_ranks=project.tier_ranks, now=now)
+        if problem is None:
+            checked.append(event)
+        else:
+            errors.append(ItemError(index=index, request_id=str(event.request_id), error=problem))
+    errors.sort(key=lambda e: e.index)
+
+    # The first copy of a request_id in the batch wins; later copies are duplicates.
+    unique: dict[uuid.UUID, Event] = {}
+    for event in checked:
+        unique.setdefault(event.request_id, event)
+    duplicates_in_batch = len(checked) - len(unique)
+    if not unique:
+        return _Prepared(derived=[], duplicates_in_batch=duplicates_in_batch, errors=errors)
+
+    ensure_partitions(conn.engine, {month_start(e.timestamp) for e in unique.values()})
+    models = {(a.model, a.provider) for e in unique.values() for a in e.attempts}
+    if project.baseline:
+        models.add((project.baseline.model, project.baseline.provider))
+    prices = PriceBook.load(conn, project_id=project.project_id, models=models)
+    derived = [
+        derive(event, project=project, prices=prices, received_at=now) for event in unique.values()
+    ]
+    return _Prepared(derived=derived, duplicates_in_batch=duplicates_in_batch, errors=errors)
 
 
 def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -> int:

@@ -17,15 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import orjson
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, text
 
 from app.periods import utc_now
-from app.services.ingest import Batch, ingest_batch
+from app.services.ingest import Batch, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans
-from app.services.projects import project_tiers
+from app.services.projects import ProjectContext, load_project_context
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -78,15 +77,15 @@ def receive_export(
     used) and assembles every request that is complete."""
     now = now or utc_now()
     with engine.connect() as conn:
-        tier_ranks = project_tiers(conn, project_id=project_id)
+        project = load_project_context(conn, project_id=project_id)
         conn.rollback()  # the read ends here; the traces' transaction is its own
-        extracted = extract_spans(export, tier_ranks=tier_ranks, now=now)
+        extracted = extract_spans(export, tier_ranks=project.tier_ranks, now=now)
         outcome = Outcome(rejected_spans=len(extracted.rejected), errors=list(extracted.rejected))
         by_trace: dict[bytes, list[SpanRecord]] = defaultdict(list)
         for record in extracted.records:
             by_trace[record.trace_id].append(record)
         if by_trace:
-            outcome.add(_process(conn, project_id=project_id, new=by_trace, now=now))
+            outcome.add(_process(conn, project=project, new=by_trace, now=now))
     return outcome
 
 
@@ -192,9 +191,11 @@ def _process_traces(
     now = now or utc_now()
     outcome = Outcome()
     with engine.connect() as conn:
+        project = load_project_context(conn, project_id=project_id)
+        conn.rollback()
         for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
             chunk = {t: [] for t in trace_ids[start : start + TRACES_PER_TRANSACTION]}
-            outcome.add(_process(conn, project_id=project_id, new=chunk, now=now))
+            outcome.add(_process(conn, project=project, new=chunk, now=now))
     return outcome
 
 
@@ -204,10 +205,15 @@ def _lock_key(project_id: int, trace_id: bytes) -> int:
 
 
 def _process(
-    conn: Connection, *, project_id: int, new: dict[bytes, list[SpanRecord]], now: datetime
+    conn: Connection,
+    *,
+    project: ProjectContext,
+    new: dict[bytes, list[SpanRecord]],
+    now: datetime,
 ) -> Outcome:
     """Assembles what is due in these traces (their stored spans plus `new` ones), ingests it,
     and stores what must still wait, in one transaction under the traces' locks."""
+    project_id = project.project_id
     trace_ids = sorted(new)
     outcome = Outcome()
     with conn.begin():
@@ -263,7 +269,7 @@ def _process(
                 owners.append(draft)
         if events:
             # The clock of ingest is its own: `now` may be a settle time injected by a test.
-            result = ingest_batch(conn.engine, project_id=project_id, batch=Batch(events))
+            result = ingest_in_transaction(conn, project=project, batch=Batch(events))
             outcome.requests += result.accepted
             outcome.duplicates += result.duplicates
             for error in result.errors:
@@ -346,24 +352,22 @@ def _claim_response_ids(
                 counted_elsewhere[draft.request_id].add(response_id)
     if not owner:
         return counted_elsewhere
-    ids = sorted(owner)
-    # The claims go as one JSON document: psycopg writes a long text array in Python, slowly.
-    claims = orjson.dumps([{"id": i, "request_id": owner[i]} for i in ids]).decode()
-    new = set(
-        conn.scalars(
-            text(
-                """
-                insert into otlp_response_ids (project_id, response_id, request_id, claimed_at)
-                select :project_id, r.id, r.request_id, :now
-                from json_to_recordset(cast(:claims as json)) as r(id text, request_id uuid)
-                order by r.id
-                on conflict do nothing returning response_id
-                """
-            ),
-            {"project_id": project_id, "claims": claims, "now": now},
+    ids = list(owner)
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor:
+        # Binary arrays (psycopg quotes a text array element by element in Python); the
+        # claims go in in the order of their ids, so two exports sharing ids never deadlock,
+        # and only the ids claimed before come back (usually none).
+        cursor.execute(
+            "with claim as (select * from unnest(%b::text[], %b::uuid[]) as c(id, request_id)),"
+            " new as (insert into otlp_response_ids"
+            " (project_id, response_id, request_id, claimed_at)"
+            " select %b, id, request_id, %b from claim order by id"
+            " on conflict do nothing returning response_id)"
+            " select id from claim except select response_id from new",
+            (ids, [owner[i] for i in ids], project_id, now),
         )
-    )
-    taken = [i for i in ids if i not in new]
+        taken = [row[0] for row in cursor.fetchall()]
     if taken:
         rows = conn.execute(
             text(
