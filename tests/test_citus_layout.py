@@ -237,12 +237,11 @@ def problems_of(sql: str) -> list[str]:
     if names & DISTRIBUTED and names & LOCAL:
         found.append(f"joins coordinator tables {sorted(names & LOCAL)} with distributed ones")
     by_block: dict[int, list[exp.Table]] = {}
-    # What an INSERT writes, at the top or in a WITH: each row goes to its project_id's node.
-    targets = {id(insert.find(exp.Table)) for insert in tree.find_all(exp.Insert)}
     for table in tables:
         block = _block_of(table)
         if block is None:
-            if table.name in DISTRIBUTED and id(table) not in targets:
+            target = isinstance(tree, exp.Insert) and table is tree.find(exp.Table)
+            if table.name in DISTRIBUTED and not target:
                 found.append(f"{table.name} outside a query (DDL?)")
         else:
             by_block.setdefault(id(block), []).append(table)

@@ -355,19 +355,17 @@ def _claim_response_ids(
     ids = list(owner)
     raw = conn.connection.driver_connection
     with raw.cursor() as cursor:
-        # Binary arrays (psycopg quotes a text array element by element in Python); the
-        # claims go in in the order of their ids, so two exports sharing ids never deadlock,
-        # and only the ids claimed before come back (usually none).
+        # Binary arrays: psycopg quotes a text array element by element in Python. The claims
+        # go in in the order of their ids, so two exports sharing ids never deadlock.
         cursor.execute(
-            "with claim as (select * from unnest(%b::text[], %b::uuid[]) as c(id, request_id)),"
-            " new as (insert into otlp_response_ids"
-            " (project_id, response_id, request_id, claimed_at)"
-            " select %b, id, request_id, %b from claim order by id"
-            " on conflict do nothing returning response_id)"
-            " select id from claim except select response_id from new",
-            (ids, [owner[i] for i in ids], project_id, now),
+            "insert into otlp_response_ids (project_id, response_id, request_id, claimed_at)"
+            " select %s, c.id, c.request_id, %s"
+            " from unnest(%b::text[], %b::uuid[]) as c(id, request_id)"
+            " order by c.id on conflict do nothing returning response_id",
+            (project_id, now, ids, [owner[i] for i in ids]),
         )
-        taken = [row[0] for row in cursor.fetchall()]
+        new = {row[0] for row in cursor.fetchall()}
+    taken = [i for i in ids if i not in new]
     if taken:
         rows = conn.execute(
             text(
