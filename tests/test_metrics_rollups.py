@@ -703,18 +703,18 @@ def test_a_commit_held_open_across_a_rollup_still_reaches_the_metrics(engine):
     assert found.requests == 2
 
 
-def wait_for_lock_wait(engine, query_part: str) -> None:
-    """Waits until a session runs a query holding this text and waits for a lock."""
+def wait_for_lock_wait(engine, query_start: str) -> None:
+    """Waits until a session runs a query starting so and waits for a lock."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with engine.connect() as conn:
             if conn.execute(
                 text(
                     "select 1 from pg_stat_activity where wait_event_type = 'Lock' "
-                    "and strpos(query, :part) > 0"
+                    "and query like :start"
                 ),
-                {"part": query_part},
+                {"start": query_start + "%"},
             ).first():
                 return
         time.sleep(0.05)
-    raise AssertionError(f"no session waited on a lock running {query_part!r}")
+    raise AssertionError(f"no session waited on a lock running {query_start!r}")

@@ -421,17 +421,15 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
     with raw.cursor() as cur:
         # The request_keys primary key decides what is new. The keys go in in the order of
         # their ids, so two batches sharing ids lock them in the same order and never
-        # deadlock; only the ids stored before come back (usually none). Binary parameters:
-        # text arrays are quoted element by element in Python.
+        # deadlock.
         cur.execute(
-            "with k as (select * from unnest(%b::uuid[], %b::timestamptz[]) as k(id, ts)),"
-            " new as (insert into request_keys (project_id, request_id, ts)"
-            " select %b, id, ts from k order by id on conflict do nothing returning request_id)"
-            " select id from k except select request_id from new",
-            ([r.request_id for r in derived], [r.ts for r in derived], project_id),
+            "insert into request_keys (project_id, request_id, ts) "
+            "select %s, k.id, k.ts from unnest(%s::uuid[], %s::timestamptz[]) as k(id, ts) "
+            "order by k.id on conflict do nothing returning request_id",
+            (project_id, [r.request_id for r in derived], [r.ts for r in derived]),
         )
-        stored_before = {row[0] for row in cur.fetchall()}
-        stored = [r for r in derived if r.request_id not in stored_before]
+        new_ids = {row[0] for row in cur.fetchall()}
+        stored = [r for r in derived if r.request_id in new_ids]
         if not stored:
             return 0
         REQUESTS_COPY.write(cur, (request.request_row for request in stored))
