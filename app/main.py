@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -51,3 +53,8 @@ def _openapi(app: FastAPI) -> dict:
 
 
 app = create_app()
+# What the process has made so far (modules, the app, schemas) lives as long as it does: out
+# of the cyclic collector's sight, its full collections no longer walk it. Ingest allocates
+# enough to run one every few batches: walking all this was a sixth to a quarter of the API
+# processes' CPU time.
+gc.freeze()

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
+from psycopg.types.array import ListBinaryDumper
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import (
@@ -419,6 +420,9 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
     """Stores the requests not stored before; returns how many."""
     raw = conn.connection.driver_connection
     with raw.cursor() as cur:
+        # Arrays in binary, both ways: in text each element is formatted, quoted and parsed
+        # in Python (a tenth of ingest's own time).
+        cur.adapters.register_dumper(list, ListBinaryDumper)
         # The request_keys primary key decides what is new. The keys go in in the order of
         # their ids, so two batches sharing ids lock them in the same order and never
         # deadlock.
@@ -427,6 +431,7 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
             "select %s, k.id, k.ts from unnest(%s::uuid[], %s::timestamptz[]) as k(id, ts) "
             "order by k.id on conflict do nothing returning request_id",
             (project_id, [r.request_id for r in derived], [r.ts for r in derived]),
+            binary=True,
         )
         new_ids = {row[0] for row in cur.fetchall()}
         stored = [r for r in derived if r.request_id in new_ids]
