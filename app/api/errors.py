@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -18,14 +19,18 @@ from app.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+# psycopg's own errors too: the hot paths (COPY, arrays in binary) use its cursors directly.
+UNAVAILABLE = (
+    OperationalError, InterfaceError, PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError
+)  # fmt: skip
 RETRY_AFTER_SECONDS = 2
 _QUERY_CANCELED = "57014"
 
 
 def unavailable(error: Exception) -> JSONResponse:
     """The 503 for a database error, with what it means for the caller."""
-    if getattr(getattr(error, "orig", None), "sqlstate", None) == _QUERY_CANCELED:
+    driver_error = getattr(error, "orig", error)
+    if getattr(driver_error, "sqlstate", None) == _QUERY_CANCELED:
         limit = get_settings().routeledger_statement_timeout_seconds
         detail = f"the query ran longer than {limit:g} s: ask for a shorter period or fewer filters"
     elif isinstance(error, PartitionsBusy):
