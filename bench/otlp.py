@@ -55,10 +55,13 @@ def add_spans(scope_spans, event: dict) -> int:
         )  # fmt: skip
         clock = span.end_time_unix_nano
         cached = attempt.get("cache_read_tokens", 0)
+        failed = attempt["status"] in ("error", "timeout")
         for key, value in (
             ("gen_ai.request.model", attempt["model"]),
             ("gen_ai.provider.name", attempt["provider"]),
-            ("gen_ai.response.id", os.urandom(12).hex()),
+            # A call that failed has no response, so no response id (real-clients.md); its
+            # usage stays, so that both doors carry the same requests.
+            *(() if failed else (("gen_ai.response.id", f"chatcmpl-{os.urandom(12).hex()}"),)),
         ):
             span.attributes.add(key=key, value={"string_value": value})
         for key, value in (

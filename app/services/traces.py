@@ -76,9 +76,9 @@ def receive_export(
     """Keeps the model-call spans of an OTLP export (refusing, by message, those that cannot be
     used) and assembles every request that is complete."""
     now = now or utc_now()
-    with engine.connect() as conn:
+    # One transaction: the project's context is read in the one that assembles and stores.
+    with engine.connect() as conn, conn.begin():
         project = load_project_context(conn, project_id=project_id)
-        conn.rollback()  # the read ends here; the traces' transaction is its own
         extracted = extract_spans(export, tier_ranks=project.tier_ranks, now=now)
         outcome = Outcome(rejected_spans=len(extracted.rejected), errors=list(extracted.rejected))
         by_trace: dict[bytes, list[SpanRecord]] = defaultdict(list)
@@ -190,12 +190,14 @@ def _process_traces(
 ) -> Outcome:
     now = now or utc_now()
     outcome = Outcome()
+    project = None
     with engine.connect() as conn:
-        project = load_project_context(conn, project_id=project_id)
-        conn.rollback()
         for start in range(0, len(trace_ids), TRACES_PER_TRANSACTION):
             chunk = {t: [] for t in trace_ids[start : start + TRACES_PER_TRANSACTION]}
-            outcome.add(_process(conn, project=project, new=chunk, now=now))
+            with conn.begin():
+                if project is None:
+                    project = load_project_context(conn, project_id=project_id)
+                outcome.add(_process(conn, project=project, new=chunk, now=now))
     return outcome
 
 
@@ -212,125 +214,122 @@ def _process(
     now: datetime,
 ) -> Outcome:
     """Assembles what is due in these traces (their stored spans plus `new` ones), ingests it,
-    and stores what must still wait, in one transaction under the traces' locks."""
+    and stores what must still wait, in the caller's transaction, under the traces' locks."""
     project_id = project.project_id
     trace_ids = sorted(new)
     outcome = Outcome()
-    with conn.begin():
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cursor:
+        # Arrays in binary: in text psycopg escapes each element in Python.
+        cursor.execute(
+            "select set_config('lock_timeout', %s, true), "
+            "(select count(pg_advisory_xact_lock(k)) "
+            " from (select k from unnest(%b::bigint[]) k order by k) as keys)",
+            (LOCK_TIMEOUT, sorted(_lock_key(project_id, t) for t in trace_ids)),
+        )
+    stored = _stored_spans(conn, project_id=project_id, trace_ids=trace_ids)
+    held_ids: set[uuid.UUID] = set()
+    if stored:  # held requests keep their spans stored: with none stored, none is held
+        held_ids = set(
+            conn.scalars(
+                text(
+                    "select request_id from otlp_held_requests "
+                    "where project_id = :project_id and trace_id = any(:trace_ids)"
+                ),
+                {"project_id": project_id, "trace_ids": trace_ids},
+            )
+        )
+    quiet_before = now - timedelta(seconds=settle_seconds())
+    drafts: list[Draft] = []
+    spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
+    quiet_traces: set[bytes] = set()
+    for trace_id in trace_ids:
+        spans = {s.span_id: s for s in new[trace_id]}
+        spans.update(stored.get(trace_id, {}))  # a re-exported span: the stored copy
+        spans_of[trace_id] = spans
+        quiet = all(s.received_at <= quiet_before for s in spans.values())
+        if quiet:
+            quiet_traces.add(trace_id)
+        drafts += due_drafts(spans.values(), quiet=quiet, held_request_ids=held_ids)
+
+    names = {n for d in drafts for a in d.attempts
+             for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
+    tier_map = load_tier_map(conn, project_id=project_id, models=names)
+    ready, held = [], []
+    for draft in drafts:
+        (held if draft.unmapped(tier_map) else ready).append(draft)
+    counted_elsewhere = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
+
+    events, owners = [], []
+    for draft in ready:
+        elsewhere = counted_elsewhere[draft.request_id]
+        for event in draft.events(tier_map, counted_elsewhere=elsewhere):
+            events.append(event)
+            owners.append(draft)
+    if events:
+        # The clock of ingest is its own: `now` may be a settle time injected by a test.
+        result = ingest_in_transaction(conn, project=project, batch=Batch(events))
+        outcome.requests += result.accepted
+        outcome.duplicates += result.duplicates
+        for error in result.errors:
+            draft = owners[error.index]
+            outcome.rejected_spans += len(draft.span_ids)
+            outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error.error}")
+    # A request whose every call was counted by another request is a duplicate.
+    with_events = {id(d) for d in owners}
+    outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
+
+    consumed = {s for d in ready for s in d.span_ids}
+    released = [d.request_id for d in ready if d.request_id in held_ids]
+    outcome.released = len(released)
+    outcome.held = len(held)
+    _hold(conn, project_id=project_id, drafts=held, tier_map=tier_map, now=now)
+    if released:
         conn.execute(
             text(
-                "select set_config('lock_timeout', :lock_timeout, true), "
-                "(select count(pg_advisory_xact_lock(k)) "
-                " from (select k from unnest(cast(:keys as bigint[])) k order by k) as keys)"
+                "delete from otlp_held_requests "
+                "where project_id = :project_id and request_id = any(:ids)"
             ),
-            {
-                "lock_timeout": LOCK_TIMEOUT,
-                "keys": sorted(_lock_key(project_id, t) for t in trace_ids),
-            },
+            {"project_id": project_id, "ids": released},
         )
-        stored = _stored_spans(conn, project_id=project_id, trace_ids=trace_ids)
-        held_ids: set[uuid.UUID] = set()
-        if stored:  # held requests keep their spans stored: with none stored, none is held
-            held_ids = set(
-                conn.scalars(
-                    text(
-                        "select request_id from otlp_held_requests "
-                        "where project_id = :project_id and trace_id = any(:trace_ids)"
-                    ),
-                    {"project_id": project_id, "trace_ids": trace_ids},
-                )
-            )
-        quiet_before = now - timedelta(seconds=settle_seconds())
-        drafts: list[Draft] = []
-        spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
-        quiet_traces: set[bytes] = set()
-        for trace_id in trace_ids:
-            spans = {s.span_id: s for s in new[trace_id]}
-            spans.update(stored.get(trace_id, {}))  # a re-exported span: the stored copy
-            spans_of[trace_id] = spans
-            quiet = all(s.received_at <= quiet_before for s in spans.values())
-            if quiet:
-                quiet_traces.add(trace_id)
-            drafts += due_drafts(spans.values(), quiet=quiet, held_request_ids=held_ids)
-
-        names = {n for d in drafts for a in d.attempts
-                 for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
-        tier_map = load_tier_map(conn, project_id=project_id, models=names)
-        ready, held = [], []
-        for draft in drafts:
-            (held if draft.unmapped(tier_map) else ready).append(draft)
-        counted_elsewhere = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
-
-        events, owners = [], []
-        for draft in ready:
-            elsewhere = counted_elsewhere[draft.request_id]
-            for event in draft.events(tier_map, counted_elsewhere=elsewhere):
-                events.append(event)
-                owners.append(draft)
-        if events:
-            # The clock of ingest is its own: `now` may be a settle time injected by a test.
-            result = ingest_in_transaction(conn, project=project, batch=Batch(events))
-            outcome.requests += result.accepted
-            outcome.duplicates += result.duplicates
-            for error in result.errors:
-                draft = owners[error.index]
-                outcome.rejected_spans += len(draft.span_ids)
-                outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error.error}")
-        # A request whose every call was counted by another request is a duplicate.
-        with_events = {id(d) for d in owners}
-        outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
-
-        consumed = {s for d in ready for s in d.span_ids}
-        released = [d.request_id for d in ready if d.request_id in held_ids]
-        outcome.released = len(released)
-        outcome.held = len(held)
-        _hold(conn, project_id=project_id, drafts=held, tier_map=tier_map, now=now)
-        if released:
-            conn.execute(
-                text(
-                    "delete from otlp_held_requests "
-                    "where project_id = :project_id and request_id = any(:ids)"
-                ),
-                {"project_id": project_id, "ids": released},
-            )
-        _keep_waiting(
-            conn,
-            project_id=project_id,
-            spans_of=spans_of,
-            stored=stored,
-            consumed=consumed,
-            held_spans={s for d in held for s in d.span_ids},
-            request_spans={d.request_span_id for d in drafts},
-            quiet_traces=quiet_traces,
-        )
+    _keep_waiting(
+        conn,
+        project_id=project_id,
+        spans_of=spans_of,
+        stored=stored,
+        consumed=consumed,
+        held_spans={s for d in held for s in d.span_ids},
+        request_spans={d.request_span_id for d in drafts},
+        quiet_traces=quiet_traces,
+    )
     return outcome
 
 
 def _stored_spans(
     conn: Connection, *, project_id: int, trace_ids: list[bytes]
 ) -> dict[bytes, dict[bytes, SpanRecord]]:
-    rows = conn.execute(
-        text(
-            f"select {_SPAN_COLUMNS} from otlp_spans "
-            "where project_id = :project_id and trace_id = any(:trace_ids)"
-        ),
-        {"project_id": project_id, "trace_ids": trace_ids},
-    )
     stored: dict[bytes, dict[bytes, SpanRecord]] = defaultdict(dict)
-    for row in rows:
-        record = SpanRecord(
-            trace_id=bytes(row.trace_id),
-            span_id=bytes(row.span_id),
-            parent_span_id=bytes(row.parent_span_id) if row.parent_span_id else None,
-            parent_is_remote=row.parent_is_remote,
-            start_ns=row.start_ns,
-            end_ns=row.end_ns,
-            fields=row.fields,
-            resource=row.resource,
-            received_at=row.received_at,
-            held=row.held,
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(
+            "select trace_id, span_id, parent_span_id, parent_is_remote, start_ns, end_ns,"
+            " fields, resource, received_at, held from otlp_spans"
+            " where project_id = %s and trace_id = any(%b::bytea[])",
+            (project_id, trace_ids),
         )
-        stored[record.trace_id][record.span_id] = record
+        for trace_id, span_id, parent_id, remote, start, end, fields, resource, at, held in cursor:
+            stored[trace_id][span_id] = SpanRecord(
+                trace_id=trace_id,
+                span_id=span_id,
+                parent_span_id=parent_id or None,
+                parent_is_remote=remote,
+                start_ns=start,
+                end_ns=end,
+                attempt=fields.get("attempt"),
+                request_fields=fields.get("request", {}),
+                resource=resource,
+                received_at=at,
+                held=held,
+            )
     return stored
 
 
@@ -362,7 +361,7 @@ def _claim_response_ids(
             " select %s, c.id, c.request_id, %s"
             " from unnest(%b::text[], %b::uuid[]) as c(id, request_id)"
             " order by c.id on conflict do nothing returning response_id",
-            (project_id, now, ids, [owner[i] for i in ids]),
+            (project_id, now, ids, list(owner.values())),
         )
         new = {row[0] for row in cursor.fetchall()}
     taken = [i for i in ids if i not in new]
