@@ -22,7 +22,7 @@ TIERS = TierMap({"acme-small": "cheap", "acme-large": "premium"})
 def drafts(*spans, quiet=False, **resource):
     extracted = extract_spans(export(*spans, **resource), tier_ranks=DEFAULT_TIERS, now=START)
     assert extracted.rejected == []
-    return list(due_drafts(extracted.records, quiet=quiet))
+    return list(due_drafts({s.span_id: s for s in extracted.records}, quiet=quiet))
 
 
 def events(*spans, **resource) -> list[dict]:
@@ -36,9 +36,7 @@ def test_sibling_calls_under_an_app_span_are_one_request_in_the_order_they_ended
         call(trace, second, app, model="acme-large", start_ms=300, end_ms=800),
         call(trace, first, app, start_ms=10, end_ms=200, error=True, error__type="Overloaded"),
     )
-    assert event["request_id"] == str(
-        uuid.uuid5(REQUEST_ID_NAMESPACE, f"{trace.hex()}:{app.hex()}")
-    )
+    assert event["request_id"] == uuid.uuid5(REQUEST_ID_NAMESPACE, f"{trace.hex()}:{app.hex()}")
     assert [(a["model"], a["tier"], a["status"], a.get("reason")) for a in event["attempts"]] == [
         ("acme-small", "cheap", "error", "Overloaded"),
         ("acme-large", "premium", "ok", None),

@@ -12,11 +12,11 @@ from __future__ import annotations
 import base64
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -351,9 +351,9 @@ def _attempt(
 ) -> dict[str, Any]:
     get = attributes.get
     request_model = _text(attributes, MODEL, required=True)
-    input_tokens, output_tokens, cache_read, cache_write = (
-        _tokens(name, get(name, 0)) for name in TOKEN_ATTRIBUTES
-    )
+    input_tokens = _tokens(INPUT_TOKENS, get(INPUT_TOKENS, 0))
+    cache_read = _tokens(CACHE_READ_TOKENS, get(CACHE_READ_TOKENS, 0))
+    cache_write = _tokens(CACHE_WRITE_TOKENS, get(CACHE_WRITE_TOKENS, 0))
     # OTel counts cached tokens inside the input tokens; the event counts them apart.
     if cache_read + cache_write > input_tokens:
         raise SpanRejected(
@@ -376,7 +376,7 @@ def _attempt(
         "model": _text(attributes, RESPONSE_MODEL) or request_model,
         "provider": _text(attributes, provider_name),
         "input_tokens": input_tokens - cache_read - cache_write,
-        "output_tokens": output_tokens,
+        "output_tokens": _tokens(OUTPUT_TOKENS, get(OUTPUT_TOKENS, 0)),
         "cache_read_tokens": cache_read,
         "cache_write_tokens": cache_write,
         "latency_ms": duration_ns / 1e6,
@@ -483,10 +483,7 @@ class Draft:
     attempts: list[SpanRecord]
     # Every attempt span it accounts for, also those reporting a call already counted.
     span_ids: list[bytes]
-
-    @cached_property
-    def request_id(self) -> uuid.UUID:
-        return request_id_of(self.trace_id, self.request_span_id)
+    request_id: uuid.UUID
 
     def unmapped(self, tier_map: TierMap) -> list[SpanRecord]:
         return [a for a in self.attempts if _tier_of(a, tier_map) is None]
@@ -519,7 +516,7 @@ class Draft:
         # first source present. Fields without a value are left out, as an app leaves them
         # out of its events (validation takes a quarter less time than over nulls).
         event = {
-            "request_id": str(request_id),
+            "request_id": request_id,  # a UUID as it is: no text to format and parse again
             "timestamp": _rfc3339(min(a.start_ns for a in attempts)),
             "customer_id": (
                 get("routeledger.customer_id") or get("enduser.id") or get("user.id")
@@ -572,33 +569,35 @@ def _event_attempt(span: SpanRecord, tier_map: TierMap) -> dict[str, Any]:
     return attempt
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _rfc3339(ns: int) -> str:
-    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=ns // 1000)).isoformat()
+    return (_EPOCH + timedelta(microseconds=ns // 1000)).isoformat()
 
 
 def due_drafts(
-    spans: Iterable[SpanRecord],
+    spans: Mapping[bytes, SpanRecord],
     *,
     quiet: bool,
     held_request_ids: set[uuid.UUID] = frozenset(),
 ) -> Iterator[Draft]:
-    """The requests of one trace that can be assembled now: those whose request span has
-    arrived (or is known to be the last local one), those already held, and every one when
-    the trace is `quiet` (nothing arrived for the settle time)."""
-    by_id = {s.span_id: s for s in spans}
-    groups: dict[bytes, list[tuple[SpanRecord, bool]]] = {}
-    for span in by_id.values():
+    """The requests of one trace (its spans by id) that can be assembled now: those whose
+    request span has arrived (or is known to be the last local one), those already held, and
+    every one when the trace is `quiet` (nothing arrived for the settle time)."""
+    groups: dict[bytes, list[SpanRecord]] = {}
+    undecided: set[bytes] = set()
+    for span in spans.values():
         if span.is_attempt:
-            request_span_id, decided = _request_span_of(span, by_id)
-            groups.setdefault(request_span_id, []).append((span, decided))
-    for request_span_id, members in groups.items():
-        attempts = sorted((s for s, _ in members), key=lambda s: (s.end_ns, s.span_id))
+            request_span_id, decided = _request_span_of(span, spans)
+            groups.setdefault(request_span_id, []).append(span)
+            if not decided:
+                undecided.add(request_span_id)
+    for request_span_id, attempts in groups.items():
+        attempts.sort(key=_END_ORDER)
         trace_id = attempts[0].trace_id
-        if not (
-            quiet
-            or all(decided for _, decided in members)
-            or (held_request_ids and request_id_of(trace_id, request_span_id) in held_request_ids)
-        ):
+        request_id = request_id_of(trace_id, request_span_id)
+        if not (quiet or request_span_id not in undecided or request_id in held_request_ids):
             continue
         # One call reported by two instrumentations: the first to end counts.
         seen: set[str] = set()
@@ -612,10 +611,14 @@ def due_drafts(
         yield Draft(
             trace_id=trace_id,
             request_span_id=request_span_id,
-            request_span=by_id.get(request_span_id),
+            request_span=spans.get(request_span_id),
             attempts=counted,
             span_ids=[s.span_id for s in attempts],
+            request_id=request_id,
         )
+
+
+_END_ORDER = attrgetter("end_ns", "span_id")
 
 
 def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tuple[bytes, bool]:

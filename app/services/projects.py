@@ -180,15 +180,21 @@ class ProjectContext:
 
 
 def load_project_context(conn: Connection, *, project_id: int) -> ProjectContext:
-    row = conn.execute(
-        select(projects.c.baseline_model, projects.c.baseline_provider).where(
-            projects.c.id == project_id
+    # One statement, through psycopg's cursor: read on every ingest call and OTLP export.
+    with conn.connection.driver_connection.cursor() as cursor:
+        cursor.execute(
+            "select p.baseline_model, p.baseline_provider,"
+            " (select coalesce(json_object_agg(t.name, t.rank), '{}') from tiers t"
+            "  where t.project_id = %s)"
+            " from projects p where p.id = %s",
+            (project_id, project_id),
         )
-    ).one()
+        row = cursor.fetchone()
+    if row is None:
+        raise LookupError(f"no project with id {project_id}")
+    baseline_model, baseline_provider, tier_ranks = row
     return ProjectContext(
         project_id=project_id,
-        tier_ranks=project_tiers(conn, project_id=project_id),
-        baseline=BaselineModel(row.baseline_model, row.baseline_provider)
-        if row.baseline_model
-        else None,
+        tier_ranks=tier_ranks,
+        baseline=BaselineModel(baseline_model, baseline_provider) if baseline_model else None,
     )

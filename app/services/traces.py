@@ -250,7 +250,7 @@ def _process(
         quiet = all(s.received_at <= quiet_before for s in spans.values())
         if quiet:
             quiet_traces.add(trace_id)
-        drafts += due_drafts(spans.values(), quiet=quiet, held_request_ids=held_ids)
+        drafts += due_drafts(spans, quiet=quiet, held_request_ids=held_ids)
 
     names = {n for d in drafts for a in d.attempts
              for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
