@@ -106,7 +106,8 @@ MoneyOrNone = Money | None
 
 
 def _timestamp_text(value: Any) -> Any:
-    if not isinstance(value, str):
+    # A datetime comes only from the service's own callers (the OTLP door): JSON has none.
+    if not isinstance(value, str | datetime):
         raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-22T10:15:30Z")
     return value
 
