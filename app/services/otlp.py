@@ -424,7 +424,10 @@ def _checked_fields(attributes: dict[str, Any], tier_ranks: Mapping[str, int]) -
     for name, value in attributes.items():
         rule = REQUEST_ATTRIBUTES.get(name)
         if rule is not None:
-            fields[name] = _checked(name, value, rule, tier_ranks)
+            if rule.kind == "text" and type(value) is str and 0 < len(value) <= MAX_STRING:
+                fields[name] = value  # the common case, without a call
+            else:
+                fields[name] = _checked(name, value, rule, tier_ranks)
         elif name in FALLBACK_ATTRIBUTES:
             if isinstance(value, str) and 0 < len(value) <= MAX_STRING:
                 fields[name] = value
