@@ -2,12 +2,13 @@
 rows.
 
 New requests are added to their hours' rollups: ingest appends their keys to rollup_pending
-in the transaction that stores them (`record_pending`), and the job takes (deletes) the rows
-it can see and adds those requests' figures to the hourly rows of their groups
-(`take_pending`). A pending row is visible exactly when its requests are, whatever order the
-transactions commit in, and is taken once: each request is added once, and a run costs what
-was written since the last one, not the hours it falls in (which under a steady load is the
-whole current hour so far).
+in the transaction that stores them (`record_pending`); the job, under the day's lock, lists
+the pending rows it can see, adds those requests' figures to the hourly rows of their groups
+and deletes those rows, by id, in one transaction (`take_pending`). A pending row is visible
+exactly when its requests are, whatever order the transactions commit in (which ids or
+timestamps would not tell), and is taken once: each request is added once, and a run costs
+what was written since the last one, not the hours it falls in (which under a steady load is
+the whole current hour so far).
 
 An hour is "dirty" when rows it was computed from changed (feedback arrived, a re-pricing,
 or rows written by SQL outside ingest): whoever writes them appends a mark of their hours
@@ -41,8 +42,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from uuid import UUID as UUIDValue
 
-from sqlalchemy import Connection, Engine, TextClause, bindparam, text
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy import BigInteger, Connection, Engine, TextClause, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import DateTime
 
 from app.periods import BIN_ORIGIN_SQL, DAY, HOUR, floor_day, floor_hour, utc_now
@@ -495,31 +496,30 @@ def _summed(table: RollupTable, *, source: str, bin_sql: str, where: str) -> str
     """
 
 
-_PENDING_KEYS = (
-    bindparam("pending_ts", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("pending_ids", type_=ARRAY(UUID(as_uuid=True))),
-)
+_PENDING = bindparam("pending", type_=ARRAY(BigInteger))
 
 
 def _pending_rows(raw: str, alias: str) -> str:
-    """SQL: the rows of the raw table `raw` of the requests whose keys are `:pending_ts` and
-    `:pending_ids`, each request's looked up by its key (a lateral subquery the planner
-    cannot turn into a scan of the hour)."""
+    """SQL: the rows of the raw table `raw` of the requests of the rows `:pending` (ids) of
+    rollup_pending, each request's looked up by its key (a lateral subquery, which the
+    planner cannot turn into a scan of the hour)."""
     return f"""
-        select {alias}.* from unnest(:pending_ts, :pending_ids) as k(ts, request_id)
+        select {alias}.* from rollup_pending p
+        cross join lateral unnest(p.ts, p.request_ids) as k(ts, request_id)
         cross join lateral (
             select * from {raw} {alias}
             where {alias}.project_id = :project_id
               and {alias}.ts = k.ts and {alias}.request_id = k.request_id
             offset 0
         ) {alias}
+        where p.project_id = :project_id and p.id = any(:pending)
     """
 
 
 def _add(table: RollupTable) -> TextClause:
-    """Adds to `table`'s hourly rows of the hours `:bins` the figures of the requests whose
-    keys are `:pending_ts` and `:pending_ids`: their rows are computed from raw rows, then
-    each is summed with the row of its group, if there is one, into a new row."""
+    """Adds to `table`'s hourly rows of the hours `:bins` the figures of the requests of the
+    rows `:pending` of rollup_pending: their rows are computed from raw rows, then each is
+    summed with the row of its group, if there is one, into a new row."""
     side = table.raw_alias
     bin_of_row = HOURLY.bin_of(f"{side}.ts")
     added = raw_select(
@@ -550,7 +550,7 @@ def _add(table: RollupTable) -> TextClause:
             union all select project_id, bin, {columns} from added
         )"""
     rows = _summed(table, source="summed", bin_sql="bin", where="true")
-    return _insert(table, grain=HOURLY, rows=rows, ctes=ctes).bindparams(*_PENDING_KEYS)
+    return _insert(table, grain=HOURLY, rows=rows, ctes=ctes).bindparams(_PENDING)
 
 
 _HOURLY = tuple(_rows_of(table, grain=HOURLY) for table in ROLLUPS if HOURLY in table.grains)
@@ -641,64 +641,54 @@ def take_pending(
     """Takes the pending requests of a (UTC) day of a project that this transaction can see
     and adds them to their hours' rollups (marked as `reroll_hours` marks its hours), up to
     `at_most` at a time; an hour with more is returned, for the caller to re-roll whole in
-    this transaction. The caller holds the day's lock; a rollback puts the requests back."""
-    counts = conn.execute(
+    this transaction. The caller holds the day's lock (which keeps every other taker off
+    these rows); a rollback puts the requests back."""
+    pending = conn.execute(
         text(
-            "select hour, sum(cardinality(request_ids)) as n from rollup_pending "
+            "select id, hour, cardinality(request_ids) as n from rollup_pending "
             "where project_id = :project_id and hour >= :day and hour < :next_day "
-            "group by hour order by hour"
+            "order by hour, id"
         ),
         {"project_id": project_id, "day": day, "next_day": day + DAY},
     ).all()
-    whole = [row.hour for row in counts if row.n > at_most]
-    _delete_pending(conn, project_id=project_id, hours=whole, returning="")
-    groups: list[list[datetime]] = []
+    by_hour: dict[datetime, list] = {}
+    for row in pending:
+        by_hour.setdefault(row.hour, []).append(row)
+    whole = [hour for hour, rows in by_hour.items() if sum(r.n for r in rows) > at_most]
+    _delete_pending(conn, project_id=project_id, ids=[r.id for h in whole for r in by_hour[h]])
+    # The other hours in runs of at most `at_most` requests.
+    runs: list[list] = []
     size = at_most
-    for row in counts:
-        if row.n <= at_most:
-            if size + row.n > at_most:
-                groups.append([])
+    for rows in by_hour.values():
+        n = sum(r.n for r in rows)
+        if n <= at_most:
+            if size + n > at_most:
+                runs.append([])
                 size = 0
-            groups[-1].append(row.hour)
-            size += row.n
-    added = [hour for group in groups for hour in _add_pending(conn, project_id, group)]
+            runs[-1].extend(rows)
+            size += n
+    added: list[datetime] = []
+    for run in runs:
+        hours = sorted({row.hour for row in run})
+        ids = [row.id for row in run]
+        params = {"project_id": project_id, "bins": hours, "pending": ids}
+        _tune_for_rollups(conn)
+        for statement in _ADD_HOURLY:
+            conn.execute(statement, params)
+        _delete_pending(conn, project_id=project_id, ids=ids)
+        _mark_rolled(conn, project_id=project_id, hours=hours)
+        added += hours
     return Taken(added=added, whole=whole)
 
 
-def _delete_pending(
-    conn: Connection, *, project_id: int, hours: list[datetime], returning: str
-) -> list:
-    if not hours:
-        return []
-    result = conn.execute(
-        text(
-            "delete from rollup_pending where project_id = :project_id and hour = any(:hours)"
-            f"{returning}"
-        ).bindparams(_HOURS),
-        {"project_id": project_id, "hours": hours},
-    )
-    return result.all() if returning else []
-
-
-def _add_pending(conn: Connection, project_id: int, hours: list[datetime]) -> list[datetime]:
-    """Takes the pending requests of these hours and adds them; returns the hours added to."""
-    taken = _delete_pending(
-        conn, project_id=project_id, hours=hours, returning=" returning hour, ts, request_ids"
-    )
-    if not taken:
-        return []
-    hours = sorted({row.hour for row in taken})
-    params = {
-        "project_id": project_id,
-        "bins": hours,
-        "pending_ts": [ts for row in taken for ts in row.ts],
-        "pending_ids": [request_id for row in taken for request_id in row.request_ids],
-    }
-    _tune_for_rollups(conn)
-    for statement in _ADD_HOURLY:
-        conn.execute(statement, params)
-    _mark_rolled(conn, project_id=project_id, hours=hours)
-    return hours
+def _delete_pending(conn: Connection, *, project_id: int, ids: list[int]) -> None:
+    if ids:
+        conn.execute(
+            text(
+                "delete from rollup_pending where project_id = :project_id and id = any(:pending)"
+            ).bindparams(_PENDING),
+            {"project_id": project_id, "pending": ids},
+        )
 
 
 def fold_days(conn: Connection, *, project_id: int, days: list[datetime]) -> None:
