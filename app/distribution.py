@@ -24,7 +24,7 @@ DISTRIBUTED = frozenset(
         # OTLP spans waiting for assembly
         "otlp_spans", "otlp_held_requests", "otlp_response_ids",
         # the jobs' marks, written in the same transaction as the rows they mark
-        "dirty_marks", "dirty_hours",
+        "dirty_marks", "dirty_hours", "rollup_pending",
         # what the jobs derive
         "rollup_daily", "rollup_models_daily",
         "rollup_routing_hourly", "rollup_routing_daily",

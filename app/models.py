@@ -366,6 +366,22 @@ dirty_marks = Table(
     PrimaryKeyConstraint("project_id", "id"),
 )
 
+# Requests stored since the rollup job last added them to their hours' rollup rows: ingest
+# appends their keys, one row per hour of a batch, in the same transaction as the requests;
+# the job takes (deletes) the rows it can see and adds those requests' figures to the hourly
+# rollups, so each request is added once, whenever its transaction commits (see
+# app.services.rollups).
+rollup_pending = Table(
+    "rollup_pending",
+    metadata,
+    Column("id", BigInteger, Identity()),
+    Column("project_id", BigInteger, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("ts", ARRAY(DateTime(timezone=True)), nullable=False),
+    Column("request_ids", ARRAY(UUID(as_uuid=True)), nullable=False),
+    PrimaryKeyConstraint("project_id", "id"),
+)
+
 
 def _request_figures() -> list[Column]:
     """The summed figures of a request rollup row, and its latency histogram."""

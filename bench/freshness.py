@@ -13,8 +13,9 @@ probe not seen within 60 s (DESIGN.md's bound) counts as missed. The load keeps 
 every probe is seen or missed, then everything stops, also on failure.
 
 `--hour-rows N` first writes N requests (bench.generate's, by SQL) over the current hour so
-far and rolls them up: what a steady load has left in the hour later on, since a tick re-rolls
-the hours written since the last one whole, from their raw rows.
+far and rolls them up: what a steady load has left in the hour later on (a tick once re-rolled
+the hours written since the last one whole, from their raw rows; it now adds the requests
+stored since, but the hour's rollup rows it sums them into grow with the hour too).
 
 It also reports what the rollup job costs under the load: its runs and their durations (from
 the worker's log), and the CPU of the worker's processes and of the PostgreSQL backends that

@@ -113,7 +113,7 @@ ACROSS_PROJECTS = {
         "rollup, margins: take every project's marks of committed writes"
     ),
     r"^select distinct project_id(, date_bin\(.*\) as day)? from dirty_hours where job = ": (
-        "rollup, margins: the projects (and days) with dirty hours"
+        "rollup, margins: the projects (and days) with dirty hours (or pending requests)"
     ),
     r"^select distinct project_id from rollup_routing_hourly where hour >= ": (
         "drift: the projects with traffic in the window"

@@ -28,12 +28,19 @@ from app.services.dashboard_queries import (
     routing_series,
     total_of,
 )
-from app.services.ingest import Batch, ingest_batch
+from app.services.ingest import Batch, ingest_batch, ingest_in_transaction
 from app.services.intervals import Estimate, mean_interval, wilson_interval
 from app.services.metrics import Filters, customer_metrics, routing_metrics, shares
 from app.services.policies import set_policy, total_variation
 from app.services.pricing import add_prices
-from app.services.rollups import LATENCY_BOUNDS_MS, ROLLUPS, latency_quantile, reroll_hours
+from app.services.projects import load_project_context
+from app.services.rollups import (
+    LATENCY_BOUNDS_MS,
+    ROLLUPS,
+    latency_quantile,
+    reroll_hours,
+    take_pending,
+)
 from tests.helpers import make_project
 
 # Fixed instants, across the end of a day and of a month: the same on any day the suite runs.
@@ -510,9 +517,10 @@ def test_a_day_whose_hours_changed_is_read_by_the_hour_until_it_is_folded_again(
     assert requests_now() == (HOURS, HOURS, HOURS)
     late = {**spread_events(1)[0], "timestamp": (day + timedelta(hours=3)).isoformat()}
     ingest(engine, project.id, [late])
-    # Only the hourly rollups re-rolled: the day waits for its fold, and is read by the hour.
+    # Only added to the hourly rollups: the day waits for its fold, and is read by the hour.
     with engine.begin() as conn:
-        reroll_hours(conn, project_id=project.id, hours=[day + timedelta(hours=3)])
+        taken = take_pending(conn, project_id=project.id, day=day)
+    assert taken.added == [day + timedelta(hours=3)]
     assert requests_now() == (HOURS + 1, HOURS + 1, HOURS + 1)
     assert folded_requests() == HOURS  # the daily rows are stale, and unread
     run_rollup(engine)
@@ -661,17 +669,100 @@ def test_rolling_on_two_connections_gives_the_rows_of_one(engine, database_url):
     one = rollup_tables_snapshot(database_url, project.id)
     assert sum(row[2] for row in one["rollup_customers_hourly"]) == len(events)
     assert one["rollup_daily"] and one["rollup_models_daily"]
+    run = roll_whole(
+        engine, database_url, project.id, since=FIRST_HOUR - timedelta(days=5), connections=2
+    )
+    assert run.days >= 4
+    assert rollup_tables_snapshot(database_url, project.id) == one
+
+
+def roll_whole(engine, database_url, project_id: int, *, since: datetime, **options):
+    """Deletes the project's rollup rows and rolls every hour from `since` to NOW_HOUR again,
+    whole, from raw rows; returns the run."""
     with psycopg.connect(database_url) as conn:
-        for table in one:
-            conn.execute(f"delete from {table} where project_id = %s", (project.id,))
+        for table in rollup_tables_snapshot(database_url, project_id):
+            conn.execute(f"delete from {table} where project_id = %s", (project_id,))
         conn.execute(
             "insert into dirty_hours (job, project_id, hour) "
             "select 'rollup', %s, h from generate_series(%s::timestamptz, %s, '1 hour') h",
-            (project.id, FIRST_HOUR - timedelta(days=5), NOW_HOUR),
+            (project_id, since, NOW_HOUR),
         )
-    run = run_rollup(engine, connections=2)
-    assert run.days >= 4
-    assert rollup_tables_snapshot(database_url, project.id) == one
+    return run_rollup(engine, **options)
+
+
+def comparable(snapshot: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """The snapshot with its float sums to 12 significant digits: a sum of floats depends on
+    the order it adds them in (the money and the counts are exact)."""
+
+    def value(v):
+        return float(f"{v:.12g}") if isinstance(v, float) else v
+
+    return {table: [tuple(map(value, row)) for row in rows] for table, rows in snapshot.items()}
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batches=st.lists(st.lists(event_st, min_size=1, max_size=12), min_size=2, max_size=5),
+    held=st.integers(0, 4),
+    scored=st.integers(0, 4),
+)
+def test_adding_requests_run_by_run_equals_rolling_their_hour_whole(
+    engine, database_url, batches, held, scored
+):
+    """Ingests into one hour between rollup runs, one of them committed after a run that
+    started while its transaction was open, feedback on a request meanwhile: the rollup rows
+    equal those of the hour rolled whole from its raw rows."""
+    from app.services.feedback import record_feedback
+
+    project = priced_project(engine)
+    batches = [
+        [to_event({**s, "offset_seconds": s["offset_seconds"] % 3600}, base=NOW_HOUR) for s in b]
+        for b in batches
+    ]
+    for i, batch in enumerate(batches):
+        if i == held % len(batches):
+            with engine.connect() as conn, conn.begin():
+                project_context = load_project_context(conn, project_id=project.id)
+                ingest_in_transaction(conn, project=project_context, batch=Batch(batch), now=NOW)
+                run_rollup(engine)  # takes the others' pending requests, not these
+        else:
+            ingest(engine, project.id, batch)
+        if i == scored:
+            with engine.begin() as conn:
+                record_feedback(
+                    conn,
+                    project_id=project.id,
+                    batch=Batch([{"request_id": batches[0][0]["request_id"], "score": 0.5}]),
+                )
+        run_rollup(engine)
+    added = rollup_tables_snapshot(database_url, project.id)
+    assert sum(row[2] for row in added["rollup_customers_hourly"]) == sum(map(len, batches))
+    roll_whole(engine, database_url, project.id, since=NOW_HOUR)
+    assert comparable(rollup_tables_snapshot(database_url, project.id)) == comparable(added)
+
+
+def test_an_hour_with_more_pending_than_a_run_adds_is_re_rolled_whole(engine, database_url):
+    project = priced_project(engine)
+    events = spread_events(HOURS * 3)  # three in each hour
+    ingest(engine, project.id, events[: HOURS * 2])
+    run_rollup(engine)
+    ingest(engine, project.id, events[HOURS * 2 :] + spread_events(2)[:1])  # two in the first
+    day = floor_day(FIRST_HOUR)
+    with engine.begin() as conn:
+        taken = take_pending(conn, project_id=project.id, day=day, at_most=1)
+        assert taken.whole == [FIRST_HOUR]
+        # The others of the day, one run of additions each.
+        assert taken.added == [FIRST_HOUR + timedelta(hours=h) for h in (1, 2)]
+        reroll_hours(conn, project_id=project.id, hours=taken.whole)
+    run_rollup(engine)
+    stepped = rollup_tables_snapshot(database_url, project.id)
+    assert sum(row[2] for row in stepped["rollup_customers_hourly"]) == HOURS * 3 + 1
+    roll_whole(engine, database_url, project.id, since=FIRST_HOUR)
+    assert comparable(rollup_tables_snapshot(database_url, project.id)) == comparable(stepped)
 
 
 def test_a_commit_held_open_across_a_rollup_still_reaches_the_metrics(engine):

@@ -37,6 +37,8 @@ def ledger_activity(conn: Connection) -> Activity:
                 select project_id, hour from dirty_marks where job = :job
                 union
                 select project_id, hour from dirty_hours where job = :job
+                union
+                select project_id, hour from rollup_pending
             ) as waiting
             """
         ),

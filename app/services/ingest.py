@@ -50,7 +50,7 @@ from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
 from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, request_facts
-from app.services.rollups import ROLLUP_JOB, mark_written
+from app.services.rollups import record_pending
 from app.settings import get_settings
 
 MAX_FUTURE = timedelta(days=1)
@@ -439,6 +439,6 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
             return 0
         REQUESTS_COPY.write(cur, (request.request_row for request in stored))
         ATTEMPTS_COPY.write(cur, (row for request in stored for row in request.attempt_rows))
-    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=(r.ts for r in stored))
+        record_pending(cur, project_id=project_id, keys=[(r.ts, r.request_id) for r in stored])
     apply_held(conn, project_id=project_id, stored={r.request_id: r.ts for r in stored})
     return len(stored)
