@@ -635,6 +635,9 @@ def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tup
     ancestor marked with routeledger.feature or .customer_id; without one, the parent of the
     outermost attempt span (a root attempt is its own request). Undecided while an ancestor
     has not arrived, or when the outermost attempt's parent is in another process."""
+    parent = by_id.get(span.parent_span_id) if not span.parent_is_remote else None
+    if parent is not None and parent.marks_request and parent is not span:
+        return span.parent_span_id, True  # the usual case: a call right under its request
     outermost = current = span
     visited = {span.span_id}
     while True:
