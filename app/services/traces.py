@@ -37,6 +37,7 @@ LOCK_TIMEOUT = "3s"
 # to an hour of calls.
 RESPONSE_ID_MEMORY = timedelta(hours=1)
 TRACES_PER_TRANSACTION = 200
+_NONE: frozenset = frozenset()
 _SPAN_COLUMNS = (
     "project_id, trace_id, span_id, parent_span_id, parent_is_remote, is_attempt, held, "
     "start_ns, end_ns, received_at, fields, resource"
@@ -245,7 +246,8 @@ def _process(
     quiet_traces: set[bytes] = set()
     for trace_id in trace_ids:
         spans = {s.span_id: s for s in new[trace_id]}
-        spans.update(stored.get(trace_id, {}))  # a re-exported span: the stored copy
+        if trace_id in stored:
+            spans.update(stored[trace_id])  # a re-exported span: the stored copy
         spans_of[trace_id] = spans
         quiet = all(s.received_at <= quiet_before for s in spans.values())
         if quiet:
@@ -262,7 +264,7 @@ def _process(
 
     events, owners = [], []
     for draft in ready:
-        elsewhere = counted_elsewhere[draft.request_id]
+        elsewhere = counted_elsewhere.get(draft.request_id, _NONE)
         for event in draft.events(tier_map, counted_elsewhere=elsewhere):
             events.append(event)
             owners.append(draft)
