@@ -64,6 +64,13 @@ def connection() -> Iterator[Connection]:
         yield conn
 
 
+def driver_cursor(conn: Connection):
+    """A psycopg cursor in `conn`'s transaction, for the hot paths: COPY, arrays in binary,
+    and statements run on every call where SQLAlchemy's building of them costs more than
+    running them. Its errors are psycopg's own (app.api.errors answers both alike)."""
+    return conn.connection.driver_connection.cursor()
+
+
 def limit_statements(conn: Connection, *, seconds: float) -> None:
     """Cancels any statement of the connection's current transaction that runs longer (a
     read that would otherwise keep a core busy for as long as it likes)."""

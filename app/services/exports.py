@@ -20,6 +20,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from sqlalchemy import Connection
 
+from app.db import driver_cursor
 from app.periods import Period, calendar_parts, iso_utc
 from app.services.advice import Advice
 from app.services.metrics import Filters, customer_metrics
@@ -157,8 +158,7 @@ def requests_csv(
     query, params = requests_copy(project_id=project_id, within=within, filters=filters)
     chunk = bytearray()
     lines, header = 0, 1  # the first chunk starts with the header line
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor, cursor.copy(query, params) as copy:
+    with driver_cursor(conn) as cursor, cursor.copy(query, params) as copy:
         for line in copy:
             chunk += line
             lines += 1

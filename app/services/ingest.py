@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
+from app.db import driver_cursor
 from app.models import attempts, requests
 from app.periods import utc_now
 from app.schemas import (
@@ -418,8 +419,7 @@ def _prepare(
 
 def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -> int:
     """Stores the requests not stored before; returns how many."""
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur:
+    with driver_cursor(conn) as cur:
         # Arrays in binary, both ways: in text each element is formatted, quoted and parsed
         # in Python (a tenth of ingest's own time).
         cur.adapters.register_dumper(list, ListBinaryDumper)

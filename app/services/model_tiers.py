@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete, select
 from sqlalchemy.dialects.postgresql import insert
 
+from app.db import driver_cursor
 from app.models import model_tiers
 from app.services.projects import project_tiers
 
@@ -46,7 +47,7 @@ def load_tier_map(
         params.append(models)
     # Through psycopg's cursor: read for every OTLP export, where SQLAlchemy's building of
     # the statement cost more than running it.
-    with conn.connection.driver_connection.cursor() as cursor:
+    with driver_cursor(conn) as cursor:
         cursor.execute(query, params)
         return TierMap(dict(cursor.fetchall()))
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, insert, select, update
 
+from app.db import driver_cursor
 from app.models import api_keys, projects, tiers
 from app.periods import utc_now
 from app.services.request_facts import BaselineModel
@@ -181,7 +182,7 @@ class ProjectContext:
 
 def load_project_context(conn: Connection, *, project_id: int) -> ProjectContext:
     # One statement, through psycopg's cursor: read on every ingest call and OTLP export.
-    with conn.connection.driver_connection.cursor() as cursor:
+    with driver_cursor(conn) as cursor:
         cursor.execute(
             "select p.baseline_model, p.baseline_provider,"
             " (select coalesce(json_object_agg(t.name, t.rank), '{}') from tiers t"

@@ -668,11 +668,12 @@ def take_pending(
             runs[-1].extend(rows)
             size += n
     added: list[datetime] = []
+    if runs:
+        _tune_for_rollups(conn)  # local to the transaction: once serves every run
     for run in runs:
         hours = sorted({row.hour for row in run})
         ids = [row.id for row in run]
         params = {"project_id": project_id, "bins": hours, "pending": ids}
-        _tune_for_rollups(conn)
         for statement in _ADD_HOURLY:
             conn.execute(statement, params)
         _delete_pending(conn, project_id=project_id, ids=ids)

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, text
 
+from app.db import driver_cursor
 from app.periods import utc_now
 from app.services.ingest import Batch, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
@@ -219,8 +220,7 @@ def _process(
     project_id = project.project_id
     trace_ids = sorted(new)
     outcome = Outcome()
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor:
+    with driver_cursor(conn) as cursor:
         # Arrays in binary: in text psycopg escapes each element in Python.
         cursor.execute(
             "select set_config('lock_timeout', %s, true), "
@@ -311,7 +311,7 @@ def _stored_spans(
     conn: Connection, *, project_id: int, trace_ids: list[bytes]
 ) -> dict[bytes, dict[bytes, SpanRecord]]:
     stored: dict[bytes, dict[bytes, SpanRecord]] = defaultdict(dict)
-    with conn.connection.driver_connection.cursor() as cursor:
+    with driver_cursor(conn) as cursor:
         cursor.execute(
             "select trace_id, span_id, parent_span_id, parent_is_remote, start_ns, end_ns,"
             " fields, resource, received_at, held from otlp_spans"
@@ -354,8 +354,7 @@ def _claim_response_ids(
     if not owner:
         return counted_elsewhere
     ids = list(owner)
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cursor:
+    with driver_cursor(conn) as cursor:
         # Binary arrays: psycopg quotes a text array element by element in Python. The claims
         # go in in the order of their ids, so two exports sharing ids never deadlock.
         cursor.execute(
@@ -477,8 +476,7 @@ def _on_spans(
 
 
 def _insert_spans(conn: Connection, *, project_id: int, spans: Iterable[SpanRecord]) -> None:
-    raw = conn.connection.driver_connection
-    with raw.cursor() as cur:
+    with driver_cursor(conn) as cur:
         cur.executemany(
             f"insert into otlp_spans ({_SPAN_COLUMNS}) "
             "values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
