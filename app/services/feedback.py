@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.db import driver_cursor
 from app.models import feedback, held_feedback, request_keys, requests
 from app.periods import utc_now
 from app.schemas import FeedbackItem, FeedbackResult, HeldFeedback, ItemError, describe_errors
@@ -78,14 +79,7 @@ def record_feedback(
 def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, datetime]) -> int:
     """Applies the held feedback of requests this transaction stored ({request_id: ts});
     returns how many items."""
-    if (
-        not stored
-        or not conn.execute(
-            select(
-                select(held_feedback.c.id).where(held_feedback.c.project_id == project_id).exists()
-            )
-        ).scalar_one()
-    ):
+    if not stored or not _any_held(conn, project_id=project_id):
         return 0
     rows = conn.execute(
         delete(held_feedback)
@@ -101,6 +95,16 @@ def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, dat
         for r in rows
     ]
     return len(_store(conn, project_id=project_id, items=items, known=stored, now=None))
+
+
+def _any_held(conn: Connection, *, project_id: int) -> bool:
+    # Through psycopg: asked on every ingest call, where SQLAlchemy's building of the
+    # statement cost more than running it.
+    with driver_cursor(conn) as cursor:
+        cursor.execute(
+            "select exists (select from held_feedback where project_id = %s)", (project_id,)
+        )
+        return cursor.fetchone()[0]
 
 
 def _fields(item: FeedbackItem) -> dict:

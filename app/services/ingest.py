@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
+from psycopg import postgres
 from psycopg.types.array import ListBinaryDumper
 from psycopg.types.json import Jsonb
 from pydantic import TypeAdapter, ValidationError
@@ -282,21 +283,30 @@ class CopyLayout:
     """How rows of a table go through COPY: its columns in the rows' order, their types."""
 
     statement: str
-    types: tuple[str, ...]
+    type_oids: tuple[int, ...]
 
     @classmethod
     def of(cls, table: Table, columns: tuple[str, ...]) -> CopyLayout:
         if sorted(columns) != sorted(table.columns.keys()):
             raise ValueError(f"COPY of {table.name}: {columns} are not its columns")
-        types = tuple(
-            next(pg for sa_type, pg in _COPY_TYPE_NAMES if isinstance(table.c[name].type, sa_type))
+        # As oids: by name, psycopg would look each type up again on every COPY.
+        type_oids = tuple(
+            postgres.types.get_oid(
+                next(
+                    pg
+                    for sa_type, pg in _COPY_TYPE_NAMES
+                    if isinstance(table.c[name].type, sa_type)
+                )
+            )
             for name in columns
         )
-        return cls(f"copy {table.name} ({', '.join(columns)}) from stdin (format binary)", types)
+        return cls(
+            f"copy {table.name} ({', '.join(columns)}) from stdin (format binary)", type_oids
+        )
 
     def write(self, cursor, rows: Iterable[tuple]) -> None:
         with cursor.copy(self.statement) as copy:
-            copy.set_types(self.types)
+            copy.set_types(self.type_oids)
             for row in rows:
                 copy.write_row(row)
 

@@ -21,6 +21,7 @@ from genai_prices import types as gp
 from sqlalchemy import Connection, func, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.db import driver_cursor
 from app.models import model_prices, price_catalog_snapshots
 from app.periods import utc_now
 from app.schemas import PriceIn
@@ -132,27 +133,21 @@ class PriceBook:
                 names.add(match[1])
         if not names:
             return cls([])
-        rows = conn.execute(
-            select(model_prices).where(
-                or_(model_prices.c.project_id == project_id, model_prices.c.project_id.is_(None)),
-                model_prices.c.model.in_(sorted(names)),
+        # Through psycopg: read on every ingest call, where SQLAlchemy's building of the
+        # statement cost more than running it.
+        with driver_cursor(conn) as cursor:
+            cursor.execute(
+                "select id, project_id, provider, model, input_per_mtok, output_per_mtok,"
+                " cache_read_per_mtok, cache_write_per_mtok, effective_from from model_prices"
+                " where (project_id = %s or project_id is null) and model = any(%s)",
+                (project_id, sorted(names)),
             )
-        )
+            rows = cursor.fetchall()
         return cls(
-            Price(
-                id=r.id,
-                project_id=r.project_id,
-                provider=r.provider,
-                model=r.model,
-                input_per_mtok=r.input_per_mtok,
-                output_per_mtok=r.output_per_mtok,
-                cache_read_per_mtok=r.cache_read_per_mtok,
-                cache_write_per_mtok=r.cache_write_per_mtok,
-                # In UTC's own tzinfo: compared with an event's time per attempt, a
-                # zoneinfo (as psycopg reads timestamptz) costs twenty times as much.
-                effective_from=r.effective_from.astimezone(UTC),
-            )
-            for r in rows
+            # effective_from in UTC's own tzinfo: compared with an event's time per attempt,
+            # a zoneinfo (as psycopg reads timestamptz) costs twenty times as much.
+            Price(*row[:8], effective_from=row[8].astimezone(UTC))
+            for row in rows
         )
 
     def price_at(self, model: str, provider: str | None, at: datetime) -> Price | None:
