@@ -98,8 +98,7 @@ def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, dat
 
 
 def _any_held(conn: Connection, *, project_id: int) -> bool:
-    # Through psycopg: asked on every ingest call, where SQLAlchemy's building of the
-    # statement cost more than running it.
+    # On every ingest call: psycopg's cursor (app.db.driver_cursor).
     with driver_cursor(conn) as cursor:
         cursor.execute(
             "select exists (select from held_feedback where project_id = %s)", (project_id,)

@@ -133,8 +133,7 @@ class PriceBook:
                 names.add(match[1])
         if not names:
             return cls([])
-        # Through psycopg: read on every ingest call, where SQLAlchemy's building of the
-        # statement cost more than running it.
+        # On every ingest call: psycopg's cursor (app.db.driver_cursor).
         with driver_cursor(conn) as cursor:
             cursor.execute(
                 "select id, project_id, provider, model, input_per_mtok, output_per_mtok,"

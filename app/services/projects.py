@@ -148,21 +148,22 @@ def revoke_key(conn: Connection, *, project_id: int, key_id: int) -> bool:
 
 def authenticate(conn: Connection, *, secret: str) -> Caller | None:
     """The caller a key belongs to, or None for an unknown or revoked key."""
-    row = conn.execute(
-        select(
-            api_keys.c.id,
-            api_keys.c.project_id,
-            api_keys.c.scopes,
-            api_keys.c.rate_limit_per_second,
-        ).where(api_keys.c.key_hash == hash_key(secret), api_keys.c.revoked_at.is_(None))
-    ).first()
+    # On every call: psycopg's cursor (app.db.driver_cursor).
+    with driver_cursor(conn) as cursor:
+        cursor.execute(
+            "select id, project_id, scopes, rate_limit_per_second from api_keys"
+            " where key_hash = %s and revoked_at is null",
+            (hash_key(secret),),
+        )
+        row = cursor.fetchone()
     if row is None:
         return None
+    key_id, project_id, scopes, rate_limit = row
     return Caller(
-        project_id=row.project_id,
-        key_id=row.id,
-        scopes=frozenset(row.scopes),
-        rate_limit_per_second=row.rate_limit_per_second,
+        project_id=project_id,
+        key_id=key_id,
+        scopes=frozenset(scopes),
+        rate_limit_per_second=rate_limit,
     )
 
 
