@@ -170,6 +170,29 @@ def test_one_call_in_two_traces_counts_once(engine):
     assert project.count_requests() == 1
 
 
+def test_a_request_span_that_arrives_before_its_calls_waits_for_them(engine):
+    # A request span ends after its calls, yet another process (or a retried export) can
+    # deliver it first: it is kept, and the calls of a later export are assembled under it.
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = receive_export(engine, project_id=project.id, export=export(app), now=START)
+    assert (first.requests, first.duplicates) == (0, 0)
+    calls = [call(trace_id, new_span_id(), app_id, routeledger__tier="cheap") for _ in range(2)]
+    second = receive_export(engine, project_id=project.id, export=export(*calls), now=START)
+    assert second.requests == 1
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "select feature, customer_id, attempt_count from requests where project_id = %s",
+            (project.id,),
+        ).all()
+        waiting = conn.exec_driver_sql(
+            "select count(*) from otlp_spans where project_id = %s", (project.id,)
+        ).scalar_one()
+    assert [tuple(row) for row in stored] == [("search", "acme", 2)]
+    assert waiting == 0
+
+
 # --- the map's API ----------------------------------------------------------------------
 
 

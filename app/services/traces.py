@@ -435,14 +435,16 @@ def _keep_waiting(
     for trace_id, spans in spans_of.items():
         stored_here = stored.get(trace_id, {})
         waiting = [s for s in spans.values() if s.is_attempt and s.span_id not in consumed]
-        if not (stored_here or waiting or any(s.marks_request for s in spans.values())):
+        # Request spans no request was assembled under yet: their calls may come later.
+        awaiting_calls = (
+            set()
+            if trace_id in quiet_traces
+            else {s.span_id for s in spans.values() if s.marks_request} - request_spans
+        )
+        if not (stored_here or waiting or awaiting_calls):
             continue  # assembled whole from this export, no request span left: nothing to do
         for span in spans.values():
-            awaits_calls = (
-                span.marks_request
-                and span.span_id not in request_spans
-                and trace_id not in quiet_traces
-            )
+            awaits_calls = span.span_id in awaiting_calls
             gone = span.span_id in consumed or not (waiting or awaits_calls)
             if span.span_id in stored_here:
                 if gone:
