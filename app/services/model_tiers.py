@@ -45,8 +45,7 @@ def load_tier_map(
             return TierMap({})
         query += " and model = any(%b::text[])"
         params.append(models)
-    # Through psycopg's cursor: read for every OTLP export, where SQLAlchemy's building of
-    # the statement cost more than running it.
+    # On every OTLP export: psycopg's cursor (app.db.driver_cursor).
     with driver_cursor(conn) as cursor:
         cursor.execute(query, params)
         return TierMap(dict(cursor.fetchall()))

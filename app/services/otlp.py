@@ -10,7 +10,6 @@ Message content never leaves this module: a span is reduced to an allow-list of 
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import uuid
 from collections.abc import Iterator, Mapping
@@ -195,7 +194,7 @@ ATTEMPT_ATTRIBUTES = frozenset(
 )  # fmt: skip
 SPAN_ATTRIBUTES = ATTEMPT_ATTRIBUTES | set(REQUEST_ATTRIBUTES) | set(IDENTITY_ATTRIBUTES)
 # What a request field can come from: also all a resource is read for.
-REQUEST_FIELD_NAMES = frozenset({SERVICE_NAME, *REQUEST_ATTRIBUTES, *IDENTITY_ATTRIBUTES})
+REQUEST_FIELD_NAMES = FALLBACK_ATTRIBUTES | frozenset(REQUEST_ATTRIBUTES)
 _UNSUPPORTED = object()  # an array, key-value list or bytes value: never one of ours
 _SCALARS = {"string_value", "bool_value", "int_value", "double_value"}
 # The kind each attribute read is sent as when it is what we expect. _wanted reads that kind
@@ -474,12 +473,7 @@ def _ns(at: datetime) -> int:
 
 def request_id_of(trace_id: bytes, request_span_id: bytes, chunk: int = 0) -> uuid.UUID:
     name = f"{trace_id.hex()}:{request_span_id.hex()}" + (f":{chunk}" if chunk else "")
-    # uuid.uuid5, with the namespace's bytes read once (it is asked once per request).
-    digest = hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()
-    return uuid.UUID(bytes=digest[:16], version=5)
-
-
-_NAMESPACE_BYTES = REQUEST_ID_NAMESPACE.bytes
+    return uuid.uuid5(REQUEST_ID_NAMESPACE, name)
 
 
 @dataclass

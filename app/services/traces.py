@@ -372,7 +372,7 @@ def _claim_response_ids(
         cursor.execute("savepoint claims")
         try:
             cursor.execute(_CLAIM, params)
-            new = set(ids)
+            return counted_elsewhere  # every claim was new
         except UniqueViolation:
             cursor.execute("rollback to savepoint claims")
             cursor.execute(f"{_CLAIM} on conflict do nothing returning response_id", params)
