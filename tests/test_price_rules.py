@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -116,6 +117,41 @@ def test_the_price_chosen_equals_the_rules_applied_by_hand(rows, lookups):
             provider,
             at,
         )
+
+
+# Prices as posted: decimal strings with up to a dozen places, or in exponent form.
+price_st = st.decimals(min_value=0, max_value=10**6, places=12, allow_nan=False) | st.sampled_from(
+    [Decimal("0"), Decimal("0.00"), Decimal("1E+2"), Decimal("2.50"), Decimal("0.000001")]
+)
+tokens_st = st.integers(min_value=0, max_value=2**40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    prices=st.tuples(price_st, price_st, st.none() | price_st, st.none() | price_st),
+    tokens=st.tuples(tokens_st, tokens_st, tokens_st, tokens_st),
+)
+def test_a_cost_is_the_tokens_times_the_prices_exactly(prices, tokens):
+    """DESIGN.md's attempt cost, worked out here in Decimal with room to spare, equals the
+    cost a price computes, to the last digit and in the same form."""
+    input_price, output_price, cache_read_price, cache_write_price = prices
+    price = Price(1, None, "acme", "m1", *prices, effective_from=INSTANTS[0])
+    usage = SimpleNamespace(
+        input_tokens=tokens[0],
+        output_tokens=tokens[1],
+        cache_read_tokens=tokens[2],
+        cache_write_tokens=tokens[3],
+    )
+    with localcontext(prec=200):  # every digit kept
+        expected = (
+            tokens[0] * input_price
+            + tokens[1] * output_price
+            + tokens[2] * (input_price if cache_read_price is None else cache_read_price)
+            + tokens[3] * (input_price if cache_write_price is None else cache_write_price)
+        ) / 1_000_000
+        expected = expected.normalize() if expected else Decimal(0)
+    cost = price.cost(usage)
+    assert (cost, str(cost)) == (expected, str(expected))
 
 
 @settings(

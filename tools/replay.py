@@ -73,12 +73,14 @@ def estimate_tokens(text: str) -> int:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One model's result on one prompt."""
+    """One model's result on one prompt (its tokens a TokenUsage, as a price reads them)."""
 
     passed: bool
     quality: float
     input_tokens: int
     output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -457,12 +459,7 @@ def simulate(
             output_tokens=outcome.output_tokens,
             status="rejected" if rejected else "ok",
             reason="quality_check" if rejected else None,
-            cost_usd=price.cost(
-                input_tokens=outcome.input_tokens,
-                output_tokens=outcome.output_tokens,
-                cache_read_tokens=0,
-                cache_write_tokens=0,
-            ),
+            cost_usd=price.cost(outcome),
         )
 
     requests = []

@@ -36,7 +36,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from app.db import driver_cursor
 from app.models import attempts, requests
-from app.periods import utc_now
+from app.periods import EARLIEST, utc_now
 from app.schemas import (
     MAX_METADATA_BYTES,
     Event,
@@ -113,16 +113,31 @@ def _safe_id(raw_event: Any) -> str | None:
     return found if found is not None and find_bad_text(found) is None else None
 
 
-def check_event(event: Event, *, tier_ranks: dict[str, int], now: datetime) -> str | None:
-    """The rules a schema cannot say: known tiers, a time neither far in the future nor older
-    than events are kept, metadata size."""
-    if event.timestamp - now > MAX_FUTURE:
+@dataclass(frozen=True)
+class TimeWindow:
+    """The timestamps events may carry when received at `now`: at most a day ahead, and no
+    older than events are kept (ROUTELEDGER_MAX_EVENT_AGE_DAYS)."""
+
+    earliest: datetime
+    latest: datetime
+    max_age_days: int
+
+    @classmethod
+    def at(cls, now: datetime) -> TimeWindow:
+        max_age = get_settings().routeledger_max_event_age_days
+        # No earlier than the schema's first instant (a huge setting would overflow).
+        oldest = now - min(timedelta(days=max_age), now - EARLIEST)
+        return cls(oldest, now + MAX_FUTURE, max_age)
+
+
+def check_event(event: Event, *, tier_ranks: dict[str, int], window: TimeWindow) -> str | None:
+    """The rules a schema cannot say: known tiers, a time within the window, metadata size."""
+    if event.timestamp > window.latest:
         return f"timestamp: {event.timestamp.isoformat()} is more than a day in the future"
-    max_age = get_settings().routeledger_max_event_age_days
-    if now - event.timestamp > timedelta(days=max_age):
+    if event.timestamp < window.earliest:
         return (
-            f"timestamp: {event.timestamp.isoformat()} is more than {max_age} days in the past "
-            "(ROUTELEDGER_MAX_EVENT_AGE_DAYS)"
+            f"timestamp: {event.timestamp.isoformat()} is more than {window.max_age_days} days "
+            "in the past (ROUTELEDGER_MAX_EVENT_AGE_DAYS)"
         )
     if event.intended_tier is not None and event.intended_tier not in tier_ranks:
         return _unknown_tier("intended_tier", event.intended_tier, tier_ranks)
@@ -400,8 +415,9 @@ def _prepare(
     now: datetime,
 ) -> _Prepared:
     checked: list[Event] = []
+    window = TimeWindow.at(now)
     for index, event in valid:
-        problem = check_event(event, tier_ranks=project.tier_ranks, now=now)
+        problem = check_event(event, tier_ranks=project.tier_ranks, window=window)
         if problem is None:
             checked.append(event)
         else:

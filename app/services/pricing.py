@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import decimal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -29,7 +29,6 @@ from app.schemas import PriceIn
 CATALOG_SOURCE = "genai-prices"
 # The first snapshot prices all history: nothing older than this is expected.
 CATALOG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-MILLION = Decimal(1_000_000)
 # Token counts up to 2**40 times prices with a dozen digits stay exact at this precision.
 # Money is summed and multiplied at this precision everywhere, rounded only when shown.
 MONEY_CONTEXT = decimal.Context(prec=50)
@@ -55,37 +54,35 @@ class Price:
     cache_read_per_mtok: Decimal | None
     cache_write_per_mtok: Decimal | None
     effective_from: datetime
+    # The four prices as integers of one scale (a missing cache price is the input price,
+    # DESIGN.md, attempt cost), and that scale's exponent, per million tokens.
+    _scaled: tuple[int, int, int, int] = field(init=False, repr=False, compare=False)
+    _exponent: int = field(init=False, repr=False, compare=False)
 
-    def cost(
-        self,
-        *,
-        input_tokens: int,
-        output_tokens: int,
-        cache_read_tokens: int,
-        cache_write_tokens: int,
-    ) -> Decimal:
-        ctx = MONEY_CONTEXT
-        total = ctx.add(
-            ctx.multiply(self.input_per_mtok, input_tokens),
-            ctx.multiply(self.output_per_mtok, output_tokens),
+    def __post_init__(self) -> None:
+        prices = (
+            self.input_per_mtok,
+            self.output_per_mtok,
+            self.input_per_mtok if self.cache_read_per_mtok is None else self.cache_read_per_mtok,
+            self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok,
         )
-        # Without cache tokens their terms add nothing: skipped (a third of the work).
-        if cache_read_tokens or cache_write_tokens:
-            # A missing cache price falls back to the input price (DESIGN.md, attempt cost).
-            cache_read = self.cache_read_per_mtok
-            cache_write = self.cache_write_per_mtok
-            if cache_read is None:
-                cache_read = self.input_per_mtok
-            if cache_write is None:
-                cache_write = self.input_per_mtok
-            total = ctx.add(
-                total,
-                ctx.add(
-                    ctx.multiply(cache_read, cache_read_tokens),
-                    ctx.multiply(cache_write, cache_write_tokens),
-                ),
-            )
-        return ctx.divide(total, MILLION).normalize(ctx) if total else Decimal(0)
+        exponent = min(0, *(price.as_tuple().exponent for price in prices))
+        scaled = tuple(int(price.scaleb(-exponent, MONEY_CONTEXT)) for price in prices)
+        object.__setattr__(self, "_scaled", scaled)
+        object.__setattr__(self, "_exponent", exponent - 6)
+
+    def cost(self, usage: TokenUsage) -> Decimal:
+        """The cost of these tokens, in USD."""
+        # Exact integer arithmetic, one Decimal at the end: the same result as summing the
+        # Decimal products, in a third to a half of the time (ingest prices three per event).
+        input_price, output_price, cache_read_price, cache_write_price = self._scaled
+        total = usage.input_tokens * input_price + usage.output_tokens * output_price
+        cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
+        if cache_read or cache_write:
+            total += cache_read * cache_read_price + cache_write * cache_write_price
+        if not total:
+            return Decimal(0)
+        return Decimal(total).scaleb(self._exponent, MONEY_CONTEXT).normalize(MONEY_CONTEXT)
 
 
 # --- matching a model name to the catalog -------------------------------------------
@@ -181,13 +178,7 @@ class PriceBook:
         price = self.price_at(model, provider, at)
         if price is None:
             return None, None
-        cost = price.cost(
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens,
-        )
-        return cost, price.id
+        return price.cost(usage), price.id
 
     def _candidates(self, model: str, provider: str | None) -> tuple[list[Price], list[Price], str]:
         """The project's prices that may apply, the catalog timeline that applies when none
@@ -341,6 +332,10 @@ def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSyn
                 for row in candidates
             ],
         )
+        # Statistics now, not when autovacuum gets to it: until then the planner reads every
+        # catalog row for a price book (a bitmap scan of the unique index whose third column
+        # is the model) instead of looking the models up, at four times the cost per call.
+        conn.execute(text("analyze model_prices"))
     return CatalogSync(version=version, created=True, prices_added=len(candidates))
 
 

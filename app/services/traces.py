@@ -250,7 +250,10 @@ def _process(
         if trace_id in stored:
             spans.update(stored[trace_id])  # a re-exported span: the stored copy
         spans_of[trace_id] = spans
-        quiet = all(s.received_at <= quiet_before for s in spans.values())
+        # New spans were received now: with a settle time, their trace is not quiet.
+        quiet = (not new[trace_id] or quiet_before >= now) and all(
+            s.received_at <= quiet_before for s in spans.values()
+        )
         if quiet:
             quiet_traces.add(trace_id)
         drafts += due_drafts(spans, quiet=quiet, held_request_ids=held_ids)
