@@ -459,10 +459,13 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
             (project_id, [r.request_id for r in derived], [r.ts for r in derived]),
             binary=True,
         )
-        new_ids = {row[0] for row in cur.fetchall()}
-        stored = [r for r in derived if r.request_id in new_ids]
-        if not stored:
-            return 0
+        if cur.rowcount == len(derived):
+            stored = derived  # all new, as nearly always: no need to read the ids back
+        else:
+            new_ids = {row[0] for row in cur.fetchall()}
+            stored = [r for r in derived if r.request_id in new_ids]
+            if not stored:
+                return 0
         REQUESTS_COPY.write(cur, (request.request_row for request in stored))
         ATTEMPTS_COPY.write(cur, (row for request in stored for row in request.attempt_rows))
         record_pending(cur, project_id=project_id, keys=[(r.ts, r.request_id) for r in stored])
