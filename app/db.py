@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
+from psycopg.errors import UniqueViolation
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from app.embedded import running_url
@@ -69,6 +70,25 @@ def driver_cursor(conn: Connection):
     and statements run on every call where SQLAlchemy's building of them costs more than
     running them. Its errors are psycopg's own (app.api.errors answers both alike)."""
     return conn.connection.driver_connection.cursor()
+
+
+def insert_new(cursor, statement: str, params, *, returning: str, savepoint: str, **options):
+    """Runs `statement`, an INSERT of rows that are nearly always new, with the driver's
+    `cursor`: first as it is, since a plain insert costs PostgreSQL a sixth to two fifths less
+    than one that skips conflicts. When a row is taken, a savepoint undoes the insert and the
+    rows go in again skipping the taken ones: returns the `returning` column of the rows
+    inserted then, or None when every row was new. The savepoint stays until the transaction
+    ends (releasing it would cost a round trip)."""
+    cursor.execute(f"savepoint {savepoint}")
+    try:
+        cursor.execute(statement, params, **options)
+        return None
+    except UniqueViolation:
+        cursor.execute(f"rollback to savepoint {savepoint}")
+        cursor.execute(
+            f"{statement} on conflict do nothing returning {returning}", params, **options
+        )
+        return {row[0] for row in cursor.fetchall()}
 
 
 def limit_statements(conn: Connection, *, seconds: float) -> None:

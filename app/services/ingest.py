@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from app.db import driver_cursor
+from app.db import driver_cursor, insert_new
 from app.models import attempts, requests
 from app.periods import EARLIEST, utc_now
 from app.schemas import (
@@ -452,20 +452,19 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
         # The request_keys primary key decides what is new. The keys go in in the order of
         # their ids, so two batches sharing ids lock them in the same order and never
         # deadlock.
-        cur.execute(
+        new_ids = insert_new(
+            cur,
             "insert into request_keys (project_id, request_id, ts) "
             "select %s, k.id, k.ts from unnest(%s::uuid[], %s::timestamptz[]) as k(id, ts) "
-            "order by k.id on conflict do nothing returning request_id",
+            "order by k.id",
             (project_id, [r.request_id for r in derived], [r.ts for r in derived]),
+            returning="request_id",
+            savepoint="request_keys",
             binary=True,
         )
-        if cur.rowcount == len(derived):
-            stored = derived  # all new, as nearly always: no need to read the ids back
-        else:
-            new_ids = {row[0] for row in cur.fetchall()}
-            stored = [r for r in derived if r.request_id in new_ids]
-            if not stored:
-                return 0
+        stored = derived if new_ids is None else [r for r in derived if r.request_id in new_ids]
+        if not stored:
+            return 0
         REQUESTS_COPY.write(cur, (request.request_row for request in stored))
         ATTEMPTS_COPY.write(cur, (row for request in stored for row in request.attempt_rows))
         record_pending(cur, project_id=project_id, keys=[(r.ts, r.request_id) for r in stored])
