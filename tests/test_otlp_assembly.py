@@ -122,7 +122,11 @@ def test_more_calls_than_an_event_holds_become_consecutive_requests():
     calls = [call(trace, new_span_id(), app, end_ms=10 + n) for n in range(25)]
     first, second = events(span(trace, app, end_ms=900), *calls)
     assert len(first["attempts"]) == 20 and len(second["attempts"]) == 5
-    assert first["request_id"] != second["request_id"]
+    name = f"{trace.hex()}:{app.hex()}"
+    assert (first["request_id"], second["request_id"]) == (
+        uuid.uuid5(REQUEST_ID_NAMESPACE, name),
+        uuid.uuid5(REQUEST_ID_NAMESPACE, f"{name}:1"),
+    )
 
 
 @pytest.mark.parametrize(
