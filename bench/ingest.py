@@ -1,8 +1,9 @@
 """Ingest throughput: events/s through POST /v1/requests (batches of 500 events of 1 to 3
 attempts, several concurrent senders) against a raw psycopg binary COPY of the same rows
-into the same tables, measured in the same run.
+into the same tables, measured in the same run, in rounds that alternate between the two
+(so that a minute when the machine's other work slows one does not fall on it alone).
 
-    .venv/bin/python -m bench.ingest [--events 100000] [--senders 4] [--api-workers 2]
+    .venv/bin/python -m bench.ingest [--events 100000] [--rounds 3] [--senders 4] [--api-workers 2]
 
 It also times the service's own Python work per event (`ingest_body` called in this
 process on such bodies, its CPU time): a figure the machine's other work moves far less
@@ -106,11 +107,11 @@ def send_all(
     return elapsed
 
 
-def raw_copy(events: list[dict], project_id: int) -> float:
-    """The same rows, derived ahead of time, written by COPY alone: the floor for ingest."""
+def copy_rows(events: list[dict], project_id: int) -> list:
+    """The rows of the events (under new ids), derived ahead of time, for `raw_copy`."""
     from app.db import get_engine
     from app.schemas import Event
-    from app.services.ingest import ATTEMPTS_COPY, REQUESTS_COPY, derive
+    from app.services.ingest import derive
     from app.services.partitions import ensure_partitions, month_start
     from app.services.pricing import PriceBook
     from app.services.projects import load_project_context
@@ -125,8 +126,15 @@ def raw_copy(events: list[dict], project_id: int) -> float:
             models.add((project.baseline.model, project.baseline.provider))
         prices = PriceBook.load(conn, project_id=project_id, models=models)
     now = datetime.now(UTC)
-    rows = [derive(e, project=project, prices=prices, received_at=now) for e in parsed]
-    raw = engine.raw_connection()
+    return [derive(e, project=project, prices=prices, received_at=now) for e in parsed]
+
+
+def raw_copy(rows: list, project_id: int) -> float:
+    """The rows written by COPY alone, in one transaction: the floor for ingest."""
+    from app.db import get_engine
+    from app.services.ingest import ATTEMPTS_COPY, REQUESTS_COPY
+
+    raw = get_engine().raw_connection()
     try:
         started = time.perf_counter()
         with raw.driver_connection.cursor() as cur:
@@ -167,6 +175,7 @@ def service_cpu(events: list[dict], project_id: int, batch: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3, help="per side, alternating")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--senders", type=int, default=4)
     parser.add_argument("--api-workers", type=int, default=2)
@@ -175,20 +184,38 @@ def main() -> None:
     rng = random.Random(42)
     now = datetime.now(UTC)
     events = [make_event(rng, now) for _ in range(args.events)]
-    bodies = [
-        orjson.dumps({"requests": events[i : i + args.batch]})
-        for i in range(0, len(events), args.batch)
-    ]
+    per_round = -(-args.events // args.rounds)
+    rounds = [events[i : i + per_round] for i in range(0, len(events), per_round)]
     attempts = sum(len(e["attempts"]) for e in events)
+    api_seconds, copy_seconds, round_ratios = 0.0, 0.0, []
     with scratch_database("bench_ingest") as database_url:
         api_project, key = create_project("bench-api")
         copy_project, _ = create_project("bench-copy")
-        # Warm up the server (price cache, partitions, connections) outside the timing.
+        # Warm up both sides outside the timing: the server's processes, their connections
+        # and prepared statements (four calls per sender), prices and partitions; the COPY's
+        # connection and tables.
         with api_server(database_url, workers=args.api_workers) as (url, _pid):
-            warm = [make_event(rng, now) for _ in range(args.batch)]
-            send_all(url, key, [orjson.dumps({"requests": warm})], 1)
-            api_seconds = send_all(url, key, bodies, args.senders)
-        copy_seconds = raw_copy(events, copy_project)
+            warm = [make_event(rng, now) for _ in range(4 * args.senders * args.batch)]
+            warm_bodies = [
+                orjson.dumps({"requests": warm[i : i + args.batch]})
+                for i in range(0, len(warm), args.batch)
+            ]
+            send_all(url, key, warm_bodies, args.senders)
+            raw_copy(copy_rows(warm[: args.batch], copy_project), copy_project)
+            for chunk in rounds:
+                bodies = [
+                    orjson.dumps({"requests": chunk[i : i + args.batch]})
+                    for i in range(0, len(chunk), args.batch)
+                ]
+                rows = copy_rows(chunk, copy_project)
+                api = send_all(url, key, bodies, args.senders)
+                copy = raw_copy(rows, copy_project)  # the API idle meanwhile
+                api_seconds, copy_seconds = api_seconds + api, copy_seconds + copy
+                round_ratios.append(round(copy / api, 3))
+                print(
+                    f"round {len(round_ratios)}: API {len(chunk) / api:,.0f} events/s, "
+                    f"COPY {len(chunk) / copy:,.0f} events/s, ratio {round_ratios[-1]}"
+                )
         cpu_per_event = service_cpu(events, create_project("bench-cpu")[0], args.batch)
 
     api_rate = args.events / api_seconds
@@ -205,11 +232,13 @@ def main() -> None:
                 "events": args.events,
                 "attempts": attempts,
                 "batch": args.batch,
+                "rounds": len(rounds),
                 "senders": args.senders,
                 "api_workers": args.api_workers,
                 "api_events_per_s": round(api_rate),
                 "copy_events_per_s": round(copy_rate),
                 "api_to_copy_ratio": round(api_rate / copy_rate, 3),
+                "round_ratios": round_ratios,
                 "service_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
             }
         )
