@@ -69,6 +69,11 @@ def make_event(rng: random.Random, at: datetime) -> dict:
     }
 
 
+def batch_bodies(events: list[dict], batch: int) -> list[bytes]:
+    """`POST /v1/requests` bodies of `batch` events each."""
+    return [orjson.dumps({"requests": events[i : i + batch]}) for i in range(0, len(events), batch)]
+
+
 def send_all(
     url: str,
     key: str,
@@ -196,19 +201,11 @@ def main() -> None:
         # connection and tables.
         with api_server(database_url, workers=args.api_workers) as (url, _pid):
             warm = [make_event(rng, now) for _ in range(4 * args.senders * args.batch)]
-            warm_bodies = [
-                orjson.dumps({"requests": warm[i : i + args.batch]})
-                for i in range(0, len(warm), args.batch)
-            ]
-            send_all(url, key, warm_bodies, args.senders)
+            send_all(url, key, batch_bodies(warm, args.batch), args.senders)
             raw_copy(copy_rows(warm[: args.batch], copy_project), copy_project)
             for chunk in rounds:
-                bodies = [
-                    orjson.dumps({"requests": chunk[i : i + args.batch]})
-                    for i in range(0, len(chunk), args.batch)
-                ]
                 rows = copy_rows(chunk, copy_project)
-                api = send_all(url, key, bodies, args.senders)
+                api = send_all(url, key, batch_bodies(chunk, args.batch), args.senders)
                 copy = raw_copy(rows, copy_project)  # the API idle meanwhile
                 api_seconds, copy_seconds = api_seconds + api, copy_seconds + copy
                 round_ratios.append(round(copy / api, 3))

@@ -30,7 +30,7 @@ from bench.common import (
     process_group,
     scratch_database,
 )
-from bench.ingest import make_event, send_all
+from bench.ingest import batch_bodies, make_event, send_all
 
 SPANS_PER_EXPORT = 512  # the OTel SDK's BatchSpanProcessor default
 EVENTS_PER_BATCH = 500  # the RouteLedger SDK's default
@@ -151,11 +151,7 @@ def main() -> None:
     now = datetime.now(UTC)
     per_round = args.requests // args.rounds
     rounds = [[make_event(rng, now) for _ in range(per_round)] for _ in range(args.rounds)]
-    json_rounds = [
-        [orjson.dumps({"requests": r[i : i + EVENTS_PER_BATCH]})
-         for i in range(0, len(r), EVENTS_PER_BATCH)]
-        for r in rounds
-    ]  # fmt: skip
+    json_rounds = [batch_bodies(r, EVENTS_PER_BATCH) for r in rounds]
     otlp_rounds = [exports(r, args.spans_per_export) for r in rounds]
     spans = sum(count for _, count in otlp_rounds)
     requests = per_round * args.rounds

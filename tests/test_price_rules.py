@@ -8,7 +8,6 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 
 from app.schemas import PriceIn
 from app.services.ingest import Batch, ingest_batch
-from app.services.pricing import Price, PriceBook, add_prices
+from app.services.pricing import Price, PriceBook, Tokens, add_prices
 from tests.helpers import attempt, event, make_project
 
 PROJECT = 7
@@ -136,12 +135,6 @@ def test_a_cost_is_the_tokens_times_the_prices_exactly(prices, tokens):
     cost a price computes, to the last digit and in the same form."""
     input_price, output_price, cache_read_price, cache_write_price = prices
     price = Price(1, None, "acme", "m1", *prices, effective_from=INSTANTS[0])
-    usage = SimpleNamespace(
-        input_tokens=tokens[0],
-        output_tokens=tokens[1],
-        cache_read_tokens=tokens[2],
-        cache_write_tokens=tokens[3],
-    )
     with localcontext(prec=200):  # every digit kept
         expected = (
             tokens[0] * input_price
@@ -150,7 +143,7 @@ def test_a_cost_is_the_tokens_times_the_prices_exactly(prices, tokens):
             + tokens[3] * (input_price if cache_write_price is None else cache_write_price)
         ) / 1_000_000
         expected = expected.normalize() if expected else Decimal(0)
-    cost = price.cost(usage)
+    cost = price.cost(Tokens(*tokens))
     assert (cost, str(cost)) == (expected, str(expected))
 
 

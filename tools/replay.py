@@ -45,7 +45,7 @@ from pathlib import Path
 
 import genai_prices
 
-from app.services.pricing import Price, PriceBook, catalog_rows
+from app.services.pricing import Price, PriceBook, Tokens, catalog_rows
 from app.services.request_facts import RequestFacts, rate, request_cost, request_facts
 from app.vocabulary import DEFAULT_TIERS
 
@@ -73,14 +73,12 @@ def estimate_tokens(text: str) -> int:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One model's result on one prompt (its tokens a TokenUsage, as a price reads them)."""
+    """One model's result on one prompt."""
 
     passed: bool
     quality: float
     input_tokens: int
     output_tokens: int
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -459,7 +457,7 @@ def simulate(
             output_tokens=outcome.output_tokens,
             status="rejected" if rejected else "ok",
             reason="quality_check" if rejected else None,
-            cost_usd=price.cost(outcome),
+            cost_usd=price.cost(Tokens(outcome.input_tokens, outcome.output_tokens)),
         )
 
     requests = []

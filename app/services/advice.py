@@ -38,7 +38,7 @@ from app.services.intervals import (
 )
 from app.services.metrics import MONEY_CONTEXT, Filters, coverage
 from app.services.policies import InvalidPolicy, validate_split
-from app.services.pricing import PriceBook
+from app.services.pricing import PriceBook, Tokens
 from app.services.projects import project_tiers
 from app.services.quality_floors import FloorBook, QualityFloor, load_floors
 from app.services.rollups import FLOW, QUALITY, RollupTable
@@ -284,24 +284,6 @@ def _paired_evidence(cells: list, pass_percent: int, ranks: dict[str, int]) -> S
 
 
 # --- traffic ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """Served tokens of some requests (a TokenUsage: what a price is applied to)."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_read_tokens: int = 0
-    cache_write_tokens: int = 0
-
-    def __add__(self, other: Tokens) -> Tokens:
-        return Tokens(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_read_tokens + other.cache_read_tokens,
-            self.cache_write_tokens + other.cache_write_tokens,
-        )
 
 
 @dataclass

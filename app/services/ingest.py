@@ -293,6 +293,12 @@ _COPY_TYPE_NAMES = (
 )  # fmt: skip
 
 
+def _copy_type_oid(column_type) -> int:
+    # As an oid: by name, psycopg would look the type up again on every COPY.
+    name = next(pg for sa_type, pg in _COPY_TYPE_NAMES if isinstance(column_type, sa_type))
+    return postgres.types.get_oid(name)
+
+
 @dataclass(frozen=True)
 class CopyLayout:
     """How rows of a table go through COPY: its columns in the rows' order, their types."""
@@ -304,19 +310,9 @@ class CopyLayout:
     def of(cls, table: Table, columns: tuple[str, ...]) -> CopyLayout:
         if sorted(columns) != sorted(table.columns.keys()):
             raise ValueError(f"COPY of {table.name}: {columns} are not its columns")
-        # As oids: by name, psycopg would look each type up again on every COPY.
-        type_oids = tuple(
-            postgres.types.get_oid(
-                next(
-                    pg
-                    for sa_type, pg in _COPY_TYPE_NAMES
-                    if isinstance(table.c[name].type, sa_type)
-                )
-            )
-            for name in columns
-        )
         return cls(
-            f"copy {table.name} ({', '.join(columns)}) from stdin (format binary)", type_oids
+            f"copy {table.name} ({', '.join(columns)}) from stdin (format binary)",
+            tuple(_copy_type_oid(table.c[name].type) for name in columns),
         )
 
     def write(self, cursor, rows: Iterable[tuple]) -> None:

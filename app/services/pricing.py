@@ -44,6 +44,24 @@ class TokenUsage(Protocol):
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """Token counts as given (a TokenUsage): the served tokens of some requests, say."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+@dataclass(frozen=True)
 class Price:
     id: int
     project_id: int | None
