@@ -7,7 +7,8 @@ in one run, rounds alternating between the doors.
 
 Two figures per door: requests per second, and the CPU time the API processes and their
 database connections spent per request (which other work on the machine moves much less
-than it moves the rate). The last line printed is one JSON object with the figures.
+than it moves the rate), also apart. The last line printed is one JSON object with the
+figures.
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def main() -> None:
     spans = sum(count for _, count in otlp_rounds)
     requests = per_round * args.rounds
     seconds = {"json": 0.0, "otlp": 0.0}
-    cpu = {"json": 0.0, "otlp": 0.0}
+    # CPU seconds per door: the API processes', and their database connections'.
+    cpu = {door: {"api": 0.0, "db": 0.0} for door in ("json", "otlp")}
     with scratch_database("bench_otlp") as database_url:
         json_project, json_key = create_project("bench-json")
         otlp_project, otlp_key = create_project("bench-otlp")
@@ -169,12 +171,13 @@ def main() -> None:
                      content_type="application/x-protobuf")  # fmt: skip
 
             def send(door: str, bodies: list[bytes], **how: str) -> None:
-                processes = process_group(pid) + database_backends(database_url)
-                used = cpu_seconds(processes)
+                api, backends = process_group(pid), database_backends(database_url)
+                used = {"api": cpu_seconds(api), "db": cpu_seconds(backends)}
                 seconds[door] += send_all(url, keys[door], bodies, args.senders, **how)
                 # Connections the pool opened meanwhile count whole.
-                processes += set(database_backends(database_url)) - set(processes)
-                cpu[door] += cpu_seconds(processes) - used
+                backends += set(database_backends(database_url)) - set(backends)
+                cpu[door]["api"] += cpu_seconds(api) - used["api"]
+                cpu[door]["db"] += cpu_seconds(backends) - used["db"]
 
             keys = {"json": json_key, "otlp": otlp_key}
             for json_bodies, (otlp_bodies, _) in zip(json_rounds, otlp_rounds, strict=True):
@@ -193,11 +196,16 @@ def main() -> None:
         f"OTLP: {requests} requests ({spans} spans) in {seconds['otlp']:.2f} s = "
         f"{otlp_rate:,.0f} requests/s, {spans / seconds['otlp']:,.0f} spans/s"
     )
-    cpu_us = {door: used / requests * 1e6 for door, used in cpu.items()}
-    print(
-        f"CPU per request (API and its database connections): JSON {cpu_us['json']:.0f} µs, "
-        f"OTLP {cpu_us['otlp']:.0f} µs"
-    )
+    split_us = {
+        door: {part: used / requests * 1e6 for part, used in parts.items()}
+        for door, parts in cpu.items()
+    }
+    cpu_us = {door: parts["api"] + parts["db"] for door, parts in split_us.items()}
+    for door, name in (("json", "JSON"), ("otlp", "OTLP")):
+        print(
+            f"CPU per request, {name}: {cpu_us[door]:.0f} µs (API processes "
+            f"{split_us[door]['api']:.0f}, database connections {split_us[door]['db']:.0f})"
+        )
     print(
         json.dumps(
             {
@@ -215,6 +223,11 @@ def main() -> None:
                 "json_cpu_us_per_request": round(cpu_us["json"]),
                 "otlp_cpu_us_per_request": round(cpu_us["otlp"]),
                 "otlp_cpu_per_request_vs_json": round(cpu_us["otlp"] / cpu_us["json"], 3),
+                # Where each door's CPU goes: its API processes, its database connections.
+                "json_api_cpu_us_per_request": round(split_us["json"]["api"]),
+                "json_db_cpu_us_per_request": round(split_us["json"]["db"]),
+                "otlp_api_cpu_us_per_request": round(split_us["otlp"]["api"]),
+                "otlp_db_cpu_us_per_request": round(split_us["otlp"]["db"]),
             }
         )
     )
