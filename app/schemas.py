@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -72,8 +72,8 @@ Score = Annotated[float, Field(strict=True, ge=0, le=1)]
 Count = Annotated[StrictInt, Field(ge=0, le=MAX_INT4)]
 
 
-def _money_input(value: Any) -> Any:
-    # Money arrives as a decimal string (the contract) or a JSON number; never a bool.
+def _decimal_input(value: Any) -> Any:
+    # A decimal string or a JSON number; never a bool.
     if isinstance(value, bool):
         raise ValueError("must be a decimal string or a number")
     if isinstance(value, float):
@@ -81,12 +81,29 @@ def _money_input(value: Any) -> Any:
     return value
 
 
+def _money_input(value: Any) -> Any:
+    # Money is a decimal string (DESIGN.md), or a whole number. A JSON number with a fraction
+    # has been read as a binary float, whose digits past the fifteenth need not be the ones
+    # sent: taking it would store a figure the client never sent.
+    if isinstance(value, bool | float):
+        raise ValueError(
+            'must be a decimal string, e.g. "0.0042" (a number with a fraction is read as a '
+            "binary float, which does not keep every digit)"
+        )
+    return value
+
+
+# Normalizing in this context never rounds (the default context keeps 28 digits, so a longer
+# amount would be judged by a rounded copy of itself).
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
 def _bounded(value: Decimal) -> Decimal:
     if not value.is_finite():
         raise ValueError("must be a finite number")
     if abs(value) >= MAX_USD:
         raise ValueError(f"must be less than {MAX_USD:,} in size")
-    if -value.normalize().as_tuple().exponent > MAX_DECIMAL_PLACES:
+    if -value.normalize(_EXACT).as_tuple().exponent > MAX_DECIMAL_PLACES:
         raise ValueError(f"must have at most {MAX_DECIMAL_PLACES} decimal places")
     return value
 
@@ -105,9 +122,10 @@ MoneyOrNone = Money | None
 
 def _timestamp_text(value: Any) -> Any:
     # A datetime comes only from the service's own callers (the OTLP door): JSON has none.
-    if not isinstance(value, str | datetime):
-        raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-22T10:15:30Z")
-    return value
+    # A string starts with its date: pydantic would also read digits alone as Unix time.
+    if (isinstance(value, str) and value[4:5] == "-") or isinstance(value, datetime):
+        return value
+    raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-22T10:15:30Z")
 
 
 def _in_range(value: datetime) -> datetime:
@@ -559,8 +577,8 @@ class UnmappedModels(BaseModel):
 # --- routing advice (issue 15) -------------------------------------------------------------
 
 # A pass score has at most two decimals: the scored requests are kept to the hundredth.
-PassScore = Annotated[Decimal, BeforeValidator(_money_input), Field(ge=0, le=1, decimal_places=2)]
-Target = Annotated[Decimal, BeforeValidator(_money_input), Field(gt=0, le=1)]
+PassScore = Annotated[Decimal, BeforeValidator(_decimal_input), Field(ge=0, le=1, decimal_places=2)]
+Target = Annotated[Decimal, BeforeValidator(_decimal_input), Field(gt=0, le=1)]
 
 
 class QualityFloorIn(Strict):

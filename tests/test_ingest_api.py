@@ -194,7 +194,31 @@ BAD_EVENTS = {
     "not an object": ("just a string", "event"),
     "negative client cost": (event(attempt(cost_usd="-1")), "attempts[0].cost_usd"),
     "quality out of range": (event(quality={"score": 1.5}), "quality.score"),
+    # A JSON number with a fraction is a binary float: 12345678.12345679 would be stored.
+    "money as a fraction": (event(revenue_usd=12345678.123456789012), "revenue_usd"),
+    "cost as a fraction": (event(attempt(cost_usd=0.25)), "attempts[0].cost_usd"),
+    # 49 places: rounded to 28 digits it would have looked like 1.
+    "long money": (event(attempt(cost_usd="1." + "0" * 48 + "1")), "attempts[0].cost_usd"),
+    "unix time": (event(timestamp="1774998000"), "timestamp"),
 }
+
+
+def test_money_is_stored_as_sent(http, fresh_project, database_url):
+    """A decimal string to its last digit, trailing zeros and 30 places included, and a whole
+    number: never through a float."""
+    digits = event(attempt(cost_usd="12345678.123456789012345678901234567890"))
+    zeros = event(attempt(cost_usd="0.25000000000000000000000000000000000000"))
+    whole = event(attempt(cost_usd=3), revenue_usd=999_999_999_999)
+    assert post(http, fresh_project.ingest_key, batch(digits, zeros, whole)).status_code == 200
+    costs = {
+        e["request_id"]: stored_request(database_url, e["request_id"])["cost_usd"]
+        for e in (digits, zeros, whole)
+    }
+    assert costs[digits["request_id"]] == Decimal("12345678.123456789012345678901234567890")
+    assert costs[zeros["request_id"]] == Decimal("0.25")
+    assert costs[whole["request_id"]] == 3
+    revenue = stored_request(database_url, whole["request_id"])["revenue_usd"]
+    assert revenue == Decimal(999_999_999_999)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_EVENTS))

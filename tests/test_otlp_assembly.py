@@ -174,6 +174,19 @@ def test_one_call_in_two_traces_counts_once(engine):
     assert project.count_requests() == 1
 
 
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_calls_with_a_blank_response_id_are_not_one_call(engine, blank):
+    project = make_project(baseline_model=None)
+    calls = [
+        call(new_trace_id(), new_span_id(), routeledger__tier="cheap", gen_ai__response__id=blank)
+        for _ in range(2)
+    ]
+    for reported in calls:
+        outcome = receive_export(engine, project_id=project.id, export=export(reported), now=START)
+        assert (outcome.requests, outcome.duplicates) == (1, 0)
+    assert project.count_requests() == 2
+
+
 def test_a_request_span_that_arrives_before_its_calls_waits_for_them(engine):
     # A request span ends after its calls, yet another process (or a retried export) can
     # deliver it first: it is kept, and the calls of a later export are assembled under it.

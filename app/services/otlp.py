@@ -383,7 +383,10 @@ def _attempt(
         "latency_ms": duration_ns / 1e6,
         "status": status,
         "reason": reason,
-        "response_id": response_id if isinstance(response_id, str) and response_id else None,
+        # A blank id names no call: two calls reporting one are two calls.
+        "response_id": (
+            response_id if isinstance(response_id, str) and response_id.strip() else None
+        ),
         "tier": tier,
     }
 
