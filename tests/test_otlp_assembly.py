@@ -4,14 +4,21 @@ model-to-tier map's API."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
+from app.periods import HOUR, Period, floor_hour
+from app.schemas import PriceIn
+from app.services.metrics import routing_metrics
 from app.services.model_tiers import TierMap
 from app.services.otlp import REQUEST_ID_NAMESPACE, due_drafts, extract_spans
-from app.services.traces import receive_export
+from app.services.pricing import add_prices
+from app.services.rollups import run_rollup
+from app.services.traces import receive_export, run_settle
 from app.vocabulary import DEFAULT_TIERS
 from tests.helpers import auth, make_project
 from tests.otlp_spans import START, call, export, new_span_id, new_trace_id, span
@@ -208,6 +215,101 @@ def test_a_request_span_that_arrives_before_its_calls_waits_for_them(engine):
         ).scalar_one()
     assert [tuple(row) for row in stored] == [("search", "acme", 2)]
     assert waiting == 0
+
+
+def stored_calls(engine, project_id: int) -> list[tuple]:
+    """Per request: its customer, attempt count, served model, cost, and its attempts' models
+    in order."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "select r.customer_id, r.attempt_count, r.served_model, r.cost_usd, r.is_fallback,"
+            " array_agg(a.model order by a.position) from requests r join attempts a"
+            " using (project_id, ts, request_id) where r.project_id = %s"
+            " group by r.customer_id, r.attempt_count, r.served_model, r.cost_usd, r.is_fallback",
+            (project_id,),
+        ).all()
+    return [tuple(row) for row in rows]
+
+
+def figures(engine, project_id: int, within: Period, now) -> tuple:
+    """Requests, attempts, fallback rate and cost as the metrics read them, rolled up at `now`."""
+    run_rollup(engine, now=now)
+    with engine.connect() as conn:
+        m = routing_metrics(conn, project_id=project_id, within=within)
+    return (m.requests, m.attempts, m.fallback_rate, str(m.cost_usd))
+
+
+def test_a_call_that_arrives_after_its_request_was_assembled_joins_it(engine):
+    """The request span came with the first call (so the request was assembled), the second
+    call in a later export (it ended after its request span, or came from another process):
+    it waits for the settle time, then joins the stored request as its next attempt, and the
+    request's figures follow. Exported again, nothing changes."""
+    project = make_project(baseline_model=None)
+    with engine.begin() as conn:
+        add_prices(conn, project_id=project.id, prices=[
+            PriceIn(model=model, input_per_mtok=price_in, output_per_mtok=price_out,
+                    effective_from="2026-01-01T00:00:00Z")
+            for model, price_in, price_out in (("acme-small", "1", "2"), ("acme-large", "10", "30"))
+        ])  # fmt: skip
+    trace_id, app_id, first_id, second_id = (new_trace_id(), new_span_id(), new_span_id(),
+                                             new_span_id())  # fmt: skip
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, first_id, app_id, end_ms=50, routeledger__tier="cheap", error=True)
+    second = call(trace_id, second_id, app_id, model="acme-large", start_ms=60, end_ms=400,
+                  routeledger__tier="premium", gen_ai__usage__input_tokens=2000)  # fmt: skip
+    assembled = receive_export(engine, project_id=project.id, export=export(app, first), now=START)
+    assert assembled.requests == 1
+    within, later = Period(floor_hour(START), floor_hour(START) + HOUR), START + timedelta(hours=2)
+    assert figures(engine, project.id, within, later) == (1, 1, 0.0, "0.002")
+    late = receive_export(engine, project_id=project.id, export=export(second), now=START)
+    assert (late.requests, late.amended, late.duplicates) == (0, 0, 0)  # waiting
+    settled = run_settle(engine, now=START + timedelta(minutes=5))
+    assert (settled.requests, settled.amended, settled.duplicates) == (0, 1, 0)
+    # The hour was rolled up with one attempt: it is rolled again with two.
+    assert figures(engine, project.id, within, later) == (1, 2, 1.0, "0.037")
+    [(customer, count, served, cost, fallback, models)] = stored_calls(engine, project.id)
+    assert (customer, count, served, fallback) == ("acme", 2, "acme-large", True)
+    # (1000 * $1 + 500 * $2) + (2000 * $10 + 500 * $30), per million tokens.
+    assert cost == Decimal("0.002") + Decimal("0.035")
+    assert models == ["acme-small", "acme-large"]
+    again = receive_export(
+        engine, project_id=project.id, export=export(app, first, second), now=START
+    )
+    assert (again.requests, again.amended, again.duplicates) == (0, 0, 1)
+    assert stored_calls(engine, project.id) == [(customer, count, served, cost, fallback, models)]
+
+
+def test_a_late_call_exported_with_its_request_span_again_joins_at_once(engine):
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
+    second = call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
+    outcome = receive_export(
+        engine, project_id=project.id, export=export(app, first, second), now=START
+    )
+    assert (outcome.requests, outcome.amended, outcome.duplicates) == (0, 1, 0)
+    [(_, count, _, _, _, models)] = stored_calls(engine, project.id)
+    assert (count, models) == (2, ["acme-small", "acme-small"])
+
+
+def test_a_late_call_beyond_what_a_request_holds_is_refused_by_name(engine, caplog):
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search")
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
+             for n in range(21)]  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(app, *calls[:20]), now=START)
+    # Alone, after the settle time: the 21st call of a request of 20 (exported with them, it
+    # would have made a consecutive request, as above).
+    receive_export(engine, project_id=project.id, export=export(calls[20]), now=START)
+    with caplog.at_level(logging.WARNING, logger="app.services.traces"):
+        outcome = run_settle(engine, now=START + timedelta(minutes=5))
+    assert (outcome.amended, outcome.duplicates, outcome.rejected_spans) == (0, 0, 1)
+    assert "the request was stored with 20 and 1 more arrived later" in caplog.text
+    [(_, count, _, _, _, _)] = stored_calls(engine, project.id)
+    assert count == 20
 
 
 # --- the map's API ----------------------------------------------------------------------

@@ -9,8 +9,9 @@ primary key decides, so two batches racing on two connections store it once.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -31,6 +32,7 @@ from sqlalchemy import (
     SmallInteger,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
@@ -38,6 +40,7 @@ from app.db import driver_cursor, insert_new
 from app.models import attempts, requests
 from app.periods import EARLIEST, utc_now
 from app.schemas import (
+    MAX_ATTEMPTS,
     MAX_METADATA_BYTES,
     Event,
     IngestBatch,
@@ -52,7 +55,7 @@ from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
 from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, request_facts
-from app.services.rollups import record_pending
+from app.services.rollups import ROLLUP_JOB, mark_written, record_pending
 from app.settings import get_settings
 
 MAX_FUTURE = timedelta(days=1)
@@ -354,22 +357,38 @@ def ingest_batch(
     return _ingest_valid(engine, project_id=project_id, valid=valid, errors=errors, now=now)
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What ingest_in_transaction did: the batch's result, and the valid events whose request
+    was stored before (duplicates, as POST /v1/requests counts them)."""
+
+    result: IngestResult
+    stored_before: list[Event]
+
+
 def ingest_in_transaction(
     conn: Connection, *, project: ProjectContext, batch: Batch, now: datetime | None = None
-) -> IngestResult:
+) -> Ingested:
     """ingest_batch within the caller's transaction, with its project context already read:
     the traces' door stores its requests in the transaction that holds their traces' locks."""
     valid, errors = validate_events(batch)
     prepared = _prepare(conn, project=project, valid=valid, errors=errors, now=now or utc_now())
     if not prepared.derived:
-        return prepared.result(0)
-    return prepared.result(_store(conn, project_id=project.project_id, derived=prepared.derived))
+        return Ingested(prepared.result(0), [])
+    stored = _store(conn, project_id=project.project_id, derived=prepared.derived)
+    if len(stored) == len(prepared.derived):
+        return Ingested(prepared.result(len(stored)), [])
+    stored_ids = {request.request_id for request in stored}
+    before = [e for e in prepared.events if e.request_id not in stored_ids]
+    return Ingested(prepared.result(len(stored)), before)
 
 
 @dataclass
 class _Prepared:
-    """A batch checked, its repeats counted and its new requests derived, not yet stored."""
+    """A batch checked, its repeats counted and its new requests derived (`derived`, from
+    `events` in the same order), not yet stored."""
 
+    events: list[Event]
     derived: list[StoredRequest]
     duplicates_in_batch: int
     errors: list[ItemError]
@@ -399,7 +418,8 @@ def _ingest_valid(
             return prepared.result(0)
         conn.rollback()  # end the read transaction; the write below is its own
         with conn.begin():
-            return prepared.result(_store(conn, project_id=project_id, derived=prepared.derived))
+            stored = _store(conn, project_id=project_id, derived=prepared.derived)
+            return prepared.result(len(stored))
 
 
 def _prepare(
@@ -426,21 +446,27 @@ def _prepare(
         unique.setdefault(event.request_id, event)
     duplicates_in_batch = len(checked) - len(unique)
     if not unique:
-        return _Prepared(derived=[], duplicates_in_batch=duplicates_in_batch, errors=errors)
+        return _Prepared([], [], duplicates_in_batch=duplicates_in_batch, errors=errors)
 
     ensure_partitions(conn.engine, {month_start(e.timestamp) for e in unique.values()})
-    models = {(a.model, a.provider) for e in unique.values() for a in e.attempts}
+    events = list(unique.values())
+    prices = _price_book(conn, project=project, events=events)
+    derived = [derive(event, project=project, prices=prices, received_at=now) for event in events]
+    return _Prepared(events, derived, duplicates_in_batch=duplicates_in_batch, errors=errors)
+
+
+def _price_book(conn: Connection, *, project: ProjectContext, events: Iterable[Event]) -> PriceBook:
+    """The prices of the events' models, and of the project's baseline model."""
+    models = {(a.model, a.provider) for e in events for a in e.attempts}
     if project.baseline:
         models.add((project.baseline.model, project.baseline.provider))
-    prices = PriceBook.load(conn, project_id=project.project_id, models=models)
-    derived = [
-        derive(event, project=project, prices=prices, received_at=now) for event in unique.values()
-    ]
-    return _Prepared(derived=derived, duplicates_in_batch=duplicates_in_batch, errors=errors)
+    return PriceBook.load(conn, project_id=project.project_id, models=models)
 
 
-def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -> int:
-    """Stores the requests not stored before; returns how many."""
+def _store(
+    conn: Connection, *, project_id: int, derived: list[StoredRequest]
+) -> list[StoredRequest]:
+    """Stores the requests not stored before; returns them."""
     with driver_cursor(conn) as cur:
         # Arrays in binary, both ways: in text each element is formatted, quoted and parsed
         # in Python (a tenth of ingest's own time).
@@ -460,9 +486,154 @@ def _store(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -
         )
         stored = derived if new_ids is None else [r for r in derived if r.request_id in new_ids]
         if not stored:
-            return 0
+            return []
         REQUESTS_COPY.write(cur, (request.request_row for request in stored))
         ATTEMPTS_COPY.write(cur, (row for request in stored for row in request.attempt_rows))
         record_pending(cur, project_id=project_id, keys=[(r.ts, r.request_id) for r in stored])
     apply_held(conn, project_id=project_id, stored={r.request_id: r.ts for r in stored})
-    return len(stored)
+    return stored
+
+
+# --- calls reported after their request -----------------------------------------------------
+
+# The columns of a request's row that follow from its attempts: those a further attempt
+# changes (its fields, feedback's quality among them, stay as stored).
+ATTEMPT_DERIVED_COLUMNS = (
+    "served_tier", "served_model", "served_provider", "attempt_count", "is_fallback",
+    "is_escalation", "is_failover", "is_failed", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "latency_ms", "cost_usd", "unpriced_attempts",
+    "is_unpriced", "baseline_cost_usd", "baseline_price_id",
+)  # fmt: skip
+_DERIVED_POSITIONS = tuple(REQUEST_COLUMNS.index(name) for name in ATTEMPT_DERIVED_COLUMNS)
+# What tells one model call from another in a request, whatever tier the map gives it now.
+_CALL_FIELDS = (
+    "model", "provider", "status", "reason", "input_tokens", "output_tokens",
+    "cache_read_tokens", "cache_write_tokens", "latency_ms",
+)  # fmt: skip
+
+
+@dataclass
+class LateAttempts:
+    """What add_late_attempts did: how many requests it gave further attempts, and per request
+    id why the attempts it was given could not be added."""
+
+    amended: int = 0
+    errors: dict[uuid.UUID, str] = field(default_factory=dict)
+
+
+def add_late_attempts(
+    conn: Connection, *, project: ProjectContext, events: list[Event], now: datetime
+) -> LateAttempts:
+    """Adds to stored requests the attempts that later copies of them (`events`) carry and
+    they lack: model calls reported after their request was assembled (the OTLP door; for
+    POST /v1/requests a copy is a duplicate, whatever it says). A call already stored is
+    recognised by what it reported (model, provider, status, reason, tokens, latency), so a
+    re-export adds nothing. The new calls follow the stored ones, and the request is derived
+    again as if it had arrived whole: its attempts are written again, priced as ingest prices
+    them, the figures that follow from them are updated, and its hour is marked for the
+    rollups."""
+    outcome = LateAttempts()
+    stored = _stored_calls(conn, project_id=project.project_id, events=events)
+    window = TimeWindow.at(now)
+    whole: list[Event] = []
+    for event in events:
+        request = stored.get(event.request_id)
+        if request is None:
+            continue  # its rows were deleted outside the service: a duplicate still
+        unseen = Counter(_call(a) for a in request["attempts"])
+        new = []
+        for attempt in event.attempts:
+            call = _call(attempt)
+            if unseen[call] > 0:
+                unseen[call] -= 1
+            else:
+                new.append(attempt.model_dump())
+        if not new:
+            continue  # a re-export: every call is stored
+        attempts = [*request["attempts"], *new]
+        if len(attempts) > MAX_ATTEMPTS:
+            outcome.errors[event.request_id] = (
+                f"attempts: the request was stored with {len(request['attempts'])} and "
+                f"{len(new)} more arrived later; a request holds at most {MAX_ATTEMPTS}"
+            )
+            continue
+        amended = Event.model_validate({**request["fields"], "attempts": attempts})
+        problem = check_event(amended, tier_ranks=project.tier_ranks, window=window)
+        if problem is not None:
+            outcome.errors[event.request_id] = problem
+            continue
+        whole.append(amended)
+    if whole:
+        prices = _price_book(conn, project=project, events=whole)
+        derived = [derive(e, project=project, prices=prices, received_at=now) for e in whole]
+        _replace_attempts(conn, project_id=project.project_id, derived=derived)
+        outcome.amended = len(derived)
+    return outcome
+
+
+def _call(attempt: Any) -> tuple:
+    if isinstance(attempt, dict):
+        return tuple(attempt[name] for name in _CALL_FIELDS)
+    return tuple(getattr(attempt, name) for name in _CALL_FIELDS)
+
+
+def _stored_calls(
+    conn: Connection, *, project_id: int, events: list[Event]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Per request id, the stored fields an event needs to be derived again (its keys and
+    intended tier) and its attempts, in order, as event attempts (a client's cost kept)."""
+    ids = [event.request_id for event in events]
+    # By request_keys: its key gives each request's timestamp, and so its partition.
+    found: dict[uuid.UUID, dict[str, Any]] = {}
+    for row in conn.execute(
+        text(
+            "select r.request_id, r.ts, r.customer_id, r.feature, r.intended_tier, "
+            "r.experiment_name, r.experiment_arm from request_keys k join requests r "
+            "on r.project_id = k.project_id and r.ts = k.ts and r.request_id = k.request_id "
+            "where k.project_id = :project_id and k.request_id = any(:ids)"
+        ),
+        {"project_id": project_id, "ids": ids},
+    ).mappings():
+        fields = {
+            "request_id": row["request_id"],
+            "timestamp": row["ts"],
+            "customer_id": row["customer_id"],
+            "feature": row["feature"],
+            "intended_tier": row["intended_tier"],
+        }
+        if row["experiment_name"] is not None:
+            fields["experiment"] = {"name": row["experiment_name"], "arm": row["experiment_arm"]}
+        found[row["request_id"]] = {"fields": fields, "attempts": []}
+    for row in conn.execute(
+        text(
+            f"select a.request_id, {', '.join(f'a.{name}' for name in _CALL_FIELDS)}, a.tier, "
+            "a.cost_usd, a.cost_source from request_keys k join attempts a "
+            "on a.project_id = k.project_id and a.ts = k.ts and a.request_id = k.request_id "
+            "where k.project_id = :project_id and k.request_id = any(:ids) "
+            "order by a.request_id, a.position"
+        ),
+        {"project_id": project_id, "ids": ids},
+    ).mappings():
+        attempt = {name: row[name] for name in (*_CALL_FIELDS, "tier")}
+        attempt["cost_usd"] = row["cost_usd"] if row["cost_source"] == "client" else None
+        found[row["request_id"]]["attempts"].append(attempt)
+    return found
+
+
+def _replace_attempts(conn: Connection, *, project_id: int, derived: list[StoredRequest]) -> None:
+    keys = [(project_id, request.ts, request.request_id) for request in derived]
+    with driver_cursor(conn) as cur:
+        cur.executemany(
+            "delete from attempts where project_id = %s and ts = %s and request_id = %s", keys
+        )
+        ATTEMPTS_COPY.write(cur, (row for request in derived for row in request.attempt_rows))
+        assignments = ", ".join(f"{name} = %s" for name in ATTEMPT_DERIVED_COLUMNS)
+        cur.executemany(
+            f"update requests set {assignments} "
+            "where project_id = %s and ts = %s and request_id = %s",
+            [
+                (*(r.request_row[i] for i in _DERIVED_POSITIONS), *key)
+                for r, key in zip(derived, keys, strict=True)
+            ],
+        )
+    mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=[r.ts for r in derived])

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, text
 
 from app.db import driver_cursor, insert_new
 from app.periods import utc_now
-from app.services.ingest import Batch, ingest_in_transaction
+from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans
 from app.services.projects import ProjectContext, load_project_context
@@ -50,6 +50,8 @@ class Outcome:
     """What one pass over some traces did."""
 
     requests: int = 0
+    # Stored requests given calls reported after they were assembled.
+    amended: int = 0
     duplicates: int = 0
     held: int = 0
     released: int = 0
@@ -58,6 +60,7 @@ class Outcome:
 
     def add(self, other: Outcome) -> None:
         self.requests += other.requests
+        self.amended += other.amended
         self.duplicates += other.duplicates
         self.held += other.held
         self.released += other.released
@@ -95,6 +98,7 @@ def receive_export(
 class SettleSummary:
     traces: int
     requests: int
+    amended: int
     duplicates: int
     held: int
     released: int
@@ -139,6 +143,7 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
     return SettleSummary(
         traces=len(due),
         requests=outcome.requests,
+        amended=outcome.amended,
         duplicates=outcome.duplicates,
         held=outcome.held,
         released=outcome.released,
@@ -273,13 +278,23 @@ def _process(
             owners.append(draft)
     if events:
         # The clock of ingest is its own: `now` may be a settle time injected by a test.
-        result = ingest_in_transaction(conn, project=project, batch=Batch(events))
+        ingested = ingest_in_transaction(conn, project=project, batch=Batch(events))
+        result = ingested.result
         outcome.requests += result.accepted
         outcome.duplicates += result.duplicates
         for error in result.errors:
-            draft = owners[error.index]
-            outcome.rejected_spans += len(draft.span_ids)
-            outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error.error}")
+            _refuse(outcome, owners[error.index], error.error)
+        if ingested.stored_before:
+            # Assembled before: a call that ended after its request span, or came from another
+            # process, joins the stored request rather than being taken for a re-export.
+            late = add_late_attempts(
+                conn, project=project, events=ingested.stored_before, now=utc_now()
+            )
+            outcome.amended += late.amended
+            outcome.duplicates -= late.amended + len(late.errors)
+            owner_of = {e["request_id"]: owner for e, owner in zip(events, owners, strict=True)}
+            for request_id, error in late.errors.items():
+                _refuse(outcome, owner_of[request_id], error)
     # A request whose every call was counted by another request is a duplicate.
     with_events = {id(d) for d in owners}
     outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
@@ -308,6 +323,11 @@ def _process(
         quiet_traces=quiet_traces,
     )
     return outcome
+
+
+def _refuse(outcome: Outcome, draft: Draft, error: str) -> None:
+    outcome.rejected_spans += len(draft.span_ids)
+    outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error}")
 
 
 def _stored_spans(
