@@ -163,8 +163,20 @@ def hourly_period(
 ) -> Period:
     """The period of a metrics call: whole hours, by default the `length` (24 hours) up to
     the end of the current hour."""
-    end_at = parse_hour(end, name="end") if end else next_hour(now or utc_now())
-    start_at = parse_hour(start, name="start") if start else end_at - length
+    # Both bounds read before answering, so that a call with both wrong hears of both.
+    problems: list[str] = []
+
+    def read(value: str, name: str) -> datetime | None:
+        try:
+            return parse_hour(value, name=name)
+        except InvalidPeriod as problem:
+            problems.append(str(problem))
+            return None
+
+    end_at = read(end, "end") if end else next_hour(now or utc_now())
+    start_at = read(start, "start") if start else (None if end_at is None else end_at - length)
+    if problems:
+        raise InvalidPeriod("; ".join(problems))
     if start_at >= end_at:
         raise InvalidPeriod("start: must be before end")
     longest = get_settings().routeledger_max_period_days

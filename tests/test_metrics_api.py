@@ -94,6 +94,14 @@ def test_periods_must_be_whole_hours(http, live_api, params):
     assert response.status_code == 422, response.text
 
 
+def test_both_bounds_wrong_are_both_named(http, live_api):
+    params = {"start": "2026-11-01T00:00:00+05:30", "end": "2026-11-02T00:00:00+05:30"}
+    response = http.get("/v1/metrics/routing", params=params, headers=auth(live_api.read_key))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("end: ") and "; start: " in detail, detail
+
+
 def test_a_bare_date_means_its_midnight(http, live_api):
     response = http.get(
         "/v1/metrics/customers",
