@@ -4,7 +4,8 @@ assembled, then go through the one ingest path (app.services.ingest) as events.
 Each call works trace by trace under a transaction-scoped advisory lock per (project, trace),
 so two API processes receiving two exports of one trace, or the settle job beside them,
 assemble it once. Assembly is idempotent besides: a request's id is the UUIDv5 of its trace
-and request span, so assembling it again is a duplicate, stored once.
+and request span, so assembling it again is a duplicate, stored once; only a call the stored
+request lacks (reported after it was assembled) is added to it.
 """
 
 from __future__ import annotations
