@@ -713,13 +713,15 @@ def send_with_poison(client, count=500, every=50):
 # A small OpenAI-compatible chat completions server on loopback, for the real clients the
 # tests drive (openai, LiteLLM). The model name says how it answers: one containing "fail"
 # gets a 500 every time; any other gets a completion (streamed when asked, with usage when
-# `stream_options.include_usage` is set) whose model is the asked one with a date appended.
+# `stream_options.include_usage` is set) whose model is the asked one with a date appended,
+# after SLOW_SECONDS when the name contains "slow".
 # Every prompt costs PROMPT_TOKENS, CACHED_TOKENS of them cached, and COMPLETION_TOKENS.
 
 PROMPT_TOKENS = 42
 CACHED_TOKENS = 10
 COMPLETION_TOKENS = 7
 DATE_SUFFIX = "-2026-01-01"
+SLOW_SECONDS = 2.0
 
 
 class FakeOpenAI:
@@ -750,6 +752,8 @@ class FakeOpenAI:
                 model = body["model"]
                 with fake.lock:
                     fake.calls.append(model)
+                if "slow" in model:
+                    time.sleep(SLOW_SECONDS)
                 if "fail" in model:
                     self._send(500, {"error": {"message": "boom", "type": "server_error"}})
                 elif body.get("stream"):

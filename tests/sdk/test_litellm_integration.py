@@ -20,7 +20,7 @@ from routeledger import RouteLedger  # noqa: E402
 from routeledger.integrations.litellm import RouteLedgerLogger  # noqa: E402
 
 from tests.helpers import by_model, make_project, metrics, set_price
-from tests.helpers import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS  # noqa: E402
+from tests.helpers import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, SLOW_SECONDS  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 CALL = {"customer_id": "acme", "feature": "support-chat"}
@@ -173,6 +173,68 @@ def test_a_model_litellm_prices_at_zero_is_priced_by_routeledger(
     assert Decimal(body["cost_usd"]) == expected and body["unpriced_requests"] == 0
     customers = metrics(http, engine, project, "customers")["customers"]
     assert [(c["customer_id"], c["requests"]) for c in customers] == [("u7", 1)]
+
+
+def test_calls_of_one_conversation_are_requests_of_their_own(
+    http, engine, fake_openai, project, route_logger
+):
+    """A session id, or a trace id in the metadata (Langfuse's), names a conversation: LiteLLM
+    puts it in the logging object's trace_id, but each Router call is a request."""
+    router = Router(model_list=[deployment(fake_openai, "cheap", "gpt-4o-mini")])
+    conversation = [
+        {"metadata": {**CALL, "session_id": "conv-1"}},
+        {"metadata": {**CALL, "session_id": "conv-1"}},
+        {"metadata": {**CALL, "trace_id": "langfuse-trace-1"}},
+        {"metadata": CALL, "litellm_session_id": "sess-42"},
+    ]
+    for number, call in enumerate(conversation, start=1):
+        call_in_app(router, lambda n=number: project.count_requests() == n, model="cheap", **call)
+    body = metrics(http, engine, project)
+    assert body["requests"] == 4 and body["attempts"] == 4
+
+
+def test_a_fallback_slower_than_the_settle_time_is_still_the_calls_attempt(
+    http, engine, fake_openai, project, route_logger
+):
+    """The primary fails at once; its fallback answers after SLOW_SECONDS, longer than the
+    settle time: the call waits while its fallback is under way, and is one served request."""
+    route_logger.failed_call_settle_seconds = SLOW_SECONDS / 4
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-mini-fail"),
+                    deployment(fake_openai, "standard", "gpt-4o-slow")],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=0,  # the fallback at once (a retry waits out a backoff first)
+    )  # fmt: skip
+    response = call_in_app(
+        router, lambda: project.count_requests() == 1, model="cheap", metadata=CALL
+    )
+    assert response.choices[0].message.content == "hi"
+    time.sleep(SLOW_SECONDS / 2)  # a failed-only copy would have been sent by now
+    body = metrics(http, engine, project)
+    assert (body["requests"], body["attempts"], body["failed"]) == (1, 2, 0)
+    assert body["fallback_rate"] == 1.0 and body["served_split"] == {"standard": 1.0}
+
+
+def test_calls_of_an_event_loop_that_ends_at_once_reach_the_ledger_with_aflush(
+    http, engine, fake_openai, project, route_logger
+):
+    """asyncio.run(...) of calls that ends as soon as they return: LiteLLM still holds their
+    callbacks, as tasks of that loop; aflush() at its end runs them and delivers the calls."""
+    router = Router(model_list=[deployment(fake_openai, "cheap", "gpt-4o")])
+
+    async def app():
+        await asyncio.gather(
+            *(router.acompletion(model="cheap", messages=MESSAGES, metadata=CALL)
+              for _ in range(20))
+        )  # fmt: skip
+        assert await route_logger.aflush(10)
+
+    asyncio.run(app())
+    assert project.count_requests() == 20
+    # LiteLLM's cost, a float (32 * 2.5e-6 + 10 * 1.25e-6 + 7 * 1e-5 comes out as
+    # 0.00016250000000000002), is read to the digits a float holds.
+    cost = by_model(metrics(http, engine, project))["gpt-4o"]["cost_usd"]
+    assert Decimal(cost) == 20 * Decimal("0.0001625")
 
 
 def test_the_proxy_loads_the_logger_from_its_config(tmp_path, monkeypatch, live_api, project):

@@ -7,14 +7,16 @@
     await router.acompletion(model="cheap", messages=messages,
                              metadata={"customer_id": "acme", "feature": "support-chat"})
 
-LiteLLM reports each model call of a Router call on its own, all sharing the standard logging
-object's `trace_id`. This logger gathers them: a success ends the call and sends it; a call
-that only failed is sent once nothing more arrived for it for `failed_call_settle_seconds`
-(LiteLLM has no "gave up" callback), or on flush() and at exit.
+LiteLLM reports each model call of a Router call on its own, all sharing the call's
+`litellm_trace_id` (the Router makes one per call). This logger gathers them: a success ends
+the call and sends it; a call that only failed is sent once no attempt of it was under way
+and nothing more arrived for it for `failed_call_settle_seconds` (LiteLLM has no "gave up"
+callback), or on flush() and at exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import threading
@@ -38,20 +40,26 @@ from routeledger.client import RouteLedger
 
 logger = logging.getLogger("routeledger")
 
-# request_id = UUIDv5(this namespace, LiteLLM's trace id): a call sent twice is stored once.
+# request_id = UUIDv5(this namespace, LiteLLM's trace id, then ":n" for the n-th further
+# call under the same trace id): a call sent twice is stored once.
 REQUEST_ID_NAMESPACE = uuid.UUID("0e5b8f1c-4d7a-5b3e-9c2f-1a6d8e4b7c30")
 UNATTRIBUTED = "(unattributed)"
 MAX_REASON = 200
 _REMEMBERED_CALLS = 10_000
+# LiteLLM's cost is a float: its last digits are the arithmetic's noise (0.0000975 comes out
+# as 9.750000000000001e-05), so it is read to the digits a float holds.
+_FLOAT_DIGITS = 15
 
 
 @dataclass
 class _Call:
     """The attempts of one Router call seen so far."""
 
+    request_key: str  # what its request_id is derived from
     context: dict[str, Any]
     attempts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     last_seen: float = 0.0  # time.monotonic() of its latest attempt
+    retry_due: bool = False  # its latest attempt failed with retries of its model group left
 
 
 class RouteLedgerLogger(CustomLogger):
@@ -63,7 +71,12 @@ class RouteLedgerLogger(CustomLogger):
     `model_info[tier_key]`, else `tiers[model group]`, else the model group's name. A cost
     is taken from LiteLLM only when LiteLLM priced the call above 0; otherwise RouteLedger
     prices it (a model LiteLLM does not know costs 0 there, silently). A failed call that
-    used no tokens costs 0."""
+    used no tokens costs 0.
+
+    A call whose attempts all failed so far waits while one of its attempts is under way (a
+    slow fallback) or the Router has retries of it left, for at most
+    `attempt_timeout_seconds`, and then for `failed_call_settle_seconds` without news before
+    it is sent as failed."""
 
     def __init__(
         self,
@@ -73,6 +86,7 @@ class RouteLedgerLogger(CustomLogger):
         tiers: Mapping[str, str] | None = None,
         default_feature: str = "litellm",
         failed_call_settle_seconds: float = 30.0,
+        attempt_timeout_seconds: float = 600.0,
     ) -> None:
         super().__init__()
         self.ledger = ledger if ledger is not None else RouteLedger()
@@ -80,13 +94,29 @@ class RouteLedgerLogger(CustomLogger):
         self.tiers = dict(tiers or {})
         self.default_feature = default_feature
         self.failed_call_settle_seconds = failed_call_settle_seconds
-        self._calls: dict[str, _Call] = {}
-        self._sent: OrderedDict[str, None] = OrderedDict()
+        self.attempt_timeout_seconds = attempt_timeout_seconds
+        self._calls: dict[str, _Call] = {}  # by trace id: the call not sent yet
+        self._sent: OrderedDict[str, int] = OrderedDict()  # trace id: how many calls sent
+        self._sent_attempts: OrderedDict[str, None] = OrderedDict()  # their attempts' call ids
+        self._under_way: OrderedDict[str, tuple[str, float]] = OrderedDict()  # call id: (trace
+        # id, time.monotonic() it started)
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
 
     # --- LiteLLM's callbacks ------------------------------------------------------------
+
+    def log_pre_api_call(self, model, messages, kwargs):
+        # An attempt starts: a call that failed so far is not given up while it is under way.
+        try:
+            call_id, trace_id = _ids(kwargs)
+        except Exception:  # a malformed callback must not break the app
+            logger.exception("RouteLedger could not read a LiteLLM callback")
+            return
+        with self._lock:
+            self._under_way[call_id] = (trace_id, time.monotonic())
+            while len(self._under_way) > _REMEMBERED_CALLS:
+                self._under_way.popitem(last=False)
 
     def log_success_event(self, kwargs, response_obj, start_time, end_time):
         self._record(kwargs, start_time, end_time, ok=True)
@@ -109,9 +139,18 @@ class RouteLedgerLogger(CustomLogger):
         return sum(self._finish(trace_id) for trace_id in trace_ids)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """send_pending(), then wait until the ledger has delivered everything."""
+        """send_pending(), then wait until the ledger has delivered everything. In an event
+        loop, await aflush() instead."""
         self.send_pending()
         return self.ledger.flush(timeout)
+
+    async def aflush(self, timeout: float = 10.0) -> bool:
+        """flush() from within the event loop of the calls, after LiteLLM has run the callbacks
+        it still holds: it runs async callbacks as tasks of that loop, and the end of the loop
+        (say, of `asyncio.run(main())`) cancels those not run yet, which then reach no logger."""
+        await _litellm_callbacks_done(timeout)
+        self.send_pending()
+        return await asyncio.to_thread(self.ledger.flush, timeout)
 
     def _record(self, kwargs: dict, start_time: Any, end_time: Any, *, ok: bool) -> None:
         # Nothing here may raise into LiteLLM: problems are logged.
@@ -119,17 +158,27 @@ class RouteLedgerLogger(CustomLogger):
             trace_id, call_id, attempt, ended, context = self._read(
                 kwargs, start_time, end_time, ok=ok
             )
+            retry_due = not ok and _retries_left(kwargs)
         except Exception:  # a malformed callback must not break the app
             logger.exception("RouteLedger could not read a LiteLLM callback")
             return
         with self._lock:
-            if trace_id in self._sent:
-                return  # a late copy of a call already sent
-            call = self._calls.setdefault(trace_id, _Call(context))
+            self._under_way.pop(call_id, None)
+            if call_id in self._sent_attempts:
+                return  # the same attempt reported by a sync and an async callback, sent
+            call = self._calls.get(trace_id)
+            if call is None:
+                # A trace id already sent (one an app gave several calls, or an attempt that
+                # came after its call was sent as failed) starts a request of its own: one
+                # more request rather than a lost call.
+                sent = self._sent.get(trace_id, 0)
+                key = f"{trace_id}:{sent}" if sent else trace_id
+                call = self._calls[trace_id] = _Call(key, context)
             if any(seen == call_id for _, seen, _ in call.attempts):
                 return  # the same attempt reported by a sync and an async callback
             call.attempts.append((ended, call_id, attempt))
             call.last_seen = time.monotonic()
+            call.retry_due = retry_due
             if not ok and self._sweeper is None:
                 self._sweeper = threading.Thread(
                     target=self._sweep, name="routeledger-litellm", daemon=True
@@ -143,11 +192,28 @@ class RouteLedgerLogger(CustomLogger):
         thread for all of them, waking a few times per settle time."""
         while True:
             time.sleep(min(1.0, self.failed_call_settle_seconds / 4))
-            cutoff = time.monotonic() - self.failed_call_settle_seconds
+            now = time.monotonic()
+            cutoff = now - self.failed_call_settle_seconds
+            gave_up = now - self.attempt_timeout_seconds
             with self._lock:
-                settled = [t for t, call in self._calls.items() if call.last_seen <= cutoff]
+                busy = self._traces_under_way(now)
+                settled = [
+                    trace_id
+                    for trace_id, call in self._calls.items()
+                    if call.last_seen <= cutoff
+                    and trace_id not in busy
+                    and not (call.retry_due and call.last_seen > gave_up)
+                ]
             for trace_id in settled:
                 self._finish(trace_id, settled_before=cutoff)
+
+    def _traces_under_way(self, now: float) -> set[str]:
+        """The traces with an attempt started and not reported, forgetting those older than
+        attempt_timeout_seconds (a call the app cancelled reports nothing)."""
+        oldest = now - self.attempt_timeout_seconds
+        while self._under_way and next(iter(self._under_way.values()))[1] <= oldest:
+            self._under_way.popitem(last=False)
+        return {trace_id for trace_id, _ in self._under_way.values()}
 
     def _finish(self, trace_id: str, settled_before: float | None = None) -> bool:
         with self._lock:
@@ -155,9 +221,11 @@ class RouteLedgerLogger(CustomLogger):
             if call is None or (settled_before is not None and call.last_seen > settled_before):
                 return False  # sent already, or more attempts arrived since
             del self._calls[trace_id]
-            self._sent[trace_id] = None
-            while len(self._sent) > _REMEMBERED_CALLS:
-                self._sent.popitem(last=False)
+            self._sent[trace_id] = self._sent.pop(trace_id, 0) + 1
+            self._sent_attempts.update((call_id, None) for _, call_id, _ in call.attempts)
+            for remembered in (self._sent, self._sent_attempts):
+                while len(remembered) > _REMEMBERED_CALLS:
+                    remembered.popitem(last=False)
         attempts = [a for _, _, a in sorted(call.attempts, key=lambda item: item[0])]
         started = min(a.pop("started") for a in attempts)
         context = call.context
@@ -167,7 +235,7 @@ class RouteLedgerLogger(CustomLogger):
             intended_tier=context["intended_tier"],
             user_tier=context["user_tier"],
             task_type=context["task_type"],
-            request_id=str(uuid.uuid5(REQUEST_ID_NAMESPACE, trace_id)),
+            request_id=str(uuid.uuid5(REQUEST_ID_NAMESPACE, call.request_key)),
             timestamp=started,
             metadata={"litellm_trace_id": trace_id},
         )
@@ -182,8 +250,7 @@ class RouteLedgerLogger(CustomLogger):
         params = kwargs.get("litellm_params") or {}
         metadata = params.get("metadata") or {}
         model_info = params.get("model_info") or metadata.get("model_info") or {}
-        call_id = str(kwargs.get("litellm_call_id") or slo.get("id") or uuid.uuid4())
-        trace_id = str(slo.get("trace_id") or kwargs.get("litellm_trace_id") or call_id)
+        call_id, trace_id = _ids(kwargs)
         group = metadata.get("model_group") or slo.get("model_group")
         started = _epoch(slo.get("startTime"), start_time)
         ended = _epoch(slo.get("endTime"), end_time)
@@ -229,12 +296,41 @@ class RouteLedgerLogger(CustomLogger):
         return trace_id, call_id, attempt, ended, context
 
 
+def _ids(kwargs: Mapping[str, Any]) -> tuple[str, str]:
+    """(call id, trace id) of an attempt. The trace id is the Router call's own
+    `litellm_trace_id`, not the standard logging object's `trace_id`, which LiteLLM takes from
+    a session id or the metadata's `trace_id` when there is one: those name a conversation,
+    whose every call would have been taken for one."""
+    slo = kwargs.get("standard_logging_object") or {}
+    call_id = str(kwargs.get("litellm_call_id") or slo.get("id") or uuid.uuid4())
+    return call_id, str(kwargs.get("litellm_trace_id") or slo.get("trace_id") or call_id)
+
+
+def _retries_left(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the Router will retry the model group of this failed attempt (its metadata
+    counts the retries made and allowed)."""
+    metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+    made, allowed = metadata.get("attempted_retries"), metadata.get("max_retries")
+    return isinstance(made, int) and isinstance(allowed, int) and made < allowed
+
+
+async def _litellm_callbacks_done(timeout: float) -> None:
+    try:
+        from litellm.litellm_core_utils.logging_worker import GLOBAL_LOGGING_WORKER
+    except ImportError:  # a LiteLLM without the worker runs its callbacks itself
+        return
+    try:
+        await asyncio.wait_for(GLOBAL_LOGGING_WORKER.flush(), timeout)
+    except Exception:  # flushing must not break the app: what is left is logged
+        logger.warning("RouteLedger: LiteLLM's callbacks did not all run", exc_info=True)
+
+
 def _cost(litellm_cost: Any, *, ok: bool, tokens: int) -> Decimal | None:
     """LiteLLM's cost when it priced the call above 0; 0 for a failed call that used no
     tokens; otherwise none, and RouteLedger prices it (LiteLLM prices a model it does not
     know at 0, silently)."""
     if ok and litellm_cost:
-        return Decimal(str(litellm_cost))
+        return Decimal(f"{litellm_cost:.{_FLOAT_DIGITS}g}").normalize()
     if not ok and tokens == 0:
         return Decimal(0)
     return None
