@@ -601,6 +601,8 @@ alerts = Table(
     Column("resolved_at", DateTime(timezone=True)),
     # The figures when it fired, and the latest ones while it fires.
     Column("value", Float, nullable=False),
+    # Some requests of the window unpriced: a cost figure counted them as unknown.
+    Column("value_is_lower_bound", Boolean, nullable=False, server_default="false"),
     Column("limit_value", Float, nullable=False),
     Column("requests", BigInteger, nullable=False),
     Column("window_start", DateTime(timezone=True), nullable=False),

@@ -537,6 +537,9 @@ class AlertOut(BaseModel):
     fired_at: datetime
     resolved_at: datetime | None
     value: float = Field(description="the value when it fired")
+    value_is_lower_bound: bool = Field(
+        description="a cost figure over a window with unpriced requests (their cost unknown)"
+    )
     limit_value: float = Field(description="the limit it was above")
     last_value: float
     requests: int

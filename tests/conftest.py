@@ -40,10 +40,13 @@ def no_process_left():
         pytest.fail("processes the tests left running (stopped now): " + "; ".join(left))
 
 
-def _configure(url: str) -> None:
+def _configure(url: str, data_dir: str) -> None:
     from app.settings import get_settings
 
     os.environ["DATABASE_URL"] = url
+    # Local state (the outbox the mail of tests without SMTP goes to) in the run's own folder,
+    # for the processes the tests start too: never in the home of whoever runs them.
+    os.environ["ROUTELEDGER_DATA_DIR"] = data_dir
     # Tests send events at fixed instants (the same on any day the suite runs): however old
     # they get, they stay within the ledger's age bound (tests of the bound set their own).
     os.environ["ROUTELEDGER_MAX_EVENT_AGE_DAYS"] = "36500"
@@ -52,12 +55,12 @@ def _configure(url: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(tmp_path_factory) -> Iterator[str]:
     name = f"routeledger_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'create database "{name}"')
     url = with_database(ADMIN_URL, name)
-    _configure(url)
+    _configure(url, str(tmp_path_factory.mktemp("routeledger-data")))
     from app.migrate import migrate
 
     migrate()

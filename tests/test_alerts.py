@@ -159,6 +159,24 @@ def project_with_rule(**rule) -> tuple:
     return project, pm
 
 
+def test_a_cost_alert_over_unpriced_requests_says_its_value_is_a_lower_bound(
+    engine, http, smtp_server
+):
+    project, pm = project_with_rule(name="spend", metric="spend", threshold=0.001)
+    priced = event(attempt(cost_usd="0.01"), timestamp=minutes_ago(5))
+    unpriced = event(attempt(model="no-price-anywhere"), timestamp=minutes_ago(5))
+    ingest(engine, project.id, [priced, unpriced])
+    run_rollup(engine)
+    run_alerts(engine)
+    send_pending(engine)
+    [fired] = smtp_server.to(pm)
+    assert "spend at least $0.010000" in fired["Subject"]
+    text = fired.get_body(("plain",)).get_content()
+    assert "Value: at least $0.010000" in text and "Unpriced requests: 1" in text
+    [alert] = http.get("/v1/alerts", headers=auth(project.read_key)).json()
+    assert alert["value"] == pytest.approx(0.01) and alert["value_is_lower_bound"] is True
+
+
 def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_server):
     project, pm = project_with_rule(
         name="any failover", metric="failover_rate", window_minutes=120, threshold=0,

@@ -39,6 +39,8 @@ from app.services.request_facts import RATE_COUNTS, rate
 BASELINE_METRICS = {*RATE_COUNTS, "cost_per_request", "spend", "unpriced_requests"}
 # Totals over a window: compared with a baseline scaled to the window's length.
 EXTENSIVE_METRICS = {"spend", "unpriced_requests"}
+# Figures of cost: lower bounds while some of the window's requests are unpriced.
+COST_METRICS = {"spend", "cost_per_request", "negative_margin"}
 REFERENCE_WINDOW = timedelta(days=7)
 # A reference window reads an hour from the rollups once the hour has been over this long (the
 # rollup job is at most a minute behind ingest), the minutes after it from the raw rows.
@@ -160,6 +162,12 @@ class Measurement:
     value: float | None
     requests: int
     reference: float | None = None
+    # Requests whose cost is unknown, for a figure of cost: the value is then a lower bound.
+    unpriced: int = 0
+
+    @property
+    def is_lower_bound(self) -> bool:
+        return self.unpriced > 0
 
 
 def window_source(
@@ -226,7 +234,11 @@ def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Perio
     if not figures:
         return Measurement(None, 0)
     worst = min(figures.values(), key=lambda c: c.margin_usd)
-    return Measurement(float(MONEY_CONTEXT.minus(worst.margin_usd)), worst.requests)
+    return Measurement(
+        float(MONEY_CONTEXT.minus(worst.margin_usd)),
+        worst.requests,
+        unpriced=worst.unpriced_requests,
+    )
 
 
 def _policy_deviation(
@@ -288,7 +300,8 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
         reference = _value(metric, past)
         if reference is not None and metric in EXTENSIVE_METRICS:
             reference *= window / REFERENCE_WINDOW
-    return Measurement(_value(metric, totals), totals.requests, reference)
+    unpriced = totals.unpriced_requests if metric in COST_METRICS else 0
+    return Measurement(_value(metric, totals), totals.requests, reference, unpriced)
 
 
 def exceeded_limit(rule: dict, found: Measurement) -> float | None:
@@ -408,6 +421,7 @@ def evaluate_rule(
                 state="firing",
                 fired_at=now,
                 value=found.value,
+                value_is_lower_bound=found.is_lower_bound,
                 limit_value=limit,
                 requests=found.requests,
                 window_start=window.start,
@@ -452,7 +466,7 @@ def figure_text(metric: str, value: float | None) -> str:
         return "no data"
     if metric.endswith("_rate"):
         return f"{value:.2%}"
-    if metric in ("spend", "cost_per_request", "negative_margin"):
+    if metric in COST_METRICS:
         return f"${Decimal(repr(value)):.6f}"
     if metric == "unpriced_requests":
         return f"{value:.0f}"
@@ -471,16 +485,23 @@ def _notify(
     kind = event.split()[0]
     metric = rule["metric"]
     state = {"fired": "FIRING", "reminder": "STILL FIRING", "resolved": "RESOLVED"}[kind]
+    value = figure_text(metric, found.value)
+    if found.is_lower_bound:
+        value = f"at least {value}"
     subject = (
-        f"[RouteLedger] {state}: {rule['name']} — {metric} {figure_text(metric, found.value)}"
-        f" ({scope_text(rule['scope'])})"
+        f"[RouteLedger] {state}: {rule['name']} — {metric} {value} ({scope_text(rule['scope'])})"
     )
     link = dashboard_url(f"/alerts?rule={rule['id']}")
     lines = [
         ("Rule", rule["name"]),
         ("Metric", metric),
         ("Scope", scope_text(rule["scope"])),
-        ("Value", figure_text(metric, found.value)),
+        ("Value", value),
+        *(
+            [("Unpriced requests", f"{found.unpriced}: their cost is unknown, counted as none")]
+            if found.is_lower_bound
+            else []
+        ),
         ("Limit", f"above {figure_text(metric, limit)}"),
         ("Threshold", figure_text(metric, _float(rule["threshold"]))),
         ("Baseline", _baseline_text(rule, found)),

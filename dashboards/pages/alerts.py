@@ -185,7 +185,7 @@ def update(start_date, end_date, _changed):
             "metric": a["metric"],
             "fired_at": f"{a['fired_at']:%Y-%m-%d %H:%M}",
             "resolved_at": f"{a['resolved_at']:%Y-%m-%d %H:%M}" if a["resolved_at"] else "",
-            "value": number(a["value"], 3),
+            "value": ("≥ " if a["value_is_lower_bound"] else "") + number(a["value"], 3),
             "limit": number(a["limit_value"], 3),
             "requests": a["requests"],
         }
