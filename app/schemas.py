@@ -414,7 +414,9 @@ class ModelFiguresOut(BaseModel):
     tier: str
     attempts: int = Field(description="attempts on this model and tier")
     served: int = Field(description="requests this model and tier served")
-    cost_usd: MoneyText = Field(description="sum of the known costs of its attempts")
+    cost_usd: MoneyText | None = Field(
+        description="sum of the known costs of its attempts; null when none has a price"
+    )
     unpriced_attempts: int
     mean_quality: float | None
 

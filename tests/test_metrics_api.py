@@ -80,6 +80,25 @@ def test_routing_metrics_answer_the_contract(http, engine):
     assert Decimal(models[("acme-large", "premium")]["cost_usd"]) == large
 
 
+def test_a_model_without_a_price_has_an_unknown_cost_not_zero(http, engine):
+    project = make_project(baseline_model=None)
+    set_prices(http, project)
+    events = [
+        event(attempt(), timestamp=at(1)),
+        event(attempt(model="no-price-anywhere"), timestamp=at(2)),
+        event(attempt(model="no-price-anywhere"), attempt(), timestamp=at(3)),
+    ]
+    assert post(http, project.ingest_key, batch(*events)).status_code == 200
+    run_rollup(engine)
+    within = {"start": HOUR.isoformat(), "end": (HOUR + timedelta(hours=1)).isoformat()}
+    body = http.get("/v1/metrics/routing", params=within, headers=auth(project.read_key)).json()
+    models = {m["model"]: m for m in body["by_model"]}
+    unpriced = models["no-price-anywhere"]
+    assert (unpriced["cost_usd"], unpriced["unpriced_attempts"]) == (None, 2)
+    assert Decimal(models["acme-small"]["cost_usd"]) == 2 * Decimal("0.002")
+    assert body["cost_is_lower_bound"] and body["unpriced_requests"] == 2
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -54,7 +54,8 @@ def get_routing(
                 tier=m.tier,
                 attempts=m.attempts,
                 served=m.served,
-                cost_usd=money_text(m.cost_usd),
+                # Unknown, not $0, when no attempt of it has a price (DESIGN.md, unpriced).
+                cost_usd=None if m.unpriced_attempts == m.attempts else money_text(m.cost_usd),
                 unpriced_attempts=m.unpriced_attempts,
                 mean_quality=m.mean_quality,
             )
