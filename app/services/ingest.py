@@ -557,7 +557,13 @@ def add_late_attempts(
                 f"{len(new)} more arrived later; a request holds at most {MAX_ATTEMPTS}"
             )
             continue
-        amended = Event.model_validate({**request["fields"], "attempts": attempts})
+        try:
+            amended = Event.model_validate({**request["fields"], "attempts": attempts})
+        except ValidationError as error:  # stored before a rule the schema has now
+            outcome.errors[event.request_id] = describe_errors(
+                error.errors(include_url=False), whole="event"
+            )
+            continue
         problem = check_event(amended, tier_ranks=project.tier_ranks, window=window)
         if problem is not None:
             outcome.errors[event.request_id] = problem
