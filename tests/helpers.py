@@ -15,6 +15,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -151,6 +152,14 @@ def free_port() -> int:
 TEST_SECRET_KEY = secrets.token_hex(32)
 
 
+def process_log(name: str) -> Path:
+    """Where a process a test starts writes its output: in the run's own folder (conftest's
+    ROUTELEDGER_DATA_DIR, which pytest keeps for the last few runs), not loose in /tmp."""
+    folder = Path(os.environ.get("ROUTELEDGER_DATA_DIR") or tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{name}-{uuid.uuid4().hex[:6]}.log"
+
+
 @dataclass
 class LiveApi:
     """A real `routeledger api` process on loopback over the session's database. Whatever
@@ -162,9 +171,7 @@ class LiveApi:
     port: int = field(default_factory=free_port)
     default_project: Project | None = None
     process: subprocess.Popen | None = None
-    log_path: Path = field(
-        default_factory=lambda: Path(f"/tmp/routeledger-api-{uuid.uuid4().hex[:6]}.log")
-    )
+    log_path: Path = field(default_factory=lambda: process_log("api"))
     env: dict[str, str] = field(default_factory=dict)
     ready_path = "/readyz"  # answers 200 once the process serves (a class attribute)
 
@@ -244,9 +251,7 @@ class LiveDashboard(LiveApi):
     """A real `routeledger dashboard` process on loopback over the session's database
     (started and stopped like the API's)."""
 
-    log_path: Path = field(
-        default_factory=lambda: Path(f"/tmp/routeledger-dashboard-{uuid.uuid4().hex[:6]}.log")
-    )
+    log_path: Path = field(default_factory=lambda: process_log("dashboard"))
 
     ready_path = "/login"
 
