@@ -60,6 +60,13 @@ def test_every_page_renders_with_data_and_no_console_error(browser, site):
     assert "-" in negative.text or "−" in negative.text
     browser.get(f"{site}/models")
     assert demo.UNPRICED_MODEL in wait_for(browser, "#unpriced-models").text
+    # Its cost is unknown, not $0.00.
+    cost = browser.find_element(
+        By.XPATH,
+        f"//tr[td[@data-dash-column='model'][normalize-space()='{demo.UNPRICED_MODEL}']]"
+        "/td[@data-dash-column='cost']",
+    )
+    assert cost.text.strip() == "", cost.text
     browser.get(f"{site}/alerts")
     assert demo.ALERT_RULE in wait_for(browser, "#alerts-table td[data-dash-column='rule']").text
     assert "resolved" in browser.find_element(By.ID, "alerts-table").text

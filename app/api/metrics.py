@@ -54,8 +54,7 @@ def get_routing(
                 tier=m.tier,
                 attempts=m.attempts,
                 served=m.served,
-                # Unknown, not $0, when no attempt of it has a price (DESIGN.md, unpriced).
-                cost_usd=None if m.unpriced_attempts == m.attempts else money_text(m.cost_usd),
+                cost_usd=money_text(m.known_cost_usd),
                 unpriced_attempts=m.unpriced_attempts,
                 mean_quality=m.mean_quality,
             )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import urlencode
 
 from sqlalchemy import Connection, Engine, text
 
@@ -110,7 +111,14 @@ def queue_digests(engine: Engine, *, now: datetime | None = None) -> DigestRun:
                     subject=subject,
                     intro=f"Yesterday ({day:%Y-%m-%d}, UTC) in {target.name}.",
                     lines=digest_lines(conn, project_id=target.project_id, within=within),
-                    link=dashboard_url(f"/?start={day:%Y-%m-%d}"),
+                    link=dashboard_url(_day_page(target.name, day)),
                 ),
             )
     return DigestRun(queued=queued)
+
+
+def _day_page(project: str, day: datetime) -> str:
+    """The dashboard's overview of the digest's own project and day (its `end` is a day too,
+    the last one shown)."""
+    day_text = f"{day:%Y-%m-%d}"
+    return "/?" + urlencode({"project": project, "start": day_text, "end": day_text})

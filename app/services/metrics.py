@@ -294,6 +294,12 @@ class ModelFigures(AttemptTotals):
     def mean_quality(self) -> float | None:
         return rate(self.quality_sum, self.quality_count)
 
+    @property
+    def known_cost_usd(self) -> Decimal | None:
+        """Its attempts' known costs summed; None (unknown, never $0: DESIGN.md, unpriced)
+        when none of them has a price."""
+        return None if self.unpriced_attempts == self.attempts else self.cost_usd
+
 
 @dataclass(kw_only=True)
 class RoutingMetrics(RequestTotals):

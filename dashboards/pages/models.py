@@ -107,7 +107,7 @@ def update(start_date, end_date, feature):
                 "tier": m.tier,
                 "attempts": m.attempts,
                 "served": m.served,
-                "cost": float(m.cost_usd),
+                "cost": _usd(m.known_cost_usd),
                 "p50": ms(p50),
                 "p95": ms(p95),
                 "quality": number(m.mean_quality),
@@ -116,6 +116,10 @@ def update(start_date, end_date, feature):
         )
     search = filters.url_search(start=start_date, end=end_date, feature=feature)
     return _unpriced_notes(totals.by_model), rows, _cost_figure(totals.by_model), search
+
+
+def _usd(amount) -> float | None:
+    return None if amount is None else float(amount)
 
 
 def _unpriced_notes(by_model) -> list:
@@ -151,7 +155,7 @@ def _cost_figure(by_model):
     fig = components.figure(y_title="USD")
     fig.add_bar(
         x=[m.model for m in by_model],
-        y=[float(m.cost_usd) for m in by_model],
+        y=[_usd(m.known_cost_usd) for m in by_model],  # no bar for an unknown cost
         marker_color=[components.TIER_COLORS.get(m.tier, "#607d8b") for m in by_model],
         text=[
             f"{count(m.attempts)} attempts" + (" · unpriced" if m.unpriced_attempts else "")
