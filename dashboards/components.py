@@ -27,6 +27,13 @@ def graph(component_id: str) -> dcc.Loading:
     )
 
 
+def bound_notes(unpriced_requests: int) -> tuple[str, str]:
+    """The notes of a cost, and of a figure less that cost (savings, a margin), while some
+    requests are unpriced: their cost is unknown, so the one is a lower bound, the other an
+    upper one (DESIGN.md: the cost "is a lower bound and says so")."""
+    return ("lower bound", "at most") if unpriced_requests else ("", "")
+
+
 def key_figure(label: str, value: str, note: str = "", figure_id: str | None = None):
     return html.Div(
         [

@@ -303,6 +303,9 @@ def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
     assert len(digests) == 1 and "daily digest" in digests[0]["Subject"]
     text = digests[0].get_body(("plain",)).get_content()
     assert "Requests: 1" in text and "Margin of acme" in text and "Firing alerts: none" in text
+    # acme-small has no price here: spend is a lower bound, savings an upper one.
+    assert "(lower bound: unpriced requests)" in text, text
+    assert "(at most: unpriced requests)" in text, text
     # The link opens that project on that day, not the days since.
     expected = f"/?project={project.name}&start=2026-12-31&end=2026-12-31"
     assert expected in text, text

@@ -58,6 +58,12 @@ def test_every_page_renders_with_data_and_no_console_error(browser, site):
     browser.get(f"{site}/customers")
     negative = wait_for(browser, "#customers-table td[data-dash-column='margin_usd']")
     assert "-" in negative.text or "−" in negative.text
+    # With an unpriced model among them, the cost is a lower bound and the margin an upper one.
+    notes = [
+        browser.find_element(By.XPATH, f"//*[@id='{figure}']/following-sibling::div").text
+        for figure in ("customers-total-cost", "kf-margin")
+    ]
+    assert notes == ["lower bound", "at most"], notes
     browser.get(f"{site}/models")
     assert demo.UNPRICED_MODEL in wait_for(browser, "#unpriced-models").text
     # Its cost is unknown, not $0.00.

@@ -34,10 +34,13 @@ def digest_lines(conn: Connection, *, project_id: int, within: Period) -> list[t
     spend = _usd(routing.cost_usd) + (
         " (lower bound: unpriced requests)" if routing.unpriced_requests else ""
     )
+    savings = f"{_usd(routing.savings_usd)} ({_percent(routing.savings_pct)})" + (
+        " (at most: unpriced requests)" if routing.unpriced_requests else ""
+    )
     lines = [
         ("Requests", f"{routing.requests:,}"),
         ("Spend", spend),
-        ("Savings", f"{_usd(routing.savings_usd)} ({_percent(routing.savings_pct)})"),
+        ("Savings", savings),
         ("Escalation rate", _percent(routing.escalation_rate)),
         ("Fallback rate", _percent(routing.fallback_rate)),
         ("Failover rate", _percent(routing.failover_rate)),

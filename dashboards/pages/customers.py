@@ -101,11 +101,12 @@ def update(start_date, end_date, table_filter):
     cost = sum((c.cost_usd for c in customers), Decimal(0))
     revenue = sum((c.total_revenue_usd for c in customers), Decimal(0))
     losing = [c.customer_id for c in customers if c.margin_usd < 0]
+    lower_bound, at_most = components.bound_notes(sum(c.unpriced_requests for c in customers))
     totals = [
         components.key_figure("Customers", count(len(customers))),
-        components.key_figure("Cost", usd(cost), figure_id="customers-total-cost"),
+        components.key_figure("Cost", usd(cost), lower_bound, figure_id="customers-total-cost"),
         components.key_figure("Revenue", usd(revenue)),
-        components.key_figure("Margin", usd(revenue - cost)),
+        components.key_figure("Margin", usd(revenue - cost), at_most),
         components.key_figure(
             "Negative margin", count(len(losing)), ", ".join(losing[:4]) if losing else ""
         ),

@@ -79,11 +79,12 @@ def update(start_date, end_date, granularity):
     customers = data.read(metrics.customer_metrics, project_id=project_id, within=within)
     cost = sum((c.cost_usd for c in customers), Decimal(0))
     revenue = sum((c.total_revenue_usd for c in customers), Decimal(0))
+    lower_bound, at_most = components.bound_notes(sum(c.unpriced_requests for c in customers))
     totals = [
         components.key_figure("Requests", count(sum(c.requests for c in customers))),
-        components.key_figure("Cost", usd(cost), figure_id="exports-total-cost"),
+        components.key_figure("Cost", usd(cost), lower_bound, figure_id="exports-total-cost"),
         components.key_figure("Revenue", usd(revenue), figure_id="exports-total-revenue"),
-        components.key_figure("Margin", usd(revenue - cost)),
+        components.key_figure("Margin", usd(revenue - cost), at_most),
     ]
     period = {"start": start_date, "end": end_date}
     return (

@@ -66,16 +66,16 @@ def update(start_date, end_date, feature):
     scope = metrics.Filters(feature=feature)
     series = data.routing_over_time(project_id, within, scope)
     totals = dashboard_queries.total_of(series)
+    lower_bound, at_most = components.bound_notes(totals.unpriced_requests)
+    savings_of = f"{pct(totals.savings_pct)} of the baseline {usd(totals.baseline_cost_usd)}"
     key_figures = [
-        components.key_figure(
-            "Spend", usd(totals.cost_usd), "lower bound" if totals.unpriced_requests else ""
-        ),
+        components.key_figure("Spend", usd(totals.cost_usd), lower_bound),
         components.key_figure("Requests", count(totals.requests)),
-        components.key_figure("Cost per request", usd_small(totals.cost_per_request)),
+        components.key_figure("Cost per request", usd_small(totals.cost_per_request), lower_bound),
         components.key_figure(
             "Savings",
             usd(totals.savings_usd),
-            f"{pct(totals.savings_pct)} of the baseline {usd(totals.baseline_cost_usd)}",
+            f"{at_most}; {savings_of}" if at_most else savings_of,
         ),
         components.key_figure("Escalation rate", pct(totals.escalation_rate)),
         components.key_figure("Mean quality", pct(totals.mean_quality, 0)),
