@@ -279,6 +279,38 @@ def test_a_call_that_arrives_after_its_request_was_assembled_joins_it(engine):
     assert stored_calls(engine, project.id) == [(customer, count, served, cost, fallback, models)]
 
 
+def test_a_request_span_waits_past_the_settle_time_for_a_stream_read_later(engine):
+    """A handler's span ends, and is exported, before the stream it returned is read: its
+    model call comes minutes later, past the settle time, and is still its request's (its
+    customer and feature). A request span no call ever comes for is forgotten after an hour."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    receive_export(engine, project_id=project.id, export=export(app), now=START)
+    run_settle(engine, now=START + timedelta(minutes=5))
+    stream = call(trace_id, new_span_id(), app_id, routeledger__tier="cheap")
+    later = START + timedelta(minutes=6)
+    outcome = receive_export(engine, project_id=project.id, export=export(stream), now=later)
+    assert outcome.requests == 1
+    [(customer, count, _, _, _, _)] = stored_calls(engine, project.id)
+    assert (customer, count) == ("acme", 1)
+
+    lone = span(new_trace_id(), new_span_id(), routeledger__feature="search")
+    receive_export(engine, project_id=project.id, export=export(lone), now=START)
+    assert waiting_spans(engine, project.id) == 1
+    run_settle(engine, now=START + timedelta(minutes=59))
+    assert waiting_spans(engine, project.id) == 1
+    run_settle(engine, now=START + timedelta(minutes=61))
+    assert waiting_spans(engine, project.id) == 0
+
+
+def waiting_spans(engine, project_id: int) -> int:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "select count(*) from otlp_spans where project_id = %s", (project_id,)
+        ).scalar_one()
+
+
 def test_a_late_call_exported_with_its_request_span_again_joins_at_once(engine):
     project = make_project(baseline_model=None)
     trace_id, app_id = new_trace_id(), new_span_id()

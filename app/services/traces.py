@@ -38,6 +38,9 @@ LOCK_TIMEOUT = "3s"
 # it within seconds of each other (an exporter's retries included); an hour bounds the table
 # to an hour of calls.
 RESPONSE_ID_MEMORY = timedelta(hours=1)
+# How long a request span waits for its model calls when none came with it: a handler's span
+# ends before the stream it returned is read, and the stream's call span comes when it is.
+REQUEST_SPAN_MEMORY = timedelta(hours=1)
 TRACES_PER_TRANSACTION = 200
 _NONE: frozenset = frozenset()
 _SPAN_COLUMNS = (
@@ -119,15 +122,15 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
                 """
                 select project_id, trace_id from otlp_spans
                 group by project_id, trace_id
-                having max(received_at) <= :cutoff
-                   and (bool_or(is_attempt and not held) or not bool_or(is_attempt))
+                having (max(received_at) <= :cutoff and bool_or(is_attempt and not held))
+                    or (max(received_at) <= :forget_before and not bool_or(is_attempt))
                 union
                 select h.project_id, h.trace_id from otlp_held_requests h
                 where exists (select 1 from model_tiers m
                               where m.project_id = h.project_id and m.model = any(h.lookup_names))
                 """
             ),
-            {"cutoff": cutoff},
+            {"cutoff": cutoff, "forget_before": now - REQUEST_SPAN_MEMORY},
         ).all()
         forgotten = conn.execute(
             text("delete from otlp_response_ids where claimed_at < :before"),
@@ -249,7 +252,6 @@ def _process(
     quiet_before = now - timedelta(seconds=settle_seconds())
     drafts: list[Draft] = []
     spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
-    quiet_traces: set[bytes] = set()
     for trace_id in trace_ids:
         spans = {s.span_id: s for s in new[trace_id]}
         if trace_id in stored:
@@ -259,8 +261,6 @@ def _process(
         quiet = (not new[trace_id] or quiet_before >= now) and all(
             s.received_at <= quiet_before for s in spans.values()
         )
-        if quiet:
-            quiet_traces.add(trace_id)
         drafts += due_drafts(spans, quiet=quiet, held_request_ids=held_ids)
 
     names = {n for d in drafts for a in d.attempts
@@ -321,7 +321,7 @@ def _process(
         consumed=consumed,
         held_spans={s for d in held for s in d.span_ids},
         request_spans={d.request_span_id for d in drafts},
-        quiet_traces=quiet_traces,
+        forget_before=now - REQUEST_SPAN_MEMORY,
     )
     return outcome
 
@@ -455,12 +455,13 @@ def _keep_waiting(
     consumed: set[bytes],
     held_spans: set[bytes],
     request_spans: set[bytes],
-    quiet_traces: set[bytes],
+    forget_before: datetime,
 ) -> None:
     """Deletes the spans that were assembled, stores the new ones still waiting (and the
     trace's other spans beside them, possible request spans), and marks held attempts. A
     trace left with no attempt span keeps only a marked request span none was assembled
-    under yet (its model calls may come in a later export); the settle job forgets it."""
+    under yet (its model calls may come in a later export), until REQUEST_SPAN_MEMORY after
+    it came; the settle job then forgets it."""
     delete_ids: list[tuple[bytes, bytes]] = []
     insert: list[SpanRecord] = []
     newly_held: list[tuple[bytes, bytes]] = []
@@ -468,11 +469,9 @@ def _keep_waiting(
         stored_here = stored.get(trace_id, {})
         waiting = [s for s in spans.values() if s.is_attempt and s.span_id not in consumed]
         # Request spans no request was assembled under yet: their calls may come later.
-        awaiting_calls = (
-            set()
-            if trace_id in quiet_traces
-            else {s.span_id for s in spans.values() if s.marks_request} - request_spans
-        )
+        awaiting_calls = {
+            s.span_id for s in spans.values() if s.marks_request and s.received_at > forget_before
+        } - request_spans
         if not (stored_here or waiting or awaiting_calls):
             continue  # assembled whole from this export, no request span left: nothing to do
         for span in spans.values():
