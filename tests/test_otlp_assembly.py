@@ -124,6 +124,45 @@ def test_one_call_reported_twice_in_a_request_counts_once():
     assert len(draft.attempts) == 1 and len(draft.span_ids) == 2
 
 
+def test_one_call_under_two_nested_instrumentations_counts_once_by_its_fullest_report():
+    """A wrapper's instrumentation (OpenLLMetry) nests the client's (openai-v2) around one
+    call: a failed call has no response id, a streamed one may lack it on one side; the call
+    is still one attempt, reported by the span that says most."""
+    trace, app = new_trace_id(), new_span_id()
+    outer_fail, outer_stream, outer_cached = new_span_id(), new_span_id(), new_span_id()
+    (draft,) = drafts(
+        span(trace, app, end_ms=900),
+        # A failed call: both spans ERROR, no response id.
+        call(trace, outer_fail, app, end_ms=110, error=True, error__type="InternalServerError"),
+        call(trace, new_span_id(), outer_fail, end_ms=100, error=True, error__type="500"),
+        # A stream: the outer span without id or usage, the inner with both.
+        call(trace, outer_stream, app, start_ms=120, end_ms=400,
+             gen_ai__usage__input_tokens=0, gen_ai__usage__output_tokens=0),
+        call(trace, new_span_id(), outer_stream, start_ms=120, end_ms=390,
+             gen_ai__response__id="r-stream"),
+        # One id on both, the outer alone counting the cached tokens.
+        call(trace, outer_cached, app, start_ms=410, end_ms=600, gen_ai__response__id="r-c",
+             gen_ai__usage__cache_read__input_tokens=400),
+        call(trace, new_span_id(), outer_cached, start_ms=410, end_ms=590,
+             gen_ai__response__id="r-c"),
+    )  # fmt: skip
+    calls = [(a.attempt["status"], a.attempt["input_tokens"], a.attempt["cache_read_tokens"],
+              a.attempt["response_id"]) for a in draft.attempts]  # fmt: skip
+    assert calls == [("error", 1000, 0, None), ("ok", 1000, 0, "r-stream"), ("ok", 600, 400, "r-c")]
+    assert len(draft.span_ids) == 6
+
+
+def test_calls_of_one_model_inside_a_span_of_that_model_stay_calls_of_their_own():
+    trace, app, wrapper = new_trace_id(), new_span_id(), new_span_id()
+    (draft,) = drafts(
+        span(trace, app, end_ms=900),
+        call(trace, wrapper, app, end_ms=500),
+        call(trace, new_span_id(), wrapper, end_ms=100, error=True),
+        call(trace, new_span_id(), wrapper, end_ms=400),
+    )
+    assert len(draft.attempts) == 3
+
+
 def test_more_calls_than_an_event_holds_become_consecutive_requests():
     trace, app = new_trace_id(), new_span_id()
     calls = [call(trace, new_span_id(), app, end_ms=10 + n) for n in range(25)]

@@ -618,7 +618,7 @@ def due_drafts(
         counted = attempts
         if len(attempts) > 1:
             attempts.sort(key=_END_ORDER)
-            counted = _first_reports(attempts)
+            counted = _one_report_per_call(attempts)
         # Positionally, in the order of its fields: by keyword it costs twice as much.
         yield Draft(
             trace_id,
@@ -630,18 +630,59 @@ def due_drafts(
         )
 
 
-def _first_reports(attempts: list[SpanRecord]) -> list[SpanRecord]:
-    """The attempts (in the order they ended) without a later report of a call already
-    reported: one call reported by two instrumentations counts once, the first to end."""
-    seen: set[str] = set()
-    counted = []
+def _one_report_per_call(attempts: list[SpanRecord]) -> list[SpanRecord]:
+    """The attempts (in the order they ended) with one report per model call. Two
+    instrumentations report one call as two spans: with the same `gen_ai.response.id`, or (a
+    failed call has none, nor has every streamed one) the one nested right inside the other,
+    of the same model, as a wrapper's instrumentation nests the client's. Each call counts
+    once, by its fullest report (a response id, then usage, then cache counts)."""
+    order = {a.span_id: position for position, a in enumerate(attempts)}
+    response_ids = [a.attempt["response_id"] for a in attempts if a.attempt["response_id"]]
+    if len(set(response_ids)) == len(response_ids) and not any(
+        a.parent_span_id in order for a in attempts
+    ):
+        return attempts  # the usual case: calls side by side, each reported once
+    call_of = {a.span_id: a.span_id for a in attempts}  # span id: its call's first report
+
+    def call(span_id: bytes) -> bytes:
+        while call_of[span_id] != span_id:
+            span_id = call_of[span_id]
+        return span_id
+
+    def same_call(one: SpanRecord, other: SpanRecord) -> None:
+        first, second = sorted((call(one.span_id), call(other.span_id)), key=order.__getitem__)
+        call_of[second] = first
+
+    by_response: dict[str, SpanRecord] = {}
+    nested: dict[bytes, list[SpanRecord]] = {}
     for span in attempts:
         response_id = span.attempt["response_id"]
-        if response_id is None or response_id not in seen:
-            counted.append(span)
         if response_id is not None:
-            seen.add(response_id)
-    return counted
+            same_call(by_response.setdefault(response_id, span), span)
+        if span.parent_span_id in order:
+            nested.setdefault(span.parent_span_id, []).append(span)
+    by_id = {a.span_id: a for a in attempts}
+    for parent_id, children in nested.items():
+        parent = by_id[parent_id]
+        same_model = [
+            c for c in children if c.attempt["request_model"] == parent.attempt["request_model"]
+        ]
+        if len(same_model) == 1:  # a wrapper of one call; around several, a call of its own
+            same_call(parent, same_model[0])
+    reports: dict[bytes, list[SpanRecord]] = {}
+    for span in attempts:
+        reports.setdefault(call(span.span_id), []).append(span)
+    return [max(group, key=_fullness) for group in reports.values()]
+
+
+def _fullness(span: SpanRecord) -> tuple[bool, bool, bool]:
+    a = span.attempt
+    usage = a["input_tokens"] + a["output_tokens"] + a["cache_read_tokens"]
+    return (
+        a["response_id"] is not None,
+        usage > 0,
+        a["cache_read_tokens"] + a["cache_write_tokens"] > 0,
+    )
 
 
 _END_ORDER = attrgetter("end_ns", "span_id")
