@@ -365,6 +365,28 @@ def test_a_late_call_exported_with_its_request_span_again_joins_at_once(engine):
     assert (count, models) == (2, ["acme-small", "acme-small"])
 
 
+def test_a_late_call_for_a_request_the_schema_refuses_now_is_refused_by_name(engine):
+    """A request stored before a rule of the event schema existed (here: a customer id longer
+    than it allows, written by SQL) cannot be derived again: its late call is refused by name,
+    and the export is answered, not failed."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
+    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "update requests set customer_id = repeat('c', 300) where project_id = %s",
+            (project.id,),
+        )
+    second = call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+    outcome = receive_export(
+        engine, project_id=project.id, export=export(app, first, second), now=START
+    )
+    assert (outcome.amended, outcome.rejected_spans) == (0, 2)
+    assert "customer_id: String should have at most 200 characters" in outcome.errors[0]
+
+
 def test_a_late_call_beyond_what_a_request_holds_is_refused_by_name(engine, caplog):
     project = make_project(baseline_model=None)
     trace_id, app_id = new_trace_id(), new_span_id()
