@@ -376,8 +376,6 @@ def ingest_in_transaction(
     if not prepared.derived:
         return Ingested(prepared.result(0), [])
     stored = _store(conn, project_id=project.project_id, derived=prepared.derived)
-    if len(stored) == len(prepared.derived):
-        return Ingested(prepared.result(len(stored)), [])
     stored_ids = {request.request_id for request in stored}
     before = [e for e in prepared.events if e.request_id not in stored_ids]
     return Ingested(prepared.result(len(stored)), before)
@@ -542,12 +540,12 @@ def add_late_attempts(
             continue  # its rows were deleted outside the service: a duplicate still
         unseen = Counter(_call(a) for a in request["attempts"])
         new = []
-        for attempt in event.attempts:
+        for attempt in (a.model_dump() for a in event.attempts):
             call = _call(attempt)
             if unseen[call] > 0:
                 unseen[call] -= 1
             else:
-                new.append(attempt.model_dump())
+                new.append(attempt)
         if not new:
             continue  # a re-export: every call is stored
         attempts = [*request["attempts"], *new]
@@ -577,10 +575,8 @@ def add_late_attempts(
     return outcome
 
 
-def _call(attempt: Any) -> tuple:
-    if isinstance(attempt, dict):
-        return tuple(attempt[name] for name in _CALL_FIELDS)
-    return tuple(getattr(attempt, name) for name in _CALL_FIELDS)
+def _call(attempt: dict[str, Any]) -> tuple:
+    return tuple(attempt[name] for name in _CALL_FIELDS)
 
 
 def _stored_calls(

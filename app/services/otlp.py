@@ -661,9 +661,8 @@ def _one_report_per_call(attempts: list[SpanRecord]) -> list[SpanRecord]:
             same_call(by_response.setdefault(response_id, span), span)
         if span.parent_span_id in order:
             nested.setdefault(span.parent_span_id, []).append(span)
-    by_id = {a.span_id: a for a in attempts}
     for parent_id, children in nested.items():
-        parent = by_id[parent_id]
+        parent = attempts[order[parent_id]]
         same_model = [
             c for c in children if c.attempt["request_model"] == parent.attempt["request_model"]
         ]
@@ -677,11 +676,11 @@ def _one_report_per_call(attempts: list[SpanRecord]) -> list[SpanRecord]:
 
 def _fullness(span: SpanRecord) -> tuple[bool, bool, bool]:
     a = span.attempt
-    usage = a["input_tokens"] + a["output_tokens"] + a["cache_read_tokens"]
+    cached = a["cache_read_tokens"] + a["cache_write_tokens"]
     return (
         a["response_id"] is not None,
-        usage > 0,
-        a["cache_read_tokens"] + a["cache_write_tokens"] > 0,
+        a["input_tokens"] + a["output_tokens"] + cached > 0,
+        cached > 0,
     )
 
 

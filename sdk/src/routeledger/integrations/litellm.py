@@ -98,8 +98,8 @@ class RouteLedgerLogger(CustomLogger):
         self._calls: dict[str, _Call] = {}  # by trace id: the call not sent yet
         self._sent: OrderedDict[str, int] = OrderedDict()  # trace id: how many calls sent
         self._sent_attempts: OrderedDict[str, None] = OrderedDict()  # their attempts' call ids
-        self._under_way: OrderedDict[str, tuple[str, float]] = OrderedDict()  # call id: (trace
-        # id, time.monotonic() it started)
+        # Attempts started and not reported yet: call id -> (trace id, time.monotonic()).
+        self._under_way: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
