@@ -65,6 +65,21 @@ def connection() -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def snapshot() -> Iterator[Connection]:
+    """A read-only transaction whose statements all see the database as it was at its first:
+    figures read in several statements (rollups, then revenue records, then raw rows, period
+    after period) never mix in a write that committed between two of them (REPEATABLE READ;
+    under READ COMMITTED, each statement sees what committed before it)."""
+    with (
+        get_engine()
+        .connect()
+        .execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn,
+        conn.begin(),
+    ):
+        yield conn
+
+
 def driver_cursor(conn: Connection):
     """A psycopg cursor in `conn`'s transaction, for the hot paths: COPY, arrays in binary,
     and statements run on every call where SQLAlchemy's building of them costs more than

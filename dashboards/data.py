@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from app.db import connection, limit_statements, transaction
+from app.db import limit_statements, snapshot, transaction
 from app.periods import HOUR, Period, next_hour, utc_now
 from app.services import alerts, dashboard_queries, metrics
 from app.services.metrics import Filters, RoutingMetrics
@@ -35,7 +35,7 @@ def read(service: Callable[..., Any], **kwargs: Any) -> Any:
         if hit is not None and hit[0] > now:
             _cache.move_to_end(key)
             return hit[1]
-    with connection() as conn:
+    with snapshot() as conn:
         limit_statements(conn, seconds=get_settings().routeledger_statement_timeout_seconds)
         value = service(conn, **kwargs)
     with _lock:

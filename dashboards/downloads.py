@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request, stream_with_context
 
-from app.db import connection
+from app.db import snapshot
 from app.services import exports
 from dashboards import auth, filters
 
@@ -43,7 +43,7 @@ def _download(name: str, export) -> Response:
     within = filters.period_of(request.args.get("start"), request.args.get("end"))
 
     def chunks():
-        with connection() as conn:
+        with snapshot() as conn:
             for chunk in export(conn, project.project_id, within):
                 yield chunk.data
 

@@ -10,13 +10,22 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from app.periods import Period
-from app.services.exports import neutralise, periods, requests_csv, six_places, with_crlf
+from app.services.exports import (
+    customers_csv,
+    neutralise,
+    periods,
+    requests_csv,
+    six_places,
+    with_crlf,
+)
 from app.services.rollups import run_rollup
 from tests.helpers import REPO, attempt, auth, batch, event, post
 
@@ -302,6 +311,37 @@ def test_customers_export_rounds_after_summing_and_reconciles_with_metrics(
             for field in ("cost_usd", "revenue_usd", "margin_usd"):
                 exported = totals[customer["customer_id"]][field]
                 assert abs(exported - Decimal(customer[field])) < Decimal("0.005"), field
+
+
+def test_an_export_reads_one_snapshot_whatever_commits_while_it_streams(engine):
+    """The customers export reads day after day while it streams: a revenue record committed
+    meanwhile is in none of its days, rather than in the days read after it (the export
+    routes read through app.db.snapshot, as here); the next export has it in every day."""
+    from app.db import snapshot
+    from app.schemas import RevenueIn
+    from app.services.revenue import add_revenue
+    from tests.helpers import make_project
+
+    project = make_project()
+    record = {"customer_id": "late", "period_start": DAY1.isoformat(),
+              "period_end": DAY3.isoformat(), "amount_usd": "2"}  # fmt: skip
+
+    def export(conn) -> Iterator[bytes]:
+        within = Period(DAY1, DAY3)
+        for chunk in customers_csv(conn, project_id=project.id, within=within, granularity="day"):
+            yield chunk.data
+
+    with snapshot() as conn:
+        chunks = export(conn)
+        read = [next(chunks), next(chunks)]  # the header, then the first day, read
+        with engine.begin() as writer:
+            records = RevenueIn.model_validate_json(orjson.dumps({"records": [record]})).records
+            add_revenue(writer, project_id=project.id, records=records)
+        read += chunks
+    assert b"late" not in b"".join(read)
+    with snapshot() as conn:
+        after = b"".join(export(conn)).decode()
+    assert [line.split(",")[2] for line in after.splitlines()[1:]] == ["late", "late"]
 
 
 def test_export_command_writes_the_same_files_as_the_api(http, fresh_project, engine, tmp_path):

@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from app.api.bodies import read_json_batch
-from app.api.deps import AdminCaller, Bound, Db, IngestCaller, Name, ReadCaller
+from app.api.deps import AdminCaller, Bound, Db, IngestCaller, Name, ReadCaller, ReadDb
 from app.api.errors import answers
 from app.db import transaction
 from app.periods import InvalidPeriod, Period
@@ -107,7 +107,7 @@ def _segment_out(segment: advice.SegmentAdvice) -> SegmentAdviceOut:
     responses=answers(404, 422, _404=_NO_FEATURE, _422=_PERIOD),
 )
 def get_advice(
-    caller: ReadCaller, conn: Db, feature: Name = None, start: Bound = None, end: Bound = None
+    caller: ReadCaller, conn: ReadDb, feature: Name = None, start: Bound = None, end: Bound = None
 ) -> AdviceOut:
     found = _advice(conn, caller, feature, start, end)
     return AdviceOut(
@@ -130,7 +130,7 @@ def get_advice(
     },
 )
 def get_advice_csv(
-    caller: ReadCaller, conn: Db, feature: Name = None, start: Bound = None, end: Bound = None
+    caller: ReadCaller, conn: ReadDb, feature: Name = None, start: Bound = None, end: Bound = None
 ) -> Response:
     found = _advice(conn, caller, feature, start, end)
     name = f"advice_{found.within.start:%Y%m%dT%H}_{found.within.end:%Y%m%dT%H}.csv"
@@ -162,7 +162,7 @@ def get_advice_csv(
         "price, a bad period, or a body that is not a candidate",
     ),
 )
-def post_what_if(body: WhatIfIn, caller: ReadCaller, conn: Db) -> WhatIfOut:
+def post_what_if(body: WhatIfIn, caller: ReadCaller, conn: ReadDb) -> WhatIfOut:
     try:
         found = advice.what_if(conn, project_id=caller.project_id, candidate=body)
     except (InvalidPeriod, advice.InvalidCandidate) as error:

@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request
 from sqlalchemy import Connection
 
 from app.api.callers import Refused, client_address, resolve_caller
-from app.db import connection, limit_statements
+from app.db import connection, limit_statements, snapshot
 from app.periods import InvalidPeriod, Period, hourly_period
 from app.schemas import MAX_ID
 from app.services.metrics import Filters
@@ -24,6 +24,16 @@ def db() -> Connection:
 
 
 Db = Annotated[Connection, Depends(db)]
+
+
+def read_db() -> Connection:
+    with snapshot() as conn:
+        limit_statements(conn, seconds=get_settings().routeledger_statement_timeout_seconds)
+        yield conn
+
+
+# For calls that read figures: one snapshot of the database for the whole call (app.db.snapshot).
+ReadDb = Annotated[Connection, Depends(read_db)]
 
 
 def current_caller(request: Request) -> Caller:

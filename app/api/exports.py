@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import Bound, ReadCaller, RequestFilters, period_param
-from app.db import connection, limit_statements
+from app.db import limit_statements, snapshot
 from app.periods import Period
 from app.services import exports
 from app.settings import get_settings
@@ -22,11 +22,12 @@ _CSV = {200: {"content": {"text/csv": {}}, "description": "RFC 4180 CSV, UTF-8"}
 def _stream(
     name: str, within: Period, export: Callable[..., Iterator], **kwargs
 ) -> StreamingResponse:
-    """The export's chunks on a connection of their own, held while the response streams
-    (a dependency's connection would be closed or held too early)."""
+    """The export's chunks from one snapshot of the database, on a connection of its own held
+    while the response streams (a dependency's connection would be closed or held too
+    early)."""
 
     def chunks() -> Iterator[bytes]:
-        with connection() as conn:
+        with snapshot() as conn:
             limit_statements(conn, seconds=get_settings().routeledger_export_timeout_seconds)
             for chunk in export(conn, within=within, **kwargs):
                 yield chunk.data

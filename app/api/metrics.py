@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import Bound, Db, Name, ReadCaller, RequestFilters, period_param
+from app.api.deps import Bound, Name, ReadCaller, ReadDb, RequestFilters, period_param
 from app.schemas import CustomerOut, CustomersOut, ModelFiguresOut, RoutingMetricsOut
 from app.services import metrics
 from app.services.metrics import money_text
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
 @router.get("/routing", response_model=RoutingMetricsOut, summary="Rates, splits, cost, savings")
 def get_routing(
     caller: ReadCaller,
-    conn: Db,
+    conn: ReadDb,
     filters: RequestFilters,
     start: Bound = None,
     end: Bound = None,
@@ -70,7 +70,7 @@ def get_routing(
 )
 def get_customers(
     caller: ReadCaller,
-    conn: Db,
+    conn: ReadDb,
     start: Bound = None,
     end: Bound = None,
     customer_id: Name = None,
