@@ -318,6 +318,64 @@ def test_a_call_that_arrives_after_its_request_was_assembled_joins_it(engine):
     assert stored_calls(engine, project.id) == [(customer, count, served, cost, fallback, models)]
 
 
+def stored_costs(engine, project_id: int) -> tuple:
+    """The request's cost and baseline, and per attempt its cost and price id, in order."""
+    with engine.connect() as conn:
+        request = conn.exec_driver_sql(
+            "select cost_usd, baseline_cost_usd, baseline_price_id from requests"
+            " where project_id = %s",
+            (project_id,),
+        ).one()
+        attempts = conn.exec_driver_sql(
+            "select cost_usd, price_id from attempts where project_id = %s order by position",
+            (project_id,),
+        ).all()
+    return tuple(request), [tuple(a) for a in attempts]
+
+
+@pytest.mark.parametrize("late_call_served", [False, True])
+def test_a_late_call_leaves_the_stored_calls_costs_as_they_were_priced(engine, late_call_served):
+    """Prices posted after a request was stored, back-dated to before it, do not re-price it
+    when a late call joins it (only an explicit re-pricing does): its stored call keeps its
+    cost and price, and its baseline stays while that call serves it; the late call is priced
+    at the prices in force now, and so is the baseline when the late call serves the request."""
+    project = make_project(baseline_model="acme-base")
+
+    def post(*prices, since: str) -> None:
+        with engine.begin() as conn:
+            add_prices(conn, project_id=project.id, prices=[
+                PriceIn(model=model, input_per_mtok=price_in, output_per_mtok=price_out,
+                        effective_from=since)
+                for model, price_in, price_out in prices
+            ])  # fmt: skip
+
+    post(("acme-small", "1", "2"), ("acme-large", "10", "30"), ("acme-base", "100", "100"),
+         since="2026-01-01T00:00:00Z")  # fmt: skip
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
+    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
+    (cost, baseline, baseline_price), [(first_cost, first_price)] = stored_costs(engine, project.id)
+    assert (cost, baseline) == (Decimal("0.002"), Decimal("0.15"))  # 1,500 tokens at $100
+    # Back-dated to before the request: the prices in force at its time are these now.
+    post(("acme-small", "10", "20"), ("acme-base", "200", "200"), since="2026-11-01T00:00:00Z")
+    second = call(trace_id, new_span_id(), app_id, model="acme-large", start_ms=60, end_ms=400,
+                  routeledger__tier="premium", error=not late_call_served)  # fmt: skip
+    outcome = receive_export(
+        engine, project_id=project.id, export=export(app, first, second), now=START
+    )
+    assert outcome.amended == 1
+    (cost, baseline, price), attempts = stored_costs(engine, project.id)
+    assert attempts[0] == (first_cost, first_price)
+    assert attempts[1][0] == Decimal("0.025")  # 1,000 * $10 + 500 * $30 per million
+    assert cost == first_cost + Decimal("0.025")
+    if late_call_served:
+        assert (baseline, price) != (Decimal("0.15"), baseline_price)
+        assert baseline == Decimal("0.3")  # its 1,500 tokens at the $200 in force now
+    else:
+        assert (baseline, price) == (Decimal("0.15"), baseline_price)
+
+
 def test_a_request_span_waits_past_the_settle_time_for_a_stream_read_later(engine):
     """A handler's span ends, and is exported, before the stream it returned is read: its
     model call comes minutes later, past the settle time, and is still its request's (its

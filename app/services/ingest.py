@@ -57,6 +57,7 @@ from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, request_facts
 from app.services.rollups import ROLLUP_JOB, mark_written, record_pending
 from app.settings import get_settings
+from app.vocabulary import SERVED_STATUS
 
 MAX_FUTURE = timedelta(days=1)
 _events_adapter = TypeAdapter(list[Event])
@@ -527,9 +528,11 @@ def add_late_attempts(
     POST /v1/requests a copy is a duplicate, whatever it says). A call already stored is
     recognised by what it reported (model, provider, status, reason, tokens, latency), so a
     re-export adds nothing. The new calls follow the stored ones, and the request is derived
-    again as if it had arrived whole: its attempts are written again, priced as ingest prices
-    them, the figures that follow from them are updated, and its hour is marked for the
-    rollups."""
+    again as if it had arrived whole: its attempts are written again, the new ones priced as
+    ingest prices them, the figures that follow from them are updated, and its hour is marked
+    for the rollups. The stored calls keep the costs they were stored with, and the request
+    its baseline cost while a stored call still serves it: only an explicit re-pricing
+    changes a stored cost (app.services.reprice), whatever prices were posted since."""
     outcome = LateAttempts()
     stored = _stored_calls(conn, project_id=project.project_id, events=events)
     window = TimeWindow.at(now)
@@ -569,10 +572,42 @@ def add_late_attempts(
         whole.append(amended)
     if whole:
         prices = _price_book(conn, project=project, events=whole)
-        derived = [derive(e, project=project, prices=prices, received_at=now) for e in whole]
+        derived = [
+            _with_stored_costs(
+                derive(e, project=project, prices=prices, received_at=now), stored[e.request_id]
+            )
+            for e in whole
+        ]
         _replace_attempts(conn, project_id=project.project_id, derived=derived)
         outcome.amended = len(derived)
     return outcome
+
+
+# An attempt row ends with its cost, the cost's source and its price (ATTEMPT_COLUMNS).
+_COST_AT = ATTEMPT_COLUMNS.index("cost_usd")
+_STATUS_AT = ATTEMPT_COLUMNS.index("status")
+_REQUEST_AT = {name: REQUEST_COLUMNS.index(name) for name in REQUEST_COLUMNS}
+
+
+def _with_stored_costs(request: StoredRequest, stored: dict[str, Any]) -> StoredRequest:
+    """`request` derived again, with its stored attempts' costs as stored, its cost summed from
+    them and the new ones', and its stored baseline cost while a stored attempt serves it."""
+    kept = stored["costs"]  # per stored attempt, in order: (cost_usd, source, price_id)
+    rows = [
+        row[:_COST_AT] + kept[position] if position < len(kept) else row
+        for position, row in enumerate(request.attempt_rows)
+    ]
+    values = list(request.request_row)
+    cost = request_cost(row[_COST_AT] for row in rows)
+    values[_REQUEST_AT["cost_usd"]] = cost.known_usd
+    values[_REQUEST_AT["unpriced_attempts"]] = cost.unpriced_attempts
+    values[_REQUEST_AT["is_unpriced"]] = cost.is_unpriced
+    served = [position for position, row in enumerate(rows) if row[_STATUS_AT] == SERVED_STATUS]
+    if served and served[-1] < len(kept):
+        baseline_cost_usd, baseline_price_id = stored["baseline"]
+        values[_REQUEST_AT["baseline_cost_usd"]] = baseline_cost_usd
+        values[_REQUEST_AT["baseline_price_id"]] = baseline_price_id
+    return request._replace(request_row=tuple(values), attempt_rows=rows)
 
 
 def _call(attempt: dict[str, Any]) -> tuple:
@@ -583,14 +618,16 @@ def _stored_calls(
     conn: Connection, *, project_id: int, events: list[Event]
 ) -> dict[uuid.UUID, dict[str, Any]]:
     """Per request id, the stored fields an event needs to be derived again (its keys and
-    intended tier) and its attempts, in order, as event attempts (a client's cost kept)."""
+    intended tier), its attempts, in order, as event attempts (a client's cost kept), their
+    stored costs (cost, source, price id) and its stored baseline (cost, price id)."""
     ids = [event.request_id for event in events]
     # By request_keys: its key gives each request's timestamp, and so its partition.
     found: dict[uuid.UUID, dict[str, Any]] = {}
     for row in conn.execute(
         text(
             "select r.request_id, r.ts, r.customer_id, r.feature, r.intended_tier, "
-            "r.experiment_name, r.experiment_arm from request_keys k join requests r "
+            "r.experiment_name, r.experiment_arm, r.baseline_cost_usd, r.baseline_price_id "
+            "from request_keys k join requests r "
             "on r.project_id = k.project_id and r.ts = k.ts and r.request_id = k.request_id "
             "where k.project_id = :project_id and k.request_id = any(:ids)"
         ),
@@ -605,11 +642,16 @@ def _stored_calls(
         }
         if row["experiment_name"] is not None:
             fields["experiment"] = {"name": row["experiment_name"], "arm": row["experiment_arm"]}
-        found[row["request_id"]] = {"fields": fields, "attempts": []}
+        found[row["request_id"]] = {
+            "fields": fields,
+            "attempts": [],
+            "costs": [],
+            "baseline": (row["baseline_cost_usd"], row["baseline_price_id"]),
+        }
     for row in conn.execute(
         text(
             f"select a.request_id, {', '.join(f'a.{name}' for name in _CALL_FIELDS)}, a.tier, "
-            "a.cost_usd, a.cost_source from request_keys k join attempts a "
+            "a.cost_usd, a.cost_source, a.price_id from request_keys k join attempts a "
             "on a.project_id = k.project_id and a.ts = k.ts and a.request_id = k.request_id "
             "where k.project_id = :project_id and k.request_id = any(:ids) "
             "order by a.request_id, a.position"
@@ -618,7 +660,9 @@ def _stored_calls(
     ).mappings():
         attempt = {name: row[name] for name in (*_CALL_FIELDS, "tier")}
         attempt["cost_usd"] = row["cost_usd"] if row["cost_source"] == "client" else None
-        found[row["request_id"]]["attempts"].append(attempt)
+        request = found[row["request_id"]]
+        request["attempts"].append(attempt)
+        request["costs"].append((row["cost_usd"], row["cost_source"], row["price_id"]))
     return found
 
 
