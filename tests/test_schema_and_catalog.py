@@ -208,6 +208,21 @@ def test_catalog_lookup_exact_then_matching_then_provider(engine):
     assert book.price_at("no-such-model-anywhere", None, now) is None
 
 
+def test_a_provider_serving_another_providers_models_is_priced_as_that_provider(engine):
+    """genai-prices prices azure's gpt-4o as openai's (azure falls back to openai's models)."""
+    calls = [("gpt-4o", "azure"), ("gpt-4o", "openai"), ("gpt-4o-mini", "azure"),
+             ("gpt-4o-mini", "openai")]  # fmt: skip
+    with engine.connect() as conn:
+        book = pricing.PriceBook.load(conn, project_id=0, models=calls)
+    now = datetime(2026, 11, 22, tzinfo=UTC)
+    for model in ("gpt-4o", "gpt-4o-mini"):
+        at_azure, at_openai = (
+            book.price_at(model, "azure", now),
+            book.price_at(model, "openai", now),
+        )
+        assert at_azure is not None and at_azure == at_openai
+
+
 def test_requests_land_in_monthly_partitions(http, fresh_project, database_url):
 
     old = event(timestamp="2024-02-29T23:59:59.999Z")

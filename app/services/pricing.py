@@ -108,12 +108,19 @@ class Price:
 
 @lru_cache(maxsize=4096)
 def catalog_match(model: str, provider: str | None) -> tuple[str, str] | None:
-    """genai-prices' own matching of a model name: (provider id, model id), or None."""
+    """genai-prices' own matching of a model name: (provider id, model id), or None. A
+    provider that serves other providers' models (azure serves openai's) prices them as their
+    own provider does, so the match names the provider whose catalog holds the model."""
     snapshot = data_snapshot.get_snapshot()
     try:
         found_provider, found_model = snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
         return None
+    if not any(m is found_model for m in found_provider.models):
+        for fallback in found_provider.fallback_model_providers or ():
+            owner = next((p for p in snapshot.providers if p.id == fallback), None)
+            if owner is not None and any(m is found_model for m in owner.models):
+                return owner.id, found_model.id
     return found_provider.id, found_model.id
 
 
@@ -175,7 +182,8 @@ class PriceBook:
            the others, which go in alphabetical order of provider.
         2. Else the catalog's: the prices of this exact model name (of the provider looked
            up, when given), else those of the model the catalog's own matching finds for
-           the name (`claude-3-5-haiku-20241022` -> `claude-3-5-haiku-latest`). With no
+           the name (`claude-3-5-haiku-20241022` -> `claude-3-5-haiku-latest`; `gpt-4o` at
+           azure -> openai's, see `catalog_match`). With no
            provider looked up and the name priced at several providers, the catalog's
            matching picks the provider (else the first in alphabetical order). The price of
            that provider in force at `at` applies.
