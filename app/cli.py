@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -681,7 +682,7 @@ def jobs_run(
     if any(correction) and (name != "reprice" or not all(correction)):
         raise click.UsageError("a correction is `reprice` with --project, --model, --start, --end")
     if not any(correction):
-        click.echo(json.dumps(run_job(get_engine(), name), default=str))
+        click.echo(json.dumps(run_job(get_engine(), name), default=_json_value))
         return
     from dataclasses import asdict
 
@@ -698,7 +699,12 @@ def jobs_run(
         end=_utc_instant(end),
         reason=reason,
     )
-    click.echo(json.dumps(asdict(change), default=str))
+    click.echo(json.dumps(asdict(change), default=_json_value))
+
+
+def _json_value(value: object) -> str:
+    """What JSON cannot hold, as text: money as a plain decimal (str would give 1E-7)."""
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
 
 
 def _utc_instant(value: str) -> datetime:

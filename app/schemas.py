@@ -90,6 +90,9 @@ def _money_input(value: Any) -> Any:
             'must be a decimal string, e.g. "0.0042" (a number with a fraction is read as a '
             "binary float, which does not keep every digit)"
         )
+    # Decimal() would also read "1_000" and " 1 ": not how an amount is written.
+    if isinstance(value, str) and ("_" in value or value != value.strip()):
+        raise ValueError('must be a decimal string, e.g. "0.0042", without spaces or "_"')
     return value
 
 
@@ -101,7 +104,7 @@ _EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 def _bounded(value: Decimal) -> Decimal:
     if not value.is_finite():
         raise ValueError("must be a finite number")
-    if abs(value) >= MAX_USD:
+    if value.copy_abs() >= MAX_USD:
         raise ValueError(f"must be less than {MAX_USD:,} in size")
     if -value.normalize(_EXACT).as_tuple().exponent > MAX_DECIMAL_PLACES:
         raise ValueError(f"must have at most {MAX_DECIMAL_PLACES} decimal places")

@@ -121,6 +121,26 @@ def test_prices_validation_names_the_field(http, fresh_project):
     )  # fmt: skip
     assert response.status_code == 422
     assert response.json()["detail"].startswith("prices[0].input_per_mtok")
+    # Just below the bound, to its last place (a rounded copy of it would be at the bound);
+    # prices are answered as plain decimals, never with an exponent.
+    posted = http.post(
+        "/v1/prices",
+        json={"prices": [{"model": "m", "input_per_mtok": "999999999999.99999999999999999",
+                          "output_per_mtok": "0.0000001", "cache_read_per_mtok": "0.00000012345",
+                          "effective_from": "2026-11-01T00:00:00Z"}]},
+        headers=auth(fresh_project.admin_key),
+    )  # fmt: skip
+    assert posted.status_code == 201, posted.text
+    [price] = [
+        p
+        for p in http.get("/v1/prices", headers=auth(fresh_project.read_key)).json()["prices"]
+        if p["model"] == "m"
+    ]
+    assert (price["input_per_mtok"], price["output_per_mtok"], price["cache_read_per_mtok"]) == (
+        "999999999999.99999999999999999",
+        "0.0000001",
+        "0.00000012345",
+    )
     catalog = http.get(
         "/v1/prices",
         params={"scope": "catalog", "model": "gpt-4o"},

@@ -200,6 +200,9 @@ BAD_EVENTS = {
     # 49 places: rounded to 28 digits it would have looked like 1.
     "long money": (event(attempt(cost_usd="1." + "0" * 48 + "1")), "attempts[0].cost_usd"),
     "unix time": (event(timestamp="1774998000"), "timestamp"),
+    # Decimal() reads both as 1000 and 1: not how an amount is written.
+    "money with an underscore": (event(revenue_usd="1_000"), "revenue_usd"),
+    "money with spaces": (event(attempt(cost_usd=" 1 ")), "attempts[0].cost_usd"),
 }
 
 

@@ -80,6 +80,20 @@ def test_routing_metrics_answer_the_contract(http, engine):
     assert Decimal(models[("acme-large", "premium")]["cost_usd"]) == large
 
 
+def test_savings_keep_every_digit_of_the_costs(http, engine):
+    """Σ baseline − Σ cost at the precision money is summed at, not the default 28 digits."""
+    project = make_project(baseline_model="acme-large")
+    set_prices(http, project)
+    cost = "0.000000123456789012345678901234"  # 30 places, as many as money may have
+    served = attempt(input_tokens=1_000_000, output_tokens=0, cost_usd=cost)
+    assert post(http, project.ingest_key, batch(event(served, timestamp=at(1)))).status_code == 200
+    run_rollup(engine)
+    within = {"start": HOUR.isoformat(), "end": (HOUR + timedelta(hours=1)).isoformat()}
+    body = http.get("/v1/metrics/routing", params=within, headers=auth(project.read_key)).json()
+    # The baseline: a million tokens at acme-large's $10 per million; 31 digits.
+    assert body["savings_usd"] == "9.999999876543210987654321098766"
+
+
 def test_a_model_without_a_price_has_an_unknown_cost_not_zero(http, engine):
     project = make_project(baseline_model=None)
     set_prices(http, project)

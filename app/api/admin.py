@@ -22,6 +22,7 @@ from app.schemas import (
     RevenueResult,
 )
 from app.services import pricing, projects
+from app.services.metrics import money_text
 from app.services.policies import InvalidPolicy, policy_history, set_policy
 from app.services.revenue import InvalidRevenue, add_revenue
 
@@ -29,17 +30,14 @@ router = APIRouter(prefix="/v1")
 
 
 def _price_out(row: dict) -> PriceOut:
-    def text(value):
-        return None if value is None else str(value)
-
     return PriceOut(
         id=row["id"],
         model=row["model"],
         provider=row["provider"] or None,
-        input_per_mtok=str(row["input_per_mtok"]),
-        output_per_mtok=str(row["output_per_mtok"]),
-        cache_read_per_mtok=text(row["cache_read_per_mtok"]),
-        cache_write_per_mtok=text(row["cache_write_per_mtok"]),
+        input_per_mtok=money_text(row["input_per_mtok"]),
+        output_per_mtok=money_text(row["output_per_mtok"]),
+        cache_read_per_mtok=money_text(row["cache_read_per_mtok"]),
+        cache_write_per_mtok=money_text(row["cache_write_per_mtok"]),
         effective_from=row["effective_from"],
         source=row["source"],
         scope="catalog" if row["project_id"] is None else "project",

@@ -360,7 +360,9 @@ class RoutingMetrics(RequestTotals):
     @property
     def savings_usd(self) -> Decimal | None:
         """Σ baseline − Σ cost; unknown while some request has no baseline cost."""
-        return self.baseline_cost_usd - self.cost_usd if self.baseline_known else None
+        if not self.baseline_known:
+            return None
+        return MONEY_CONTEXT.subtract(self.baseline_cost_usd, self.cost_usd)
 
     @property
     def savings_pct(self) -> float | None:

@@ -3,8 +3,9 @@
 Two kinds. `unpriced`: requests whose model had no price get one once a price exists (the
 periodic job). `correction`: a model's attempts in a time range are priced again with the
 prices now in the catalog (for a price that was wrong). Client-sent costs are never touched.
-Each run that changes something writes a repricings row and one repriced_attempts row per
-attempt, old and new cost, and marks the hours dirty so the rollups follow.
+Each run that changes something writes a repricings row, one repriced_attempts row per
+attempt and one repriced_baselines row per request whose baseline cost it changed, old and
+new, and marks the hours dirty so the rollups follow.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, Engine, insert, text
 
-from app.models import repriced_attempts, repricings
-from app.services.pricing import PriceBook
+from app.models import repriced_attempts, repriced_baselines, repricings
+from app.services.pricing import MONEY_CONTEXT, PriceBook
 from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, served_attempt
 from app.services.rollups import ROLLUP_JOB, lock_project, mark_dirty
@@ -38,6 +39,7 @@ class Change:
     requests: int
     cost_before: Decimal
     cost_after: Decimal
+    baselines: int = 0
 
 
 def _attempts_of(conn: Connection, *, project_id: int, keys: list[tuple]) -> dict[tuple, list]:
@@ -77,7 +79,7 @@ def reprice_requests(
     if baseline:
         names.add((baseline.model, baseline.provider))
     prices = PriceBook.load(conn, project_id=project.project_id, models=names)
-    attempt_changes, request_updates = [], []
+    attempt_changes, request_updates, baseline_changes = [], [], []
     cost_before = cost_after = Decimal(0)
     for request in requests:
         rows = by_request.get((request.ts, request.request_id), [])
@@ -96,14 +98,16 @@ def reprice_requests(
             baseline_usd, baseline_price_id = baseline_cost(
                 served_attempt(rows), baseline=baseline, prices=prices, at=request.ts
             )
+        if baseline_usd != request.baseline_cost_usd:
+            baseline_changes.append((request, baseline_usd, baseline_price_id))
         total = request_cost(costs)
         if (total.known_usd, total.unpriced_attempts, baseline_usd) != (
             request.cost_usd,
             request.unpriced_attempts,
             request.baseline_cost_usd,
         ):
-            cost_before += request.cost_usd
-            cost_after += total.known_usd
+            cost_before = MONEY_CONTEXT.add(cost_before, request.cost_usd)
+            cost_after = MONEY_CONTEXT.add(cost_after, total.known_usd)
             request_updates.append(
                 {
                     "b_ts": request.ts,
@@ -116,9 +120,12 @@ def reprice_requests(
             )
     if not request_updates and not attempt_changes:
         return Change(0, 0, Decimal(0), Decimal(0))
-    change = Change(len(attempt_changes), len(request_updates), cost_before, cost_after)
+    change = Change(
+        len(attempt_changes), len(request_updates), cost_before, cost_after, len(baseline_changes)
+    )
     _write(conn, project_id=project.project_id, attempt_changes=attempt_changes,
-           request_updates=request_updates, change=change, audit=audit)  # fmt: skip
+           baseline_changes=baseline_changes, request_updates=request_updates, change=change,
+           audit=audit)  # fmt: skip
     mark_dirty(
         conn,
         job=ROLLUP_JOB,
@@ -133,6 +140,7 @@ def _write(
     *,
     project_id: int,
     attempt_changes: list,
+    baseline_changes: list,
     request_updates: list[dict],
     change: Change,
     audit: dict,
@@ -145,6 +153,7 @@ def _write(
             requests_changed=change.requests,
             cost_before_usd=change.cost_before,
             cost_after_usd=change.cost_after,
+            baselines_changed=change.baselines,
             **audit,
         )
         .returning(repricings.c.id)
@@ -171,6 +180,17 @@ def _write(
                  "request_id": a.request_id, "position": a.position, "old_cost_usd": a.cost_usd,
                  "new_cost_usd": cost, "old_price_id": a.price_id, "new_price_id": price_id}
                 for a, cost, price_id in attempt_changes
+            ],
+        )  # fmt: skip
+    if baseline_changes:
+        conn.execute(
+            insert(repriced_baselines),
+            [
+                {"project_id": project_id, "repricing_id": repricing_id, "ts": r.ts,
+                 "request_id": r.request_id, "old_baseline_cost_usd": r.baseline_cost_usd,
+                 "new_baseline_cost_usd": cost, "old_price_id": r.baseline_price_id,
+                 "new_price_id": price_id}
+                for r, cost, price_id in baseline_changes
             ],
         )  # fmt: skip
     if request_updates:
@@ -226,8 +246,9 @@ def _run(engine: Engine, *, project_id: int, where: str, params: dict, model, au
         total = Change(
             total.attempts + change.attempts,
             total.requests + change.requests,
-            total.cost_before + change.cost_before,
-            total.cost_after + change.cost_after,
+            MONEY_CONTEXT.add(total.cost_before, change.cost_before),
+            MONEY_CONTEXT.add(total.cost_after, change.cost_after),
+            total.baselines + change.baselines,
         )
 
 
