@@ -19,8 +19,8 @@ DISTRIBUTED = frozenset(
         "requests", "attempts", "request_keys",
         # per-project settings and records
         "tiers", "policies", "revenue_records", "feedback", "held_feedback",
-        "alert_rules", "alerts", "repricings", "repriced_attempts", "quality_floors",
-        "eval_results", "eval_pairs", "model_tiers",
+        "alert_rules", "alerts", "repricings", "repriced_attempts", "repriced_baselines",
+        "quality_floors", "eval_results", "eval_pairs", "model_tiers",
         # OTLP spans waiting for assembly
         "otlp_spans", "otlp_held_requests", "otlp_response_ids",
         # the jobs' marks, written in the same transaction as the rows they mark

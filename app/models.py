@@ -669,6 +669,7 @@ repricings = Table(
     Column("requests_changed", BigInteger, nullable=False),
     Column("cost_before_usd", Numeric, nullable=False),
     Column("cost_after_usd", Numeric, nullable=False),
+    Column("baselines_changed", BigInteger, nullable=False, server_default="0"),
     _created_at(),
     PrimaryKeyConstraint("project_id", "id"),
     CheckConstraint("kind in ('unpriced','correction')", name="known_kind"),
@@ -691,6 +692,28 @@ repriced_attempts = Table(
         ["project_id", "repricing_id"],
         ["repricings.project_id", "repricings.id"],
         name="fk_repriced_attempts_project_id_repricings",
+        ondelete="CASCADE",
+    ),
+)
+
+# A re-pricing of the baseline model changes requests' baseline costs (their savings): each
+# one, old and new, as repriced_attempts keeps each attempt's cost.
+repriced_baselines = Table(
+    "repriced_baselines",
+    metadata,
+    Column("project_id", BigInteger, nullable=False),
+    Column("repricing_id", BigInteger, nullable=False),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", UUID(as_uuid=True), nullable=False),
+    Column("old_baseline_cost_usd", Numeric),
+    Column("new_baseline_cost_usd", Numeric),
+    Column("old_price_id", BigInteger),
+    Column("new_price_id", BigInteger),
+    PrimaryKeyConstraint("project_id", "repricing_id", "ts", "request_id"),
+    ForeignKeyConstraint(
+        ["project_id", "repricing_id"],
+        ["repricings.project_id", "repricings.id"],
+        name="fk_repriced_baselines_project_id_repricings",
         ondelete="CASCADE",
     ),
 )

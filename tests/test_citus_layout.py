@@ -51,10 +51,13 @@ _UNIQUE_KEYS = """
 """
 _FOREIGN_KEYS = """
     select con.conname, c.relname as table_name, r.relname as referenced,
-        array(select attname from pg_attribute
-              where attrelid = con.conrelid and attnum = any(con.conkey))::text[] as columns,
-        array(select attname from pg_attribute
-              where attrelid = con.confrelid and attnum = any(con.confkey))::text[] as referred
+        -- In the key's own order, so that the two arrays pair each column with its target.
+        array(select a.attname from unnest(con.conkey) with ordinality as k(attnum, n)
+              join pg_attribute a on a.attrelid = con.conrelid and a.attnum = k.attnum
+              order by k.n)::text[] as columns,
+        array(select a.attname from unnest(con.confkey) with ordinality as k(attnum, n)
+              join pg_attribute a on a.attrelid = con.confrelid and a.attnum = k.attnum
+              order by k.n)::text[] as referred
     from pg_constraint con
     join pg_class c on c.oid = con.conrelid
     join pg_class r on r.oid = con.confrelid

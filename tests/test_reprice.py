@@ -3,6 +3,7 @@ re-prices a model's range with an audit record; the rollups follow."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -62,9 +63,17 @@ def test_unpriced_requests_are_priced_once_a_price_exists(engine):
     assert after.baseline_cost_usd == Decimal(6) and after.savings_usd == 0
     with engine.connect() as conn:
         audit = conn.exec_driver_sql(
-            "select kind, requests_changed from repricings where project_id = %s", (project.id,)
+            "select kind, requests_changed, baselines_changed from repricings"
+            " where project_id = %s",
+            (project.id,),
         ).all()
-    assert audit == [("unpriced", 3)]
+        baselines = conn.exec_driver_sql(
+            "select old_baseline_cost_usd, new_baseline_cost_usd from repriced_baselines"
+            " where project_id = %s",
+            (project.id,),
+        ).all()
+    assert audit == [("unpriced", 3, 3)]
+    assert baselines == [(None, Decimal(2))] * 3
 
 
 def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
@@ -103,3 +112,34 @@ def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
         ).fetchone()[0]
     assert audit == [("correction", "acme-small", "contract price", Decimal(1), Decimal(3))]
     assert outside_cost == Decimal(1)  # outside the corrected range: unchanged
+
+
+def test_a_correction_of_the_baseline_model_keeps_the_baselines_it_changed(engine):
+    """Correcting the baseline model's price changes no attempt's cost, but every baseline
+    cost (and so the savings) in the range: each is kept in the audit, old and new."""
+    project = make_project(baseline_model="acme-large")
+    price(engine, project.id, "acme-small", "1", HOUR - timedelta(days=1))
+    price(engine, project.id, "acme-large", "10", HOUR - timedelta(days=1))
+    served = event(attempt(input_tokens=1_000_000, output_tokens=0), timestamp=HOUR.isoformat())
+    ingest_batch(engine, project_id=project.id, batch=Batch([served]))
+    assert metrics(engine, project.id).savings_usd == Decimal(9)
+
+    price(engine, project.id, "acme-large", "20", HOUR)
+    change = correct_prices(
+        engine, project_id=project.id, model="acme-large", start=HOUR,
+        end=HOUR + timedelta(hours=1), reason="baseline list price",
+    )  # fmt: skip
+    assert (change.attempts, change.requests, change.baselines) == (0, 1, 1)
+    assert metrics(engine, project.id).savings_usd == Decimal(19)
+    with engine.connect() as conn:
+        audit = conn.exec_driver_sql(
+            "select r.baselines_changed, b.request_id, b.old_baseline_cost_usd,"
+            " b.new_baseline_cost_usd, b.old_price_id <> b.new_price_id"
+            " from repricings r join repriced_baselines b"
+            " on b.project_id = r.project_id and b.repricing_id = r.id"
+            " where r.project_id = %s",
+            (project.id,),
+        ).all()
+    assert [tuple(row) for row in audit] == [
+        (1, uuid.UUID(served["request_id"]), Decimal(10), Decimal(20), True)
+    ]
