@@ -459,6 +459,9 @@ class CustomerOut(BaseModel):
     customer_id: str
     requests: int
     cost_usd: MoneyText
+    cost_is_lower_bound: bool = Field(
+        description="true while some of its requests are unpriced: the margin is then at most"
+    )
     revenue_usd: MoneyText
     margin_usd: MoneyText
     margin_pct: float | None = Field(description="margin / revenue; null when revenue is 0")

@@ -111,6 +111,12 @@ def test_a_model_without_a_price_has_an_unknown_cost_not_zero(http, engine):
     assert (unpriced["cost_usd"], unpriced["unpriced_attempts"]) == (None, 2)
     assert Decimal(models["acme-small"]["cost_usd"]) == 2 * Decimal("0.002")
     assert body["cost_is_lower_bound"] and body["unpriced_requests"] == 2
+    customers = http.get(
+        "/v1/metrics/customers", params=within, headers=auth(project.read_key)
+    ).json()["customers"]
+    # Two of acme's three requests are unpriced: its cost is a lower bound, and says so.
+    assert [(c["customer_id"], c["cost_is_lower_bound"], c["unpriced_requests"])
+            for c in customers] == [("acme", True, 2)]  # fmt: skip
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,7 @@ def get_customers(
                 customer_id=c.customer_id,
                 requests=c.requests,
                 cost_usd=money_text(c.cost_usd),
+                cost_is_lower_bound=c.unpriced_requests > 0,
                 revenue_usd=money_text(c.total_revenue_usd),
                 margin_usd=money_text(c.margin_usd),
                 margin_pct=float(c.margin_pct) if c.margin_pct is not None else None,
