@@ -322,10 +322,20 @@ revenue_records = Table(
     Column("period_start", DateTime(timezone=True), nullable=False),
     Column("period_end", DateTime(timezone=True), nullable=False),
     Column("amount_usd", Numeric, nullable=False),
+    # The client's id of the record, when it gave one: the same id again is a duplicate (a
+    # retried call must not count the revenue twice).
+    Column("record_id", Text),
     _created_at(),
     PrimaryKeyConstraint("project_id", "id"),
     CheckConstraint("period_end > period_start", name="period_order"),
     Index("ix_revenue_records_project_customer", "project_id", "customer_id", "period_start"),
+    Index(
+        "uq_revenue_records_record_id",
+        "project_id",
+        "record_id",
+        unique=True,
+        postgresql_where="record_id is not null",
+    ),
 )
 
 # Rows carry the request's own timestamp so a partition can be found for them.

@@ -371,6 +371,11 @@ class RevenueRecordIn(Strict):
     period_start: Timestamp
     period_end: Timestamp
     amount_usd: SignedMoney
+    record_id: RequiredText | None = Field(
+        default=None,
+        description="your id of the record (an invoice number, say): a record with an id "
+        "already stored is a duplicate, stored once, so a retried call never counts twice",
+    )
 
 
 class RevenueIn(Strict):
@@ -379,6 +384,7 @@ class RevenueIn(Strict):
 
 class RevenueResult(BaseModel):
     accepted: int
+    duplicates: int = Field(description="records whose record_id was stored before")
 
 
 class KeyIn(Strict):

@@ -88,7 +88,7 @@ def test_revenue_records_are_validated_and_stored(http, fresh_project, database_
                            "period_end": "2026-12-01T00:00:00Z", "amount_usd": "99.990000001"}]},
         headers=headers,
     )  # fmt: skip
-    assert ok.status_code == 201 and ok.json() == {"accepted": 1}
+    assert ok.status_code == 201 and ok.json() == {"accepted": 1, "duplicates": 0}
     backwards = http.post(
         "/v1/revenue",
         json={"records": [{"customer_id": "acme", "period_start": "2026-12-01T00:00:00Z",
@@ -110,6 +110,40 @@ def test_revenue_records_are_validated_and_stored(http, fresh_project, database_
             "select amount_usd from revenue_records where project_id = %s", (fresh_project.id,)
         ).fetchall()
     assert [str(a) for (a,) in amounts] == ["99.990000001"]
+
+
+def test_a_revenue_record_with_an_id_is_stored_once_however_often_it_is_sent(
+    http, fresh_project, database_url
+):
+    """A retried call (its answer lost) sends its records again: those with the client's
+    record_id are duplicates, stored once, whatever the copy says; those without are not
+    recognisable, and are stored again."""
+    headers = auth(fresh_project.admin_key)
+    month = {"customer_id": "acme", "period_start": "2026-11-01T00:00:00Z",
+             "period_end": "2026-12-01T00:00:00Z"}  # fmt: skip
+    invoice = {**month, "amount_usd": "99", "record_id": "INV-0042"}
+    first = http.post("/v1/revenue", json={"records": [invoice]}, headers=headers)
+    assert first.status_code == 201 and first.json() == {"accepted": 1, "duplicates": 0}
+    again = http.post(
+        "/v1/revenue",
+        json={"records": [{**invoice, "amount_usd": "98"}, {**month, "amount_usd": "5"},
+                          {**month, "amount_usd": "7", "record_id": "INV-0043"},
+                          {**month, "amount_usd": "7", "record_id": "INV-0043"}]},
+        headers=headers,
+    )  # fmt: skip
+    assert again.status_code == 201 and again.json() == {"accepted": 2, "duplicates": 2}
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute(
+            "select record_id, amount_usd from revenue_records where project_id = %s"
+            " order by record_id nulls last",
+            (fresh_project.id,),
+        ).fetchall()
+    assert stored == [("INV-0042", 99), ("INV-0043", 7), (None, 5)]
+    blank = http.post(
+        "/v1/revenue", json={"records": [{**invoice, "record_id": ""}]}, headers=headers
+    )
+    assert blank.status_code == 422
+    assert blank.json()["detail"].startswith("records[0].record_id")
 
 
 def test_prices_validation_names_the_field(http, fresh_project):

@@ -114,11 +114,11 @@ def put_policy(feature: PathName, body: PolicyIn, caller: AdminCaller, conn: Db)
 @router.post("/revenue", response_model=RevenueResult, status_code=201, tags=["revenue"])
 def post_revenue(body: RevenueIn, caller: AdminCaller, conn: Db) -> RevenueResult:
     try:
-        accepted = add_revenue(conn, project_id=caller.project_id, records=body.records)
+        added = add_revenue(conn, project_id=caller.project_id, records=body.records)
     except InvalidRevenue as error:
         raise HTTPException(422, str(error)) from None
     conn.commit()
-    return RevenueResult(accepted=accepted)
+    return RevenueResult(accepted=added.accepted, duplicates=added.duplicates)
 
 
 @router.get("/keys", response_model=list[KeyOut], tags=["keys"])

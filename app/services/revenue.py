@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import Connection
+from sqlalchemy.dialects.postgresql import insert
 
 from app.models import revenue_records
 from app.periods import Period, calendar_parts, floor_day
@@ -19,7 +21,18 @@ class InvalidRevenue(ValueError):
     pass
 
 
-def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecordIn]) -> int:
+@dataclass(frozen=True)
+class RevenueAdded:
+    accepted: int
+    duplicates: int
+
+
+def add_revenue(
+    conn: Connection, *, project_id: int, records: list[RevenueRecordIn]
+) -> RevenueAdded:
+    """Stores the records (all, or none when one is wrong); a record whose record_id the
+    project has stored before, or that an earlier record of the call carries, is a duplicate,
+    whatever else it says."""
     for index, record in enumerate(records):
         if record.period_end <= record.period_start:
             raise InvalidRevenue(f"records[{index}].period_end: must be after period_start")
@@ -28,19 +41,28 @@ def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecor
                 f"records[{index}].period_end: a record covers at most {LONGEST_RECORD.days} "
                 "days; split a longer one"
             )
-    conn.execute(
-        insert(revenue_records),
-        [
+    statement = (
+        insert(revenue_records)
+        .on_conflict_do_nothing(
+            index_elements=["project_id", "record_id"],
+            index_where=revenue_records.c.record_id.is_not(None),
+        )
+        .returning(revenue_records.c.id)
+    )
+    stored = 0
+    for record in records:  # one by one: a duplicate within the call is known by its order
+        inserted = conn.execute(
+            statement,
             {
                 "project_id": project_id,
-                "customer_id": r.customer_id,
-                "period_start": r.period_start,
-                "period_end": r.period_end,
-                "amount_usd": r.amount_usd,
-            }
-            for r in records
-        ],
-    )
+                "customer_id": record.customer_id,
+                "period_start": record.period_start,
+                "period_end": record.period_end,
+                "amount_usd": record.amount_usd,
+                "record_id": record.record_id,
+            },
+        ).first()
+        stored += inserted is not None
     # The margins of every day a record overlaps change.
     days = {
         floor_day(day.start)
@@ -48,4 +70,4 @@ def add_revenue(conn: Connection, *, project_id: int, records: list[RevenueRecor
         for day in calendar_parts(Period(r.period_start, r.period_end), "day")
     }
     mark_written(conn, job=MARGINS_JOB, project_id=project_id, hours=days)
-    return len(records)
+    return RevenueAdded(stored, len(records) - stored)
