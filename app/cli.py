@@ -54,8 +54,14 @@ def _migrate() -> None:
 
     sync = migrate()
     if sync.created:
+        announced = (
+            f", {sync.prices_revised} announced prices revised, {sync.prices_withdrawn} withdrawn"
+            if sync.prices_revised or sync.prices_withdrawn
+            else ""
+        )
         console.print(
             f"price catalog: genai-prices {sync.version}, {sync.prices_added} prices added"
+            f"{announced}"
         )
 
 

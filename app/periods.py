@@ -19,6 +19,8 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 WEEK = timedelta(days=7)
+# How far ahead of now an event's timestamp may be (DESIGN.md: more is an error).
+MAX_FUTURE = DAY
 # The origin of date_bin's buckets (hours, days, wider buckets of the dashboard's series), in
 # Python and in SQL: every bucket boundary is a whole number of widths from it.
 BIN_ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -175,6 +176,45 @@ def test_catalog_snapshot_is_loaded_once_and_later_versions_change_only_the_futu
     before = book.price_at("gpt-4o", "openai", now - timedelta(seconds=1))
     after = book.price_at("gpt-4o", "openai", now)
     assert after.input_per_mtok == 2 * before.input_per_mtok
+    engine.dispose()
+
+
+def test_a_later_catalog_version_revises_or_withdraws_prices_it_announced(
+    scratch_database, monkeypatch
+):
+    """A price announced for later has priced nothing yet: a newer version that changes it,
+    or no longer announces it, is taken at its word (unlike a price in force, which stays)."""
+    from app import migrate
+
+    migrate.upgrade()
+    engine = create_engine(scratch_database.replace("postgresql://", "postgresql+psycopg://"))
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    later, tomorrow = datetime(2027, 6, 1, tzinfo=UTC), now + timedelta(hours=12)
+
+    def version(name: str, *prices: tuple[str, datetime, str]) -> pricing.CatalogSync:
+        rows = [
+            {"provider": "acme", "model": model, "input_per_mtok": Decimal(price),
+             "output_per_mtok": Decimal(price), "cache_read_per_mtok": None,
+             "cache_write_per_mtok": None, "effective_from": since}
+            for model, since, price in prices
+        ]  # fmt: skip
+        monkeypatch.setattr(pricing, "catalog_rows", lambda: rows)
+        monkeypatch.setattr(pricing.genai_prices, "__version__", name)
+        with engine.begin() as conn:
+            return pricing.sync_catalog(conn, now=now)
+
+    epoch = pricing.CATALOG_EPOCH
+    version("1", ("m", epoch, "1"), ("m", later, "2"), ("m", tomorrow, "2"), ("gone", later, "5"))
+    sync = version("2", ("m", epoch, "1"), ("m", later, "3"), ("m", tomorrow, "4"))
+    assert (sync.prices_added, sync.prices_revised, sync.prices_withdrawn) == (0, 1, 1)
+    with engine.connect() as conn:
+        stored = conn.execute(
+            text("select model, effective_from, input_per_mtok from model_prices order by 1, 2")
+        ).all()
+    # Within the events' window, tomorrow's price may have priced an event already: it stays.
+    assert [tuple(row) for row in stored] == [
+        ("m", epoch, 1), ("m", tomorrow, 2), ("m", later, 3)
+    ]  # fmt: skip
     engine.dispose()
 
 

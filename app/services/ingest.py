@@ -38,7 +38,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from app.db import driver_cursor, insert_new
 from app.models import attempts, requests
-from app.periods import EARLIEST, utc_now
+from app.periods import EARLIEST, MAX_FUTURE, utc_now
 from app.schemas import (
     MAX_ATTEMPTS,
     MAX_METADATA_BYTES,
@@ -59,7 +59,6 @@ from app.services.rollups import ROLLUP_JOB, mark_written, record_pending
 from app.settings import get_settings
 from app.vocabulary import SERVED_STATUS
 
-MAX_FUTURE = timedelta(days=1)
 _events_adapter = TypeAdapter(list[Event])
 
 

@@ -29,6 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import SpanFlags, Status
 
+from app.periods import MAX_FUTURE
 from app.schemas import MAX_ATTEMPTS, MAX_STRING
 from app.services.model_tiers import TierMap
 
@@ -36,7 +37,6 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 UNATTRIBUTED = "(unattributed)"
 MAX_TOKENS = 2**40  # the event schema's bound
-MAX_FUTURE = timedelta(days=1)
 # request_id = UUIDv5(this namespace, "<trace id hex>:<request span id hex>").
 REQUEST_ID_NAMESPACE = uuid.UUID("5d0c3a57-5f0e-4a8e-9d7e-6f1c2b7a0e14")
 

@@ -18,12 +18,12 @@ from typing import Protocol
 import genai_prices
 from genai_prices import data_snapshot
 from genai_prices import types as gp
-from sqlalchemy import Connection, func, insert, or_, select, text
+from sqlalchemy import Connection, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.db import driver_cursor
 from app.models import model_prices, price_catalog_snapshots
-from app.periods import utc_now
+from app.periods import MAX_FUTURE, utc_now
 from app.schemas import PriceIn
 
 CATALOG_SOURCE = "genai-prices"
@@ -268,6 +268,10 @@ class CatalogSync:
     version: str
     created: bool
     prices_added: int
+    # Announced prices (in force from after the events' window) the new version changed or
+    # no longer announces: nothing was priced with them yet.
+    prices_revised: int = 0
+    prices_withdrawn: int = 0
 
 
 def _amount(value: Decimal | gp.TieredPrices | None) -> Decimal | None:
@@ -320,7 +324,9 @@ def catalog_rows() -> list[dict]:
 
 def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSync:
     """Loads the installed genai-prices version once. The first snapshot prices all history;
-    a later one adds only what changed, in force from now, so no stored cost moves."""
+    a later one adds only what changed, in force from now, so no stored cost moves; prices it
+    announces for later are added, and those a former version announced for after the
+    events' window (MAX_FUTURE) are revised or withdrawn as it says."""
     now = now or utc_now()
     version = genai_prices.__version__
     conn.execute(text("select pg_advisory_xact_lock(hashtext('routeledger.catalog'))"))
@@ -337,8 +343,10 @@ def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSyn
         conn.execute(select(func.count()).select_from(price_catalog_snapshots)).scalar_one() == 0
     )
     candidates = catalog_rows()
+    changes = CatalogChanges(candidates)
     if not first:
-        candidates = _changes_since_last_snapshot(conn, candidates, now=now)
+        changes = _changes_since_last_snapshot(conn, candidates, now=now)
+        candidates = changes.added
     snapshot_id = conn.execute(
         insert(price_catalog_snapshots)
         .values(
@@ -362,15 +370,39 @@ def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSyn
         # catalog row for a price book (a bitmap scan of the unique index whose third column
         # is the model) instead of looking the models up, at four times the cost per call.
         conn.execute(text("analyze model_prices"))
-    return CatalogSync(version=version, created=True, prices_added=len(candidates))
+    for price_id, row in changes.revised:
+        conn.execute(
+            update(model_prices)
+            .where(model_prices.c.id == price_id)
+            .values(**{f: row[f] for f in _PRICE_FIELDS}, source=source, snapshot_id=snapshot_id)
+        )
+    if changes.withdrawn:
+        conn.execute(delete(model_prices).where(model_prices.c.id.in_(changes.withdrawn)))
+    return CatalogSync(
+        version=version,
+        created=True,
+        prices_added=len(candidates),
+        prices_revised=len(changes.revised),
+        prices_withdrawn=len(changes.withdrawn),
+    )
 
 
 _PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
 
 
+@dataclass
+class CatalogChanges:
+    """What a newer catalog version changes: rows to add, announced prices to revise (by id,
+    with the new row) and to withdraw (ids)."""
+
+    added: list[dict]
+    revised: list[tuple[int, dict]] = field(default_factory=list)
+    withdrawn: list[int] = field(default_factory=list)
+
+
 def _changes_since_last_snapshot(
     conn: Connection, candidates: list[dict], *, now: datetime
-) -> list[dict]:
+) -> CatalogChanges:
     stored = conn.execute(
         select(model_prices)
         .where(model_prices.c.project_id.is_(None))
@@ -379,15 +411,25 @@ def _changes_since_last_snapshot(
     timelines: dict[tuple[str, str], list] = {}
     for row in stored:
         timelines.setdefault((row.provider, row.model), []).append(row)
-    changes = []
+    changes = CatalogChanges([])
+    # Announced prices no event can have been priced with yet (events are at most MAX_FUTURE
+    # ahead): the new version's word on them replaces the former's.
+    unused_after = now + MAX_FUTURE
     in_force_now: dict[tuple[str, str], dict] = {}
+    announced = set()
     for row in candidates:
         key = (row["provider"], row["model"])
         if key not in timelines:
-            changes.append(row)  # a model new to the catalog: nothing was priced with it
+            changes.added.append(row)  # a model new to the catalog: nothing was priced with it
         elif row["effective_from"] > now:
-            if all(old.effective_from != row["effective_from"] for old in timelines[key]):
-                changes.append(row)  # an announced future price
+            announced.add((*key, row["effective_from"]))
+            same = [old for old in timelines[key] if old.effective_from == row["effective_from"]]
+            if not same:
+                changes.added.append(row)  # a price announced for later
+            elif row["effective_from"] > unused_after and any(
+                getattr(same[0], f) != row[f] for f in _PRICE_FIELDS
+            ):
+                changes.revised.append((same[0].id, row))
         elif (
             key not in in_force_now or row["effective_from"] >= in_force_now[key]["effective_from"]
         ):
@@ -395,7 +437,14 @@ def _changes_since_last_snapshot(
     for key, row in in_force_now.items():
         current = [old for old in timelines[key] if old.effective_from <= now][-1:]
         if not current or any(getattr(current[0], f) != row[f] for f in _PRICE_FIELDS):
-            changes.append({**row, "effective_from": now})
+            changes.added.append({**row, "effective_from": now})
+    changes.withdrawn = [
+        old.id
+        for (provider, model), timeline in timelines.items()
+        for old in timeline
+        if old.effective_from > unused_after
+        and (provider, model, old.effective_from) not in announced
+    ]
     return changes
 
 
