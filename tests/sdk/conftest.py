@@ -60,5 +60,3 @@ def make_client(tmp_path):
     yield make
     for client in clients:
         client.shutdown(timeout=0.5)
-
-

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from routeledger import RouteLedger
 from routeledger.spool import HOLD_SECONDS
-from routeledger.transport import _seconds
+from routeledger.transport import Reply, _seconds
 
 from tests.helpers import send_with_poison
 
@@ -65,7 +65,8 @@ def test_events_arrive_once_in_wire_form(fake_api, make_client):
 
 
 def test_given_timestamp_and_request_id_are_kept(fake_api, make_client):
-    """As a replay of recorded traffic sends them; naive datetimes are taken as UTC."""
+    """As a replay of recorded traffic sends them (this machine's zone is UTC: a naive
+    datetime is local time, see the test below)."""
     client = make_client(fake_api.url)
     stamps = [
         datetime(2026, 11, 22, 10, 15, 30, 123456),
@@ -392,3 +393,135 @@ def test_without_key_events_are_dropped_quietly(monkeypatch, send, caplog):
     assert client.stats()["dropped"] == 2
     assert client.flush(1)
     assert "no API key" in caplog.text
+
+
+@pytest.fixture
+def tokyo_time(monkeypatch):
+    """The process's local zone is Asia/Tokyo (UTC+9, no daylight saving) for the test."""
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_a_naive_datetime_is_local_time_as_python_takes_it(fake_api, make_client, tokyo_time):
+    """datetime.now() in Tokyo is nine hours ahead of UTC: taken as UTC, the request would
+    be recorded nine hours in the future."""
+    client = make_client(fake_api.url)
+    with client.request("acme", "replay", timestamp=datetime(2026, 11, 22, 19, 15, 30)) as req:
+        req.attempt("gpt-4o-mini", "cheap", 1, 1)
+    assert client.flush(5)
+    [event] = fake_api.received
+    assert event["timestamp"] == "2026-11-22T10:15:30.000Z"
+
+
+def test_the_callers_dicts_are_sent_as_they_were_when_the_request_ended(fake_api, make_client):
+    """An app reusing one metadata dict (and nested ones) for its requests: each request
+    carries the values it had, though events are encoded later on the worker thread."""
+    client = make_client(fake_api.url, flush_interval=30)
+    metadata = {"question": None, "tags": []}
+    for number in range(3):
+        metadata["question"] = f"q{number}"
+        metadata["tags"].append(number)
+        with client.request("acme", "chat", metadata=metadata) as req:
+            req.attempt("gpt-4o-mini", "cheap", 1, 1)
+    assert client.flush(5)
+    sent = sorted((e["metadata"]["question"], e["metadata"]["tags"]) for e in fake_api.received)
+    assert sent == [("q0", [0]), ("q1", [0, 1]), ("q2", [0, 1, 2])]
+
+
+class Unprintable:
+    def __str__(self):
+        raise AttributeError("a detached ORM object")
+
+
+def test_an_event_that_cannot_be_encoded_is_dropped_alone(fake_api, make_client, caplog):
+    """Whatever fails in encoding one event (a value whose str() raises, a timestamp beyond
+    the year 9999) drops it, counted and logged; its neighbours are delivered, and neither
+    a flush nor a shutdown raises."""
+    client = make_client(fake_api.url, flush_interval=30)
+    good = []
+    with caplog.at_level(logging.ERROR, logger="routeledger"):
+        for poison in (None, {"user": Unprintable()}, None, None):
+            with client.request("acme", "chat", metadata=poison) as req:
+                req.attempt("gpt-4o-mini", "cheap", 1, 1)
+            if poison is None:
+                good.append(req.request_id)
+        with client.request("acme", "chat", timestamp=1e20) as req:
+            req.attempt("gpt-4o-mini", "cheap", 1, 1)
+        assert client.flush(5)
+        assert client.shutdown(1)
+    assert fake_api.request_ids == set(good)
+    assert client.stats()["dropped"] == 2
+    assert caplog.text.count("which it cannot encode") == 2
+
+
+def test_a_key_read_with_its_line_break_still_works(fake_api, make_client):
+    client = make_client(fake_api.url, api_key="test-key\n")
+    with client.request("acme", "chat") as req:
+        req.attempt("gpt-4o-mini", "cheap", 1, 1)
+    assert client.flush(5) and fake_api.request_ids == {req.request_id}
+
+
+def test_a_key_no_header_can_carry_disables_the_client_and_says_why(send, caplog):
+    with caplog.at_level(logging.ERROR, logger="routeledger"):
+        client = RouteLedger(api_key="test\r\nkey", endpoint="http://127.0.0.1:9")
+    send(client, 2)
+    assert client.stats()["dropped"] == 2
+    assert "the API key holds characters a key never has" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [(200, {"Content-Type": "text/html"}, "<html>sign in</html>"), (204, {}, None)],
+    ids=["a portal's page", "no body"],
+)
+def test_a_2xx_that_is_not_the_apis_answer_keeps_the_events(
+    fake_api, make_client, send, caplog, answer
+):
+    """A proxy or captive portal answering 2xx for the API proves nothing was stored: the
+    events wait in the spool, the error is logged, and they go once the API answers."""
+    fake_api.script = [answer]
+    client = make_client(fake_api.url)
+    with caplog.at_level(logging.ERROR, logger="routeledger"):
+        ids = send(client, 3)
+        assert client.flush(10)
+    assert fake_api.request_ids == set(ids)
+    assert client.stats()["sent"] == 3
+    assert "without the API's answer" in caplog.text
+
+
+def test_a_long_outage_keeps_probing_and_loses_nothing(start_fake_api, make_client, send):
+    """Hours of failures in a row (a probe every 15 to 30 s) must not break the backoff's
+    arithmetic: events sent meanwhile are spooled, and delivered once the API is back."""
+    api = start_fake_api()
+    port = api.port
+    api.close()
+    client = make_client(api.url, max_retries=1)
+    client._worker._failures = 5000  # about a day of probes
+    ids = send(client, 5)
+    assert not client.flush(0.2)
+    wait_for(lambda: client.stats()["spooled"] == 5)
+    back = start_fake_api(port)
+    assert client.flush(10)
+    assert back.request_ids == set(ids)
+    assert client.stats()["dropped"] == 0
+
+
+def test_a_retry_after_of_an_hour_still_probes_within_the_backoffs_bound(fake_api, make_client):
+    worker = make_client(fake_api.url)._worker
+    now = time.monotonic()
+    for asked, waited in (("3600", 30.0), ("0", 0.5), ("-5", 0.5)):
+        reply = Reply(503, {}, "", _seconds(asked))
+        assert worker._back_off(reply) == waited
+        assert worker._retry_at - now == pytest.approx(waited, abs=1.0)
+
+
+def test_feedback_the_api_holds_counts_as_delivered(fake_api, make_client):
+    fake_api.judge = lambda items: (200, {}, {"accepted": 0, "held": len(items),
+                                              "duplicates": 0, "errors": []})  # fmt: skip
+    client = make_client(fake_api.url)
+    client.feedback("00000000-0000-4000-8000-000000000000", 0.5)
+    assert client.flush(5)
+    assert client.stats()["sent"] == 1

@@ -57,7 +57,8 @@ class RouteLedger:
         spool_dir to ROUTELEDGER_SPOOL_DIR, then ~/.cache/routeledger/spool.
         on_rejected(event, error) is called on the worker thread for each event the API rejects
         (judges invalid), with the API's message."""
-        api_key = api_key or os.environ.get("ROUTELEDGER_API_KEY")
+        # Read from a file or a secret, a key often ends with a line break: never part of it.
+        api_key = (api_key or os.environ.get("ROUTELEDGER_API_KEY") or "").strip()
         endpoint = endpoint or os.environ.get("ROUTELEDGER_ENDPOINT") or DEFAULT_ENDPOINT
         transport = spool = None
         if not api_key:
@@ -294,7 +295,12 @@ class Request:
                 "RouteLedger request %s has no attempts: not sent", self._event["request_id"]
             )
             return
-        self._worker.put("requests", self._event)
+        event = self._event
+        # The caller's own dicts are read later, on the worker thread: as they are now.
+        for name in ("router", "experiment", "metadata"):
+            if event[name] is not None:
+                event[name] = _snapshot(event[name])
+        self._worker.put("requests", event)
 
     def __enter__(self) -> Request:
         return self
@@ -437,3 +443,13 @@ def _reset_all_after_fork() -> None:
 atexit.register(_shutdown_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_all_after_fork)
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of JSON-like data (mappings and sequences, copied all the way down), so that
+    the caller can change its objects once the request is sent."""
+    if isinstance(value, Mapping):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_snapshot(item) for item in value]
+    return value

@@ -32,6 +32,9 @@ class Transport:
         self._port = url.port
         self._base_path = url.path.rstrip("/")
         self._timeout = timeout
+        if not api_key.isprintable() or not api_key.isascii() or " " in api_key:
+            # http.client would refuse the header on every call, and every event with it.
+            raise ValueError("the API key holds characters a key never has (spaces, line breaks)")
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",

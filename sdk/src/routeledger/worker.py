@@ -217,7 +217,11 @@ class Worker:
                     events = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
                     flight = _InFlight(kind, self._encode_all(events))
                     self._in_flight = flight
-                left = self._deliver(kind, flight.lines, flight.settle)
+                try:
+                    left = self._deliver(kind, flight.lines, flight.settle)
+                except Exception:  # a bug of ours: the batch is kept, never lost with it
+                    logger.exception("RouteLedger could not send a batch: it is spooled")
+                    left = flight.unsettled
                 with self._take_lock:
                     if self._in_flight is not flight:
                         continue  # a shutdown took it and spooled what was left
@@ -242,7 +246,12 @@ class Worker:
             if index:  # all of it: removed below
                 self._spool.truncate(claim, index)
 
-        if self._deliver(claim.kind, claim.lines, settle):
+        try:
+            left = self._deliver(claim.kind, claim.lines, settle)
+        except Exception:
+            self._spool.release(claim)  # for a later try; a claim kept would hide the file
+            raise
+        if left:
             self._spool.release(claim)
             return False
         self._spool.remove(claim)
@@ -268,6 +277,18 @@ class Worker:
             if reply is None:
                 return end
             status = reply.status
+            if 200 <= status < 300 and not _is_ingest_answer(reply):
+                # A proxy or portal answering for the API: nothing says the events are stored.
+                self._back_off(None)
+                self._warn(
+                    "not-the-api",
+                    "RouteLedger got HTTP %d without the API's answer (%s): the events are kept "
+                    "in the spool until the API takes them; check the endpoint",
+                    status,
+                    reply.text,
+                    level=logging.ERROR,
+                )
+                return end
             if 200 <= status < 300:
                 self._settle(lines[start:end], reply)
                 proven, refusals = True, 0
@@ -314,7 +335,7 @@ class Worker:
                     # the key keep counting, so that their backoff grows
                 return reply
             delay = self._back_off(reply)
-            if self._failures > self._max_retries or self._stopping or delay > _BACKOFF_MAX:
+            if self._failures > self._max_retries or self._stopping:
                 return None
             self._hurry.wait(delay)
             self._hurry.clear()
@@ -333,20 +354,23 @@ class Worker:
         """Take the service as down for a while; the delay, growing with each failure."""
         self._failures += 1
         if reply is not None and reply.retry_after is not None:
-            delay = reply.retry_after
+            # As the service asks, within the bounds of a probe: an hour's Retry-After would
+            # keep the events from a service back in a minute, 0 would send them in a loop.
+            delay = min(max(reply.retry_after, _BACKOFF_BASE), _BACKOFF_MAX)
         else:
-            exponential = min(_BACKOFF_BASE * 2 ** (self._failures - 1), _BACKOFF_MAX)
+            # (The exponent is bounded: failures go on counting through a long outage.)
+            exponential = min(_BACKOFF_BASE * 2 ** min(self._failures - 1, 16), _BACKOFF_MAX)
             delay = exponential * random.uniform(0.5, 1.0)  # jitter: clients do not retry in step
         self._retry_at = time.monotonic() + delay
         return delay
 
     def _settle(self, lines: list[bytes], reply: Reply) -> None:
         """A 200 or 207: the events listed in its errors are rejected, the others stored."""
-        payload = reply.payload if isinstance(reply.payload, dict) else {}
+        payload = reply.payload  # a dict: _is_ingest_answer
         errors = [error for error in payload.get("errors") or [] if isinstance(error, dict)]
         duplicates = int(payload.get("duplicates") or 0)
-        accepted = payload.get("accepted")
-        accepted = int(accepted) if accepted is not None else len(lines) - len(errors) - duplicates
+        # Feedback for a request not stored yet is held by the API: delivered all the same.
+        accepted = int(payload["accepted"]) + int(payload.get("held") or 0)
         self._count(sent=accepted, duplicates=duplicates)
         for error in errors:
             index = error.get("index")
@@ -417,9 +441,13 @@ class Worker:
         for event in events:
             try:
                 lines.append(encode(event))
-            except (TypeError, ValueError) as error:
+            except Exception as error:  # a value whose str() raises, a year out of range...
                 self._count(dropped=1)
-                logger.error("RouteLedger dropped an event it cannot encode: %s", error)
+                logger.error(
+                    "RouteLedger dropped event %s, which it cannot encode: %r",
+                    event.get("request_id"),
+                    error,
+                )
         return lines
 
     def _batch_ranges(self, lines: list[bytes]) -> Iterator[tuple[int, int]]:
@@ -445,6 +473,11 @@ class Worker:
         if now - self._warned_at.get(key, -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at[key] = now
             logger.log(level, message, *args)
+
+
+def _is_ingest_answer(reply: Reply) -> bool:
+    """Whether a 2xx is the API's own answer to an ingest call: it says what it took."""
+    return isinstance(reply.payload, dict) and "accepted" in reply.payload
 
 
 def _message(reply: Reply) -> str:
@@ -477,8 +510,8 @@ def _rfc3339(timestamp: Any) -> Any:
     if isinstance(timestamp, float):
         timestamp = datetime.fromtimestamp(timestamp, timezone.utc)
     if isinstance(timestamp, datetime):
-        if timestamp.tzinfo is None:
-            timestamp = timestamp.replace(tzinfo=timezone.utc)  # naive datetimes are taken as UTC
+        # A naive datetime is local time, as Python's own astimezone() and timestamp() take it
+        # (datetime.now() is one): the offset of the local zone at that time applies.
         text = timestamp.astimezone(timezone.utc).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
     return timestamp  # a string is the caller's own RFC 3339 text
