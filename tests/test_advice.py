@@ -232,6 +232,44 @@ def test_online_scores_late_feedback_and_the_quality_floor(http, engine):
     assert search["recommended_tier"] == "premium"
 
 
+def test_online_a_tier_is_every_model_it_served(http, engine):
+    """Two models serve the cheap tier: its pass rate is over all their scored requests, not
+    only the busier model's (which passes every time, where the other fails every time), and
+    the busier one prices the tier."""
+    project = make_project(baseline_model=LARGE)
+    _post_prices(http, project, {**PRICES, "acme-tiny": ("0.5", "1")})
+    _scored(http, project, 40, model=LARGE, tier="premium", score=0.9, start=0)
+    _scored(http, project, 60, model=CHEAP, tier="cheap", score=0.8, start=40)
+    _scored(http, project, 40, model="acme-tiny", tier="cheap", score=0.3, start=100)
+    run_rollup(engine)
+    search = _advice(http, project, feature="search")[("search", None)]
+    cheap = _tiers(search)["cheap"]
+    interval = ratio_interval(60, 100, 40, 40)
+    assert (cheap["cases"], cheap["model"]) == (100, CHEAP)
+    assert cheap["relative_pass_rate"] == pytest.approx(0.6)
+    assert (cheap["low"], cheap["high"]) == pytest.approx((interval.low, interval.high))
+    assert search["recommended_tier"] == "premium"
+
+
+def test_a_price_that_takes_effect_after_now_does_not_price_the_advice(http, offline, engine):
+    """The default period ends with the current hour: a price posted for later in that hour
+    is not in force yet, and costs are at the prices in force now."""
+    from app.periods import Period
+    from app.services.advice import routing_advice
+
+    _post_prices(http, offline, {CHEAP: ("100", "200")}, (END - timedelta(minutes=10)).isoformat())
+    within = Period(END - timedelta(days=30), END)
+
+    def cheap_cost(now: datetime) -> Decimal:
+        with engine.connect() as conn:
+            found = routing_advice(conn, project_id=offline.id, within=within, now=now)
+        [faq] = [s for s in found.segments if s.task_type == "faq"]
+        return next(t.cost_per_request for t in faq.tiers if t.tier == "cheap")
+
+    assert cheap_cost(END - timedelta(minutes=30)) == _cost(CHEAP, 1)
+    assert cheap_cost(END + timedelta(days=1)) == 100 * _cost(CHEAP, 1)
+
+
 def test_what_if_prices_every_request_at_its_candidate_tier(http, offline):
     def what_if(**body):
         return http.post(

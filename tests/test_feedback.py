@@ -48,6 +48,21 @@ def test_the_same_item_posted_twice_is_stored_once(engine):
     assert quality(engine, sent["request_id"]) == 0.8
 
 
+def test_an_item_stored_before_and_sent_again_after_a_new_one_leaves_the_new_score(engine):
+    """A batch of a new score, then a copy of one stored before (a client's retry mixing
+    both): the new score is the request's quality, not the repeated one."""
+    project = make_project()
+    sent = event(timestamp=NOW.isoformat())
+    ingest_batch(engine, project_id=project.id, batch=Batch([sent]), now=NOW)
+    old = {"request_id": sent["request_id"], "score": 0.9, "source": "user"}
+    with engine.begin() as conn:
+        feedback(conn, project.id, old)
+        feedback(conn, project.id, {**old, "score": 0.5})
+        mixed = feedback(conn, project.id, {**old, "score": 0.1}, old)
+    assert (mixed.accepted, mixed.duplicates) == (1, 1)
+    assert quality(engine, sent["request_id"]) == 0.1
+
+
 def test_feedback_before_its_request_is_applied_when_the_request_arrives(engine):
     project = make_project()
     early = event(timestamp=NOW.isoformat())

@@ -5,15 +5,19 @@ the segment's quality floor; and what-ifs of a candidate split over real traffic
 
 Evidence of a segment is offline when it has evaluation results (tiers compared on the same
 items), else online (the scores of the requests each tier served, which routing chose, so
-they compare different requests). Of each tier, the model with the most evidence speaks for
-it. Intervals (app.services.intervals): offline, the relative pass rate is the share of the
-reference's passed items the tier passed too, a proportion, with its Wilson interval;
-online, it is a ratio of two independent pass rates, with the MOVER-R Wilson interval.
+they compare different requests). Online, a tier's evidence is every scored request it
+served, whatever the model; offline, the tier's model with the most results speaks for it
+(the models compared on the same items). Either way, that model (online: the one that
+served most of them) is the one a tier is priced at. Intervals (app.services.intervals):
+offline, the relative pass rate is the share of the reference's passed items the tier
+passed too, a proportion, with its Wilson interval; online, it is a ratio of two
+independent pass rates, with the MOVER-R Wilson interval.
 
 Costs come from the flow rollup (app.services.rollups.FLOW): a segment's served tokens over
 the traffic window (the 30 days before the period's end), priced at a tier's model with the
-prices in force at the end (PriceBook.price_at). Scores come from the quality rollup,
-whole hours and days, so nothing here reads raw requests but the minutes at a period's edge.
+prices in force at the end, or now when the end is later (PriceBook.price_at). Scores come
+from the quality rollup, whole hours and days, so nothing here reads raw requests but the
+minutes at a period's edge.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 
 from app.db import planner_settings
-from app.periods import Period, hourly_period, trailing
+from app.periods import Period, hourly_period, trailing, utc_now
 from app.schemas import WhatIfIn
 from app.services.intervals import (
     NONE,
@@ -182,8 +186,9 @@ def online_evidence(
     floors: FloorBook,
     ranks: dict[str, int],
 ) -> dict[Segment, SegmentEvidence]:
-    """The scored requests of each segment in the period, by served tier (and its model with
-    the most of them), counted as passed at the segment's pass score."""
+    """The scored requests of each segment in the period, by served tier (all its models';
+    the one that served most of them prices the tier), counted as passed at the segment's
+    pass score."""
     rows = _summed(
         conn,
         QUALITY,
@@ -213,8 +218,8 @@ def online_evidence(
         model, provider = _most(by_route)
         evidence = found.setdefault(segment, SegmentEvidence(ONLINE))
         evidence.tiers[tier] = TierEvidence(
-            tier, ranks[tier], model, provider, by_route[(model, provider)],
-            passed[(segment, tier)][(model, provider)],
+            tier, ranks[tier], model, provider, sum(by_route.values()),
+            sum(passed[(segment, tier)].values()),
         )  # fmt: skip
     return found
 
@@ -407,6 +412,7 @@ def _context(
     evidence_period: Period,
     traffic_period: Period,
     feature: str | None,
+    now: datetime | None,
 ) -> _Context:
     ranks = project_tiers(conn, project_id=project_id)
     floors = load_floors(
@@ -423,7 +429,10 @@ def _context(
     models = {(t.model, t.provider) for e in evidence.values() for t in e.tiers.values()}
     models |= {m for t in traffic.values() for by_model in t.models.values() for m in by_model}
     prices = PriceBook.load(conn, project_id=project_id, models=models)
-    return _Context(evidence, traffic, floors, ranks, prices, traffic_period.end)
+    # At the period's end, or now when that is later (the default period ends with the
+    # current hour): a price that takes effect later does not apply yet.
+    prices_at = min(traffic_period.end, now or utc_now())
+    return _Context(evidence, traffic, floors, ranks, prices, prices_at)
 
 
 def _advise(segment: Segment, context: _Context) -> SegmentAdvice:
@@ -488,14 +497,19 @@ def advice_period(start: str | None, end: str | None, *, now: datetime | None = 
 
 
 def routing_advice(
-    conn: Connection, *, project_id: int, within: Period, feature: str | None = None
+    conn: Connection,
+    *,
+    project_id: int,
+    within: Period,
+    feature: str | None = None,
+    now: datetime | None = None,
 ) -> Advice:
     """Advice for every segment (of one feature, when given) with evidence or traffic:
     online evidence from the period, traffic from the 30 days before its end."""
     traffic_period = trailing(TRAFFIC_WINDOW, end=within.end)
     context = _context(
         conn, project_id=project_id, evidence_period=within, traffic_period=traffic_period,
-        feature=feature,
+        feature=feature, now=now,
     )  # fmt: skip
     segments = sorted(set(context.evidence) | set(context.traffic), key=_segment_order)
     return Advice(within, traffic_period, tuple(_advise(s, context) for s in segments))
@@ -575,13 +589,14 @@ def what_if(
 ) -> WhatIf:
     """The feature's traffic in the period under the candidate: shares per tier for every
     segment, or one segment moved to a tier (the others as they were). Each request's served
-    tokens are priced at its candidate tier's model (prices in force at the period's end);
+    tokens are priced at its candidate tier's model (prices in force at the period's end, or
+    now when that is later);
     a segment that stays as it was keeps its real cost. The expected pass rate weighs each
     segment's tiers' pass rates by the candidate's shares and the segments by requests."""
     within = advice_period(candidate.start, candidate.end, now=now)
     context = _context(
         conn, project_id=project_id, evidence_period=within, traffic_period=within,
-        feature=candidate.feature,
+        feature=candidate.feature, now=now,
     )  # fmt: skip
     feature_traffic = {s: t for s, t in context.traffic.items() if t.requests}
     if not feature_traffic:

@@ -116,12 +116,18 @@ def _fields(item: FeedbackItem) -> dict:
 
 
 def _insert_once(table, conn: Connection, rows: list[dict]) -> list:
-    """Inserts the rows a unique item index does not already hold; returns those inserted."""
+    """Inserts the rows a unique item index does not already hold; returns those inserted
+    (each as its item: request id, score, source, comment)."""
     if not rows:
         return []
+    item = (table.c.request_id, table.c.score, table.c.source, table.c.comment)
     return conn.execute(
-        pg_insert(table).values(rows).on_conflict_do_nothing().returning(table.c.request_id)
+        pg_insert(table).values(rows).on_conflict_do_nothing().returning(*item)
     ).all()
+
+
+def _item(row: dict) -> tuple:
+    return (row["request_id"], row["score"], row["source"], row["comment"])
 
 
 def _store(
@@ -142,8 +148,10 @@ def _store(
     stored = _insert_once(feedback, conn, rows)
     if not stored:
         return stored
-    new = {row.request_id for row in stored}
-    latest = {r["request_id"]: r for r in rows if r["request_id"] in new}  # later items win
+    # The latest item of each request stored now: an item stored before (a duplicate, even
+    # later in the batch) changes nothing.
+    new = {tuple(row) for row in stored}
+    latest = {r["request_id"]: r for r in rows if _item(r) in new}  # later items win
     conn.execute(
         update(requests)
         .where(
