@@ -52,7 +52,9 @@ _NUL_MESSAGE = "must not contain a NUL character"
 # Checked as patterns, in pydantic's compiled core (a Python validator on every text field
 # of every event cost ingest about a tenth of its time); describe_errors words a mismatch.
 NO_NUL = r"^[^\x00]*$"
-NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+# Control characters, C0 and C1, and the Unicode line and paragraph separators: Python's
+# email package takes U+0085, U+2028 and U+2029 for line breaks too.
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 _PATTERN_MEANINGS = {
     NO_NUL: _NUL_MESSAGE,
     NO_CONTROL: "must not contain control characters (line breaks, tabs, NUL)",

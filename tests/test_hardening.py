@@ -87,6 +87,37 @@ def test_big_integers_in_metadata_read_alike_on_every_path(http, fresh_project, 
     assert stored[0] == stored[1] == as_float
 
 
+@pytest.mark.parametrize(
+    ("path", "key", "good", "bad", "named"),
+    [
+        ("/v1/feedback", "feedback", {"score": 0.5}, {"source": "\udc80"}, "source"),
+        ("/v1/evals", "results",
+         {"item_id": "good-1", "model": "m", "tier": "cheap", "score": 0.5, "feature": "f"},
+         {"item_id": "\ud800", "model": "m", "tier": "cheap", "score": 0.5, "feature": "f"},
+         "item_id"),
+    ],
+)  # fmt: skip
+def test_text_that_is_not_utf8_is_refused_alone_on_every_batch_door(
+    http, fresh_project, path, key, good, bad, named
+):
+    """A lone surrogate (JSON can escape one; UTF-8 cannot hold it) in one item: that item is
+    refused by name, not echoed back, and the others are stored."""
+    request_id = event()["request_id"]
+    items = [{"request_id": request_id, **good}, {"request_id": request_id, **bad}]
+    if key == "results":
+        items = [good, bad]
+    response = http.post(
+        path,
+        content=json.dumps({key: items}),  # ensure_ascii: the surrogate goes as \ud800
+        headers={"Content-Type": "application/json", **auth(fresh_project.ingest_key)},
+    )
+    assert response.status_code == 207, response.text
+    body = response.json()
+    assert body["accepted"] + body.get("held", 0) == 1
+    [error] = body["errors"]
+    assert error["index"] == 1 and error["error"] == f"{named}: not valid UTF-8"
+
+
 def test_an_event_older_than_the_age_bound_is_refused_alone(engine, monkeypatch):
     from app.services.batches import Batch
     from app.services.ingest import ingest_batch
@@ -124,6 +155,11 @@ BAD_ADMIN_CALLS = [
                                  "threshold": 1, "recipients": ["a@example.com"]}, "name"),
     ("post", "/v1/alert-rules", {"name": "r", "metric": "spend", "threshold": "Infinity",
                                  "recipients": ["a@example.com"]}, "threshold"),
+    # Line breaks to Python's email package too: an alert named so could never be sent.
+    *(("post", "/v1/alert-rules", {"name": f"spend{brk}Bcc: x@example.com", "metric": "spend",
+                                   "threshold": 1, "recipients": ["a@example.com"]}, "name")
+      for brk in ("\x85", "\u2028", "\u2029")),
+    ("put", "/v1/quality-floors/a%00", {"pass_score": 0.7}, "feature"),
     ("patch", f"/v1/alert-rules/{2**70}", {"threshold": 2}, "rule_id"),
     ("delete", f"/v1/keys/{2**70}", None, "key_id"),
 ]  # fmt: skip

@@ -8,7 +8,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from app.api.bodies import read_json_batch
-from app.api.deps import AdminCaller, Bound, Db, IngestCaller, Name, ReadCaller, ReadDb
+from app.api.deps import (
+    AdminCaller,
+    Bound,
+    Db,
+    IngestCaller,
+    Name,
+    PathName,
+    ReadCaller,
+    ReadDb,
+)
 from app.api.errors import answers
 from app.db import transaction
 from app.periods import InvalidPeriod, Period
@@ -265,10 +274,8 @@ def get_quality_floors(caller: ReadCaller, conn: Db) -> QualityFloorList:
     ),  # fmt: skip
 )
 def put_quality_floor(
-    feature: str, body: QualityFloorIn, caller: AdminCaller, conn: Db
+    feature: PathName, body: QualityFloorIn, caller: AdminCaller, conn: Db
 ) -> QualityFloorOut:
-    if not 1 <= len(feature) <= 200:
-        raise HTTPException(422, "feature: 1 to 200 characters")
     floor = quality_floors.set_floor(
         conn, project_id=caller.project_id, feature=feature, floor=body
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from app.schemas import MAX_BATCH_EVENTS
+from app.schemas import MAX_BATCH_EVENTS, field_path
 
 
 class BodyNotJson(ValueError):
@@ -65,7 +65,39 @@ def read_batch(raw: bytes, *, key: str) -> Batch:
     return Batch(items, has_bad_text)
 
 
-def request_id_of(raw_event: Any) -> str | None:
-    if isinstance(raw_event, dict) and isinstance(raw_event.get("request_id"), str):
-        return raw_event["request_id"]
+def find_bad_text(value: Any, loc: tuple = ()) -> tuple | None:
+    """The path of the first string holding invalid UTF-8 (a lone surrogate), if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return loc
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = find_bad_text(k, loc) or find_bad_text(v, (*loc, k))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = find_bad_text(v, (*loc, i))
+            if found is not None:
+                return found
+    return None
+
+
+def bad_text_error(raw_item: Any, *, whole: str) -> str | None:
+    """The error of an item holding text that is not valid UTF-8 (read leniently: it cannot
+    be stored, nor sent back), naming where; None for an item without any."""
+    found = find_bad_text(raw_item)
+    return None if found is None else f"{field_path(found, whole=whole)}: not valid UTF-8"
+
+
+def request_id_of(raw_item: Any) -> str | None:
+    """An item's request id as sent, to name it in an error; None when it has none, or none
+    that can be sent back."""
+    if isinstance(raw_item, dict):
+        found = raw_item.get("request_id")
+        if isinstance(found, str) and find_bad_text(found) is None:
+            return found
     return None

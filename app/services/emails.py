@@ -34,7 +34,7 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 
 DEFAULT_SENDER = "RouteLedger <routeledger@localhost>"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")  # as app.schemas.NO_CONTROL
 SMTP_TIMEOUT_SECONDS = 30
 FIRST_RETRY = timedelta(seconds=30)
 LONGEST_RETRY = timedelta(hours=1)

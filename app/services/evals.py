@@ -20,6 +20,7 @@ from app.db import planner_settings
 from app.models import eval_results
 from app.periods import utc_now
 from app.schemas import EvalError, EvalResultIn, EvalsResult, describe_errors
+from app.services.batches import bad_text_error
 from app.services.model_tiers import load_tier_map
 from app.services.projects import project_tiers
 
@@ -30,17 +31,18 @@ def record_evals(conn: Connection, *, project_id: int, items: Iterable[Any]) -> 
     valid: list[tuple[int, EvalResultIn]] = []
     errors: list[EvalError] = []
     for index, raw in enumerate(items):
-        try:
-            valid.append((index, EvalResultIn.model_validate(raw)))
-        except ValidationError as error:
-            item_id = raw.get("item_id") if isinstance(raw, dict) else None
-            errors.append(
-                EvalError(
-                    index=index,
-                    item_id=item_id if isinstance(item_id, str) else None,
-                    error=describe_errors(error.errors(include_url=False), whole="result"),
-                )
-            )
+        # (Results come from a body read leniently, or from a file: checked one by one.)
+        message = bad_text_error(raw, whole="result")
+        if message is None:
+            try:
+                valid.append((index, EvalResultIn.model_validate(raw)))
+                continue
+            except ValidationError as error:
+                message = describe_errors(error.errors(include_url=False), whole="result")
+        item_id = raw.get("item_id") if isinstance(raw, dict) else None
+        if not isinstance(item_id, str) or bad_text_error(item_id, whole="") is not None:
+            item_id = None
+        errors.append(EvalError(index=index, item_id=item_id, error=message))
     tiers = project_tiers(conn, project_id=project_id)
     mapped = load_tier_map(
         conn, project_id=project_id, models={r.model for _, r in valid if r.tier is None}

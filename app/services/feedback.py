@@ -22,7 +22,7 @@ from app.db import driver_cursor
 from app.models import feedback, held_feedback, request_keys, requests
 from app.periods import utc_now
 from app.schemas import FeedbackItem, FeedbackResult, HeldFeedback, ItemError, describe_errors
-from app.services.batches import Batch, request_id_of
+from app.services.batches import Batch, bad_text_error, request_id_of
 from app.services.rollups import ROLLUP_JOB, mark_written
 from app.settings import get_settings
 
@@ -36,11 +36,14 @@ def record_feedback(
     items: list[tuple[int, FeedbackItem]] = []
     errors: list[ItemError] = []
     for index, raw in enumerate(batch.items):
-        try:
-            items.append((index, FeedbackItem.model_validate(raw)))
-        except ValidationError as error:
-            message = describe_errors(error.errors(include_url=False), whole="item")
-            errors.append(ItemError(index=index, request_id=request_id_of(raw), error=message))
+        message = bad_text_error(raw, whole="item") if batch.has_bad_text else None
+        if message is None:
+            try:
+                items.append((index, FeedbackItem.model_validate(raw)))
+                continue
+            except ValidationError as error:
+                message = describe_errors(error.errors(include_url=False), whole="item")
+        errors.append(ItemError(index=index, request_id=request_id_of(raw), error=message))
     ids = sorted({item.request_id for _, item in items})
     known = dict(
         conn.execute(

@@ -47,9 +47,8 @@ from app.schemas import (
     IngestResult,
     ItemError,
     describe_errors,
-    field_path,
 )
-from app.services.batches import Batch, read_batch, request_id_of
+from app.services.batches import Batch, bad_text_error, read_batch, request_id_of
 from app.services.feedback import apply_held
 from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
@@ -65,27 +64,6 @@ _events_adapter = TypeAdapter(list[Event])
 # --- validation ------------------------------------------------------------------------
 
 
-def find_bad_text(value: Any, loc: tuple = ()) -> tuple | None:
-    """The path of the first string holding invalid UTF-8 (a lone surrogate), if any."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return loc
-        return None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            found = find_bad_text(k, loc) or find_bad_text(v, (*loc, k))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = find_bad_text(v, (*loc, i))
-            if found is not None:
-                return found
-    return None
-
-
 def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemError]]:
     raw_events = batch.items
     if not batch.has_bad_text:
@@ -96,9 +74,9 @@ def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemErr
     valid: list[tuple[int, Event]] = []
     errors: list[ItemError] = []
     for index, raw_event in enumerate(raw_events):
-        bad_text = find_bad_text(raw_event) if batch.has_bad_text else None
+        bad_text = bad_text_error(raw_event, whole="event") if batch.has_bad_text else None
         if bad_text is not None:
-            message = f"{field_path(bad_text, whole='event')}: not valid UTF-8"
+            message = bad_text
         elif not isinstance(raw_event, dict):
             message = "event: must be a JSON object"
         else:
@@ -107,13 +85,8 @@ def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemErr
                 continue
             except ValidationError as error:
                 message = describe_errors(error.errors(include_url=False), whole="event")
-        errors.append(ItemError(index=index, request_id=_safe_id(raw_event), error=message))
+        errors.append(ItemError(index=index, request_id=request_id_of(raw_event), error=message))
     return valid, errors
-
-
-def _safe_id(raw_event: Any) -> str | None:
-    found = request_id_of(raw_event)
-    return found if found is not None and find_bad_text(found) is None else None
 
 
 @dataclass(frozen=True)
