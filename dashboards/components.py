@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html as html_text
+
 import plotly.graph_objects as go
 import plotly.io as pio
 from dash import dash_table, dcc, html
@@ -65,6 +67,13 @@ def figure(title: str = "", *, y_title: str = "", percent: bool = False) -> go.F
             "hovermode": "x unified",
         }
     )
+
+
+def shown(text: str) -> str:
+    """Text from the events (a model, a tier, an arm, a feature) as a figure shows it: Plotly
+    draws `<a href>`, `<b>` and the like in labels, so a model named with a link would be a
+    link in every chart; escaped, it is shown as written (Plotly turns &lt; back into <)."""
+    return html_text.escape(text, quote=False)
 
 
 def empty(message: str) -> go.Figure:

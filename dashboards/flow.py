@@ -62,7 +62,7 @@ def figure(links: list[dashboard_queries.FlowLink]) -> go.Figure:
         go.Sankey(
             arrangement="snap",
             node={
-                "label": labels,
+                "label": [components.shown(label) for label in labels],
                 "pad": 14,
                 "thickness": 16,
                 "color": [_color(label) for label in labels],

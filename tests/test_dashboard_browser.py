@@ -225,3 +225,40 @@ def test_an_admin_creates_an_alert_rule(browser, site):
         what="the new rule in the rules table",
     )
     assert console_errors(browser) == []
+
+
+def test_names_from_the_events_are_text_in_the_charts_never_links(browser, site, engine):
+    """Anyone with an ingest key names the models: one named with a link is drawn as the text
+    it is in the chart's labels (Plotly would draw a link), as in the tables. (Last in the
+    file: the model joins the demo's for the session.)"""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from app.periods import utc_now
+    from app.services.batches import Batch
+    from app.services.ingest import ingest_batch
+    from app.services.rollups import run_rollup
+    from tests.helpers import attempt, event
+
+    name = '<a href="https://evil.example/">sign in again</a>'
+    with engine.connect() as conn:
+        project_id = conn.execute(
+            text("select id from projects where name = :name"), {"name": demo.DEMO_PROJECT}
+        ).scalar_one()
+    odd = event(
+        attempt(model=name, tier="cheap", cost_usd="0.001"),  # priced: not among the unpriced
+        timestamp=(utc_now() - timedelta(hours=1)).isoformat(),
+    )
+    assert ingest_batch(engine, project_id=project_id, batch=Batch([odd])).accepted == 1
+    run_rollup(engine)
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, "/models")
+    wait_until(lambda: name in text_of(browser, "models-cost"), what="the model in the chart")
+    links = browser.execute_script(
+        "return [...document.querySelectorAll('a')].map(a => a.getAttribute('href') || "
+        "a.getAttributeNS('http://www.w3.org/1999/xlink', 'href') || '')"
+    )
+    assert not [link for link in links if "evil.example" in link]
+    shot(browser, "models-odd-name")
+    assert console_errors(browser) == []

@@ -261,7 +261,7 @@ def _evidence_figure(segment: advice.SegmentAdvice) -> go.Figure:
         return components.empty("No tier has evidence relative to a reference yet")
     fig = components.figure(y_title="pass rate relative to the reference", percent=True)
     fig.add_bar(
-        x=[f"{t.tier} · {t.model}" for t in tiers],
+        x=[components.shown(f"{t.tier} · {t.model}") for t in tiers],
         y=[t.relative.value for t in tiers],
         marker_color=[components.TIER_COLORS.get(t.tier, "#607d8b") for t in tiers],
         error_y={

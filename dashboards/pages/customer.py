@@ -131,7 +131,7 @@ def _mix_figure(series) -> go.Figure:
         fig.add_bar(
             x=x,
             y=[p.served_counts.get(tier, 0) for p in series],
-            name=tier,
+            name=components.shown(tier),
             marker_color=components.TIER_COLORS.get(tier),
         )
     fig.update_layout(barmode="stack")

@@ -109,7 +109,7 @@ def _psi_figure(by_feature):
         fig.add_scatter(
             x=[p["window_end"] for p in points],
             y=[p["psi"] for p in points],
-            name=name,
+            name=components.shown(name),
             line={"color": color},
         )
     for level, label in ((MODERATE, "moderate"), (SIGNIFICANT, "significant")):
@@ -126,19 +126,20 @@ def _distribution_figure(latest):
     current, reference = latest["current_distribution"], latest["reference_distribution"]
     bins = sorted(set(current) | set(reference), key=_bin_order)
     fig = components.figure(
-        f"{latest['feature']} · window ending {latest['window_end']:%Y-%m-%d %H:%M} UTC · "
-        f"PSI {latest['psi']:.3f}",
+        f"{components.shown(latest['feature'])} · window ending "
+        f"{latest['window_end']:%Y-%m-%d %H:%M} UTC · PSI {latest['psi']:.3f}",
         y_title="share",
         percent=True,
     )
+    labels = [components.shown(b) for b in bins]
     fig.add_bar(
-        x=bins,
+        x=labels,
         y=[reference.get(b, 0.0) for b in bins],
         name="reference (7 days)",
         marker_color="#9fb9d6",
     )
     fig.add_bar(
-        x=bins,
+        x=labels,
         y=[current.get(b, 0.0) for b in bins],
         name="current (24 hours)",
         marker_color="#1565c0",

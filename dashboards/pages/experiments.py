@@ -122,7 +122,7 @@ def _interval(estimate: dashboard_queries.Estimate, shown) -> str:
 
 def _arms_figure(arms):
     fig = make_subplots(rows=1, cols=len(PANELS), subplot_titles=[t for _, t in PANELS])
-    names = [a.arm for a in arms]
+    names = [components.shown(a.arm) for a in arms]
     colors = components.PALETTE[: len(arms)]
     for column, (field, _) in enumerate(PANELS, start=1):
         if field == "requests":

@@ -154,7 +154,7 @@ def _cost_figure(by_model):
         return components.empty("No attempts in this period")
     fig = components.figure(y_title="USD")
     fig.add_bar(
-        x=[m.model for m in by_model],
+        x=[components.shown(m.model) for m in by_model],
         y=[_usd(m.known_cost_usd) for m in by_model],  # no bar for an unknown cost
         marker_color=[components.TIER_COLORS.get(m.tier, "#607d8b") for m in by_model],
         text=[

@@ -207,7 +207,7 @@ def _splits_figure(totals: metrics.RoutingMetrics) -> go.Figure:
         fig.add_bar(
             x=list(splits),
             y=[split.get(tier, 0.0) for split in splits.values()],
-            name=tier,
+            name=components.shown(tier),
             marker_color=components.TIER_COLORS.get(tier),
             text=[pct(split.get(tier, 0.0), 0) for split in splits.values()],
         )
@@ -222,7 +222,7 @@ def _split_over_time_figure(series) -> go.Figure:
         fig.add_scatter(
             x=[p.start for p in served],
             y=[p.served_split.get(tier, 0.0) for p in served],
-            name=tier,
+            name=components.shown(tier),
             stackgroup="served",
             line={"color": components.TIER_COLORS.get(tier)},
         )
@@ -268,7 +268,7 @@ def _rates_figure(series, marks: tuple[dict[str, list[float]], list]) -> go.Figu
             line_width=0,
             annotation_text="alert",
             annotation_position="top left",
-            annotation_hovertext=fired["rule_name"],
+            annotation_hovertext=components.shown(fired["rule_name"]),
         )
     return fig
 
@@ -279,7 +279,7 @@ def _quality_figure(totals: metrics.RoutingMetrics) -> go.Figure:
         return components.empty("No quality scores in this period")
     fig = components.figure(y_title="mean quality")
     fig.add_bar(
-        x=[f"{m.tier} · {m.model}" for m in routes],
+        x=[components.shown(f"{m.tier} · {m.model}") for m in routes],
         y=[m.mean_quality for m in routes],
         marker_color=[components.TIER_COLORS.get(m.tier, "#607d8b") for m in routes],
         text=[f"{m.mean_quality:.2f} (n={m.quality_count})" for m in routes],
