@@ -7,8 +7,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 from app.services.batches import Batch
-from app.services.feedback import expire_held, held_summary, record_feedback
-from app.services.ingest import ingest_batch
+from app.services.feedback import held_summary, record_feedback, settle_held
+from app.services.ingest import ingest_batch, ingest_in_transaction
 from tests.helpers import event, make_project
 
 NOW = datetime(2026, 7, 1, 12, tzinfo=UTC)
@@ -87,6 +87,27 @@ def test_feedback_before_its_request_is_applied_when_the_request_arrives(engine)
     assert applied == 2
 
 
+def test_feedback_held_while_its_request_was_being_stored_is_applied_by_the_job(engine):
+    """The request's transaction applied what was held before the item came, and the item
+    could not see the request yet: held, it is applied by the next `feedback` job."""
+    from app.services.projects import load_project_context
+
+    project = make_project()
+    sent = event(timestamp=NOW.isoformat())
+    with engine.begin() as storing:
+        context = load_project_context(storing, project_id=project.id)
+        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
+        with engine.begin() as conn:
+            held = feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
+        assert held.held == 1
+    assert quality(engine, sent["request_id"]) is None
+    run = settle_held(engine, now=NOW)
+    assert (run.applied, run.expired) == (1, 0)
+    assert quality(engine, sent["request_id"]) == 0.2
+    with engine.connect() as conn:
+        assert held_summary(conn, project_id=project.id).held == 0
+
+
 def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
     from app.settings import get_settings
 
@@ -101,10 +122,10 @@ def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
         assert [(e.index, e.error.split(":")[0]) for e in result.errors] == [(2, "request_id")]
         assert "HOLD_MAX" in result.errors[0].error
 
-        expired = expire_held(engine, now=NOW + timedelta(days=6))
+        expired = settle_held(engine, now=NOW + timedelta(days=6))
         with engine.connect() as conn:
             assert held_summary(conn, project_id=project.id).held == 2  # not yet
-        expired = expire_held(engine, now=NOW + timedelta(days=7, seconds=1))
+        expired = settle_held(engine, now=NOW + timedelta(days=7, seconds=1))
         assert expired.expired >= 2
         with engine.connect() as conn:
             assert held_summary(conn, project_id=project.id).held == 0

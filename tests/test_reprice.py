@@ -143,3 +143,41 @@ def test_a_correction_of_the_baseline_model_keeps_the_baselines_it_changed(engin
     assert [tuple(row) for row in audit] == [
         (1, uuid.UUID(served["request_id"]), Decimal(10), Decimal(20), True)
     ]
+
+
+def test_a_repricing_committed_after_a_rollup_took_its_hour_still_reaches_the_metrics(engine):
+    """The hour is already dirty (feedback), a re-pricing batch writes new costs into it, and
+    a rollup takes the hour and rolls it from before the re-pricing commits: the re-pricing's
+    own mark, found once it commits, rolls the hour again."""
+    from app.services.feedback import record_feedback
+    from app.services.projects import load_project_context
+    from app.services.reprice import REPRICE_JOB, _candidates, reprice_requests
+
+    project = make_project(baseline_model=None)
+    events = [
+        event(attempt(model="novel-model", input_tokens=1_000_000, output_tokens=0),
+              timestamp=(HOUR + timedelta(minutes=n)).isoformat())
+        for n in range(3)
+    ]  # fmt: skip
+    ingest_batch(engine, project_id=project.id, batch=Batch(events))
+    assert metrics(engine, project.id).unpriced_requests == 3
+    with engine.begin() as conn:
+        record_feedback(
+            conn, project_id=project.id,
+            batch=Batch([{"request_id": events[0]["request_id"], "score": 0.5}]),
+        )  # fmt: skip
+        rollups.collect_dirty_hours(conn, job=rollups.ROLLUP_JOB)  # the hour is dirty now
+    price(engine, project.id, "novel-model", "2", HOUR - timedelta(days=1))
+    with engine.begin() as repricing:
+        rollups.lock_project(repricing, job=REPRICE_JOB, project_id=project.id)
+        batch = _candidates(
+            repricing, project_id=project.id, where="is_unpriced", params={},
+            after=(datetime(1900, 1, 1, tzinfo=UTC), "00000000-0000-0000-0000-000000000000"),
+        )  # fmt: skip
+        context = load_project_context(repricing, project_id=project.id)
+        reprice_requests(
+            repricing, project=context, requests=batch, model=None, audit={"kind": "unpriced"}
+        )
+        assert metrics(engine, project.id).unpriced_requests == 3  # rolled before the commit
+    after = metrics(engine, project.id)
+    assert (after.unpriced_requests, after.cost_usd) == (0, Decimal(6))

@@ -54,7 +54,7 @@ def beat_schedule() -> dict:
         "drift": every("drift", crontab(minute=7), 60 * minute),
         "digest": every("digest", crontab(hour=7, minute=0), 24 * 60 * minute),
         "partitions": every("partitions", crontab(minute=23), 60 * minute),
-        "feedback": every("feedback", crontab(minute=41), 60 * minute),
+        "feedback": every("feedback", 5 * minute, 5 * minute),
     }
 
 

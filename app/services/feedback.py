@@ -4,8 +4,9 @@ An item (request, score, source, comment) is stored once per project: the same i
 again is a duplicate. Feedback for a request not stored yet (it may be on its way, or spooled
 in an SDK) is held, up to ROUTELEDGER_FEEDBACK_HOLD_MAX items per project for
 ROUTELEDGER_FEEDBACK_HOLD_DAYS, and applied by ingest in the transaction that stores the
-request; `held_summary` shows what waits, and the `feedback` job drops (and counts) what waited
-too long.
+request; `held_summary` shows what waits, and the `feedback` job applies what is held for a
+request stored since (held while the request's transaction was open) and drops (and counts)
+what waited too long.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ def _store(
                 "b_score": r["score"],
                 "b_source": r["source"],
             }
-            for r in latest.values()
+            # In key order: two transactions updating the same requests never deadlock.
+            for r in sorted(latest.values(), key=lambda r: (r["request_ts"], r["request_id"]))
         ],  # fmt: skip
     )
     hours = [r["request_ts"] for r in latest.values()]
@@ -202,13 +204,33 @@ def held_summary(conn: Connection, *, project_id: int) -> HeldFeedback:
 
 @dataclass(frozen=True)
 class FeedbackRun:
+    applied: int
     expired: int
 
 
-def expire_held(engine: Engine, *, now: datetime | None = None) -> FeedbackRun:
-    """Drops the held feedback that waited longer than ROUTELEDGER_FEEDBACK_HOLD_DAYS (its
-    request never came); the `feedback` job, which reports how many."""
+def settle_held(engine: Engine, *, now: datetime | None = None) -> FeedbackRun:
+    """The `feedback` job. Applies held feedback whose request is stored now: an item held
+    while its request's transaction was still open, after that transaction applied what
+    was held (it could not see the item, nor the item the request). Then drops what waited
+    longer than ROUTELEDGER_FEEDBACK_HOLD_DAYS (its request never came). Says how many."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            select(held_feedback.c.project_id, request_keys.c.request_id, request_keys.c.ts)
+            .distinct()
+            .join(
+                request_keys,
+                (request_keys.c.project_id == held_feedback.c.project_id)
+                & (request_keys.c.request_id == held_feedback.c.request_id),
+            )
+        ).all()
+    stored: dict[int, dict[uuid.UUID, datetime]] = {}
+    for project_id, request_id, ts in found:
+        stored.setdefault(project_id, {})[request_id] = ts
+    applied = 0
+    for project_id, requests_of in stored.items():
+        with engine.begin() as conn:
+            applied += apply_held(conn, project_id=project_id, stored=requests_of)
     cutoff = (now or utc_now()) - timedelta(days=get_settings().routeledger_feedback_hold_days)
     with engine.begin() as conn:
         result = conn.execute(delete(held_feedback).where(held_feedback.c.received_at < cutoff))
-    return FeedbackRun(expired=result.rowcount)
+    return FeedbackRun(applied=applied, expired=result.rowcount)

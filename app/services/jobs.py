@@ -15,7 +15,7 @@ from app.services.alerts import run_alerts
 from app.services.digest import queue_digests
 from app.services.drift import run_drift
 from app.services.emails import send_pending
-from app.services.feedback import expire_held
+from app.services.feedback import settle_held
 from app.services.margins import run_margins
 from app.services.partitions import run_partitions
 from app.services.reprice import run_reprice
@@ -32,7 +32,7 @@ JOBS: dict[str, Callable] = {
     "digest": queue_digests,
     "traces": run_settle,
     "partitions": run_partitions,
-    "feedback": expire_held,
+    "feedback": settle_held,
 }
 
 

@@ -20,7 +20,7 @@ from app.models import repriced_attempts, repriced_baselines, repricings
 from app.services.pricing import MONEY_CONTEXT, PriceBook
 from app.services.projects import ProjectContext, load_project_context
 from app.services.request_facts import attempt_cost, baseline_cost, request_cost, served_attempt
-from app.services.rollups import ROLLUP_JOB, lock_project, mark_dirty
+from app.services.rollups import ROLLUP_JOB, lock_project, mark_written
 
 REQUESTS_PER_TRANSACTION = 2000
 REPRICE_JOB = "reprice"
@@ -126,7 +126,10 @@ def reprice_requests(
     _write(conn, project_id=project.project_id, attempt_changes=attempt_changes,
            baseline_changes=baseline_changes, request_updates=request_updates, change=change,
            audit=audit)  # fmt: skip
-    mark_dirty(
+    # A mark of what this transaction writes, found once it commits: marking the hours
+    # dirty here (mark_dirty) adds nothing to an hour already dirty, and a rollup that
+    # re-rolled it meanwhile, from before this commit, would leave the new costs out for good.
+    mark_written(
         conn,
         job=ROLLUP_JOB,
         project_id=project.project_id,

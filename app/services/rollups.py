@@ -89,7 +89,10 @@ def lock_day(conn: Connection, *, project_id: int, day: datetime) -> None:
 
 
 def mark_dirty(conn: Connection, *, job: str, project_id: int, hours: Iterable[datetime]) -> None:
-    """Marks hours dirty for `job`, from within a job (a transaction that may wait on it)."""
+    """Marks hours dirty for `job` at once, for a transaction that holds the lock under
+    which `job` takes them (the day's, for the daily fold). Without it, use mark_written: an
+    hour already dirty gains nothing here, and `job` may take it, and work from rows as they
+    were before this transaction commits."""
     _insert_hours(conn, "dirty_hours", job=job, project_id=project_id, hours=hours)
 
 
@@ -604,7 +607,10 @@ def _mark_rolled(conn: Connection, *, project_id: int, hours: Iterable[datetime]
     """Marks hours whose hourly rollups changed, and their days, for the margins and the
     daily fold."""
     hours = list(hours)
-    mark_dirty(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
+    # The margins job takes its hours under a lock of its own: it finds these marks once
+    # this transaction commits (see mark_written). The daily fold takes them under the day's
+    # lock, held here: it may find them dirty at once.
+    mark_written(conn, job=MARGINS_JOB, project_id=project_id, hours=hours)
     mark_dirty(conn, job=ROLLUP_DAILY_JOB, project_id=project_id, hours=map(floor_day, hours))
 
 
