@@ -19,6 +19,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StrictStr,
+    TypeAdapter,
     model_validator,
 )
 
@@ -61,6 +62,10 @@ _PATTERN_MEANINGS = {
 }
 Text = Annotated[StrictStr, Field(max_length=MAX_STRING, pattern=NO_NUL)]
 RequiredText = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING, pattern=NO_NUL)]
+# A name (a feature, a model) and a stored row's id as the API takes them in its paths: the
+# dashboard's forms take them alike.
+NAME_VALUE = TypeAdapter(RequiredText)
+ID_VALUE = TypeAdapter(Annotated[StrictInt, Field(ge=1, le=MAX_ID)])
 # A name shown in emails (rule names, scopes): printable text only. Names reach email
 # headers and subjects, where a line break would start a new header.
 Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_STRING, pattern=NO_CONTROL)]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import html as html_text
+from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
 from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme, Symbol
+from pydantic import TypeAdapter, ValidationError
+
+from app.schemas import describe_errors
 
 # Money in tables: numbers (so columns sort), shown in dollars and cents.
 MONEY = Format(precision=2, scheme=Scheme.fixed, group=True, symbol=Symbol.yes, symbol_prefix="$")
@@ -67,6 +71,19 @@ def figure(title: str = "", *, y_title: str = "", percent: bool = False) -> go.F
             "hovermode": "x unified",
         }
     )
+
+
+class FormRefusal(ValueError):
+    """A form's value the API would refuse; the message names the field."""
+
+
+def form_value(adapter: TypeAdapter, value: Any, *, field: str) -> Any:
+    """`value` as the API takes it (app.schemas.NAME_VALUE, ID_VALUE), else FormRefusal: the
+    forms are callbacks any signed-in browser can call with values of its own."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as error:
+        raise FormRefusal(describe_errors(error.errors(), whole=field)) from None
 
 
 def shown(text: str) -> str:

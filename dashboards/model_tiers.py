@@ -7,6 +7,7 @@ from __future__ import annotations
 from dash import Input, Output, State, callback, dcc, html
 
 from app.db import get_engine
+from app.schemas import NAME_VALUE
 from app.services import model_tiers, projects, traces
 from dashboards import auth, components, data
 
@@ -92,9 +93,14 @@ def map_model(_clicks, model, tier):
         project = auth.require_admin()
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
-    model = (model or "").strip()
-    if not model or len(model) > 200 or not tier:
-        return components.note("Not saved: give a model (1 to 200 characters) and a tier.", "error")
+    if not tier:
+        return components.note("Not saved: choose a tier.", "error")
+    try:
+        model = components.form_value(
+            NAME_VALUE, model.strip() if isinstance(model, str) else model, field="model"
+        )
+    except components.FormRefusal as refused:
+        return components.note(f"Not saved: {refused}", "error")
     try:
         mapped = traces.map_model(
             get_engine(), project_id=project.project_id, model=model, tier=tier

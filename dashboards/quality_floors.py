@@ -7,7 +7,7 @@ from __future__ import annotations
 from dash import Input, Output, State, callback, dcc, html
 from pydantic import ValidationError
 
-from app.schemas import QualityFloorIn, describe_errors
+from app.schemas import NAME_VALUE, QualityFloorIn, describe_errors
 from app.services import quality_floors
 from dashboards import auth, components, data
 
@@ -101,6 +101,10 @@ def register(*, feature: str) -> None:
             return components.note(f"Not saved: {refused}.", "error")
         if not chosen:
             return components.note("Not saved: choose a feature first.", "error")
+        try:
+            chosen = components.form_value(NAME_VALUE, chosen, field="feature")
+        except components.FormRefusal as refused:
+            return components.note(f"Not saved: {refused}", "error")
         try:
             floor = QualityFloorIn(
                 task_type=(task_type or "").strip() or None, pass_score=pass_score, target=target

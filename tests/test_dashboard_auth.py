@@ -110,6 +110,120 @@ def test_dash_callbacks_need_the_csrf_header(client, database_url):
     assert answer.status_code != 403
 
 
+def dash_call(client, output: str, inputs: list[tuple], state: list[tuple]):
+    """POST a Dash callback as a browser would, with values of the caller's own: its
+    inputs and states as (id, property, value), in the callback's order."""
+
+    def values(items):
+        return [
+            [{"id": i, "property": p, "value": v} for i, p, v in value]
+            if prop is None
+            else {"id": component, "property": prop, "value": value}
+            for component, prop, value in items
+        ]
+
+    component, prop = output.rsplit(".", 1)
+    body = {
+        "output": output,
+        "outputs": {"id": component, "property": prop},
+        "inputs": values(inputs),
+        "state": values(state),
+        "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"],
+    }
+    token = client.get_cookie("_csrf_token").value
+    return client.post("/_dash-update-component", json=body, headers={"X-CSRFToken": token})
+
+
+def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, database_url):
+    """The forms are callbacks any signed-in browser can call with values of its own (and a
+    double click saves a price twice): each answers with a message naming what is wrong."""
+    project = make_project()
+    make_login("forms@example.com", **{project.name: "admin"})
+    sign_in(client, "forms@example.com")
+    client.get("/prices")  # the CSRF cookie
+
+    def price(model):
+        fields = ("model", "provider", "input-per-mtok", "output-per-mtok",
+                  "cache-read-per-mtok", "cache-write-per-mtok", "effective-from")  # fmt: skip
+        given = {"model": model, "input-per-mtok": 1, "output-per-mtok": "2",
+                 "effective-from": "2026-11-01"}  # fmt: skip
+        return dash_call(
+            client, "prices-message.children", [("prices-save", "n_clicks", 1)],
+            [(f"prices-{name}", "value", given.get(name)) for name in fields],
+        )  # fmt: skip
+
+    share = '{"tier":["ALL"],"type":"routing-policy-share"}'
+
+    def policy(feature, cheap):
+        shares = [({"tier": "cheap", "type": "routing-policy-share"}, "value", cheap)]
+        ids = [({"tier": "cheap", "type": "routing-policy-share"}, "id", None)]
+        return dash_call(
+            client, "routing-policy-message.children", [("routing-policy-save", "n_clicks", 1)],
+            [("routing-feature", "value", feature), (share, None, shares), (share, None, ids),
+             ("routing-policy-from", "value", "")],
+        )  # fmt: skip
+
+    answers = {
+        "price": price("acme-small"),
+        "same price again": price("acme-small"),
+        "a long feature": policy("f" * 5000, "1"),
+        "a share not a number": policy("chat", "abc"),
+        "a feature with NUL": dash_call(
+            client,
+            "routing-floor-message.children",
+            [("routing-floor-save", "n_clicks", 1)],
+            [
+                ("routing-feature", "value", "chat\x00"),
+                ("routing-floor-task-type", "value", ""),
+                ("routing-floor-pass-score", "value", 0.7),
+                ("routing-floor-target", "value", 0.9),
+            ],
+        ),  # fmt: skip
+        "a model with NUL": dash_call(
+            client,
+            "models-map-message.children",
+            [("models-map-save", "n_clicks", 1)],
+            [("models-map-model", "value", "m\x00"), ("models-map-tier", "value", "cheap")],
+        ),
+        "a rule id too large": dash_call(
+            client,
+            "alerts-rule-message.children",
+            [
+                ("alerts-rule-delete", "n_clicks", 1),
+                ("alerts-rule-create", "n_clicks", None),
+                ("alerts-rule-enable", "n_clicks", None),
+                ("alerts-rule-disable", "n_clicks", None),
+            ],
+            [
+                *(
+                    (f"alerts-rule-{name}", "value", None)
+                    for name in (
+                        "metric",
+                        "feature",
+                        "name",
+                        "window-minutes",
+                        "threshold",
+                        "baseline-multiplier",
+                        "min-requests",
+                        "cooldown-minutes",
+                        "recipients",
+                    )
+                ),
+                ("alerts-rule-choice", "value", 10**30),
+            ],
+        ),  # fmt: skip
+    }
+    assert {name: answer.status_code for name, answer in answers.items()} == dict.fromkeys(
+        answers, 200
+    )
+    assert "Saved" in answers["price"].text
+    for name in ("same price again", "a long feature", "a share not a number",
+                 "a feature with NUL", "a model with NUL", "a rule id too large"):  # fmt: skip
+        assert "Not saved" in answers[name].text, (name, answers[name].text)
+    assert "every share must be a number" in answers["a share not a number"].text
+    assert "feature: String should have at most 200 characters" in answers["a long feature"].text
+
+
 def test_a_viewer_never_sees_another_projects_data(client, database_url):
     mine, theirs = make_project(), make_project()
     make_login("isolated@example.com", **{mine.name: "viewer"})

@@ -6,7 +6,7 @@ import dash
 from dash import Input, Output, State, callback, ctx, dcc, html
 from pydantic import ValidationError
 
-from app.schemas import AlertRuleChanges, AlertRuleIn, describe_errors
+from app.schemas import ID_VALUE, AlertRuleChanges, AlertRuleIn, describe_errors
 from app.services import alerts, dashboard_queries
 from app.vocabulary import ALERT_METRICS
 from dashboards import auth, components, data, filters
@@ -227,8 +227,13 @@ def change_rules(_create, _enable, _disable, _delete, metric, feature, *values):
         project = auth.require_admin()
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
-    if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE, RULE_DELETE) and rule_id is None:
-        return components.note("Choose a rule first.", "error")
+    if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE, RULE_DELETE):
+        if rule_id is None:
+            return components.note("Choose a rule first.", "error")
+        try:
+            rule_id = components.form_value(ID_VALUE, rule_id, field="rule")
+        except components.FormRefusal as refused:
+            return components.note(f"Not saved: {refused}", "error")
     try:
         if ctx.triggered_id == RULE_DELETE:
             data.write(alerts.delete_rule, project_id=project.project_id, rule_id=rule_id)

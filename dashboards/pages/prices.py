@@ -145,7 +145,10 @@ def save(_clicks, *values):
         project = auth.require_admin()
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
-    given = {name: (value or "").strip() for name, value in zip(FIELDS, values, strict=True)}
+    given = {
+        name: "" if value is None else str(value).strip()
+        for name, value in zip(FIELDS, values, strict=True)
+    }
     body = {name: value for name, value in given.items() if value}
     body["effective_from"] = _instant(body.get("effective_from"))
     try:
@@ -153,7 +156,10 @@ def save(_clicks, *values):
     except ValidationError as error:
         problems = describe_errors(error.errors(), whole="form")
         return components.note(f"Not saved: {problems}", "error")
-    data.write(pricing.add_prices, project_id=project.project_id, prices=(price,))
+    try:
+        data.write(pricing.add_prices, project_id=project.project_id, prices=(price,))
+    except pricing.DuplicatePrice as error:  # saved twice (a double click, say)
+        return components.note(f"Not saved: {error}", "error")
     return components.note(
         f"Saved: {price.model} from {price.effective_from:%Y-%m-%d %H:%M} UTC.", "ok"
     )

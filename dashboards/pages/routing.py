@@ -11,7 +11,7 @@ from dash import ALL, Input, Output, State, callback, dcc, html
 from pydantic import ValidationError
 
 from app.periods import InvalidPeriod, parse_instant, utc_now
-from app.schemas import PolicyIn, describe_errors
+from app.schemas import NAME_VALUE, PolicyIn, describe_errors
 from app.services import alerts, dashboard_queries, metrics, policies, projects
 from dashboards import auth, components, data, filters, flow, quality_floors
 from dashboards.formatting import count, pct
@@ -304,7 +304,13 @@ def save_policy(_clicks, feature, values, ids, effective_from):
         return components.note(f"Not saved: {refused}.", "error")
     if not feature:
         return components.note("Not saved: choose a feature first.", "error")
-    split = {i["tier"]: float(v) for i, v in zip(ids, values, strict=True) if v}
+    try:
+        feature = components.form_value(NAME_VALUE, feature, field="feature")
+        split = {i["tier"]: float(v) for i, v in zip(ids, values, strict=True) if v}
+    except components.FormRefusal as refused:
+        return components.note(f"Not saved: {refused}", "error")
+    except (TypeError, ValueError):
+        return components.note("Not saved: every share must be a number.", "error")
     try:
         since = (effective_from or "").strip()
         if since:
