@@ -201,8 +201,16 @@ def email() -> str:
     return g.get("email", "")
 
 
-def require_admin() -> Membership:
+def require_admin(shown_project: str | None) -> Membership:
+    """The session's project, when its user is an admin of it and it is the project the page
+    shows (`shown_project`, the switcher's value, sent with the form): another tab may have
+    switched the session to another project since the page was drawn."""
     chosen = membership()
+    if shown_project is not None and shown_project != chosen.project_name:
+        raise AccessDenied(
+            f"this page shows {shown_project}, but another tab has switched to "
+            f"{chosen.project_name} since: reload the page"
+        )
     if not chosen.is_admin:
         raise AccessDenied(f"only admins of {chosen.project_name} can do this")
     return chosen

@@ -9,7 +9,7 @@ from dash import Input, Output, State, callback, dcc, html
 from app.db import get_engine
 from app.schemas import NAME_VALUE
 from app.services import model_tiers, projects, traces
-from dashboards import auth, components, data
+from dashboards import auth, components, data, shell
 
 HELD = "models-held"
 MODEL = "models-map-model"
@@ -84,13 +84,14 @@ def show_held(_saved):
 @callback(
     Output(MESSAGE, "children"),
     Input(SAVE, "n_clicks"),
+    State(shell.SWITCHER, "value"),
     State(MODEL, "value"),
     State(TIER, "value"),
     prevent_initial_call=True,
 )
-def map_model(_clicks, model, tier):
+def map_model(_clicks, shown_project, model, tier):
     try:
-        project = auth.require_admin()
+        project = auth.require_admin(shown_project)
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
     if not tier:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from app.schemas import NAME_VALUE, QualityFloorIn, describe_errors
 from app.services import quality_floors
-from dashboards import auth, components, data
+from dashboards import auth, components, data, shell
 
 TASK_TYPE = "routing-floor-task-type"
 PASS_SCORE = "routing-floor-pass-score"
@@ -88,15 +88,16 @@ def register(*, feature: str) -> None:
     @callback(
         Output(MESSAGE, "children"),
         Input(SAVE, "n_clicks"),
+        State(shell.SWITCHER, "value"),
         State(feature, "value"),
         State(TASK_TYPE, "value"),
         State(PASS_SCORE, "value"),
         State(TARGET, "value"),
         prevent_initial_call=True,
     )
-    def save_floor(_clicks, chosen, task_type, pass_score, target):
+    def save_floor(_clicks, shown_project, chosen, task_type, pass_score, target):
         try:
-            project = auth.require_admin()
+            project = auth.require_admin(shown_project)
         except auth.AccessDenied as refused:
             return components.note(f"Not saved: {refused}.", "error")
         if not chosen:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -110,9 +111,10 @@ def test_dash_callbacks_need_the_csrf_header(client, database_url):
     assert answer.status_code != 403
 
 
-def dash_call(client, output: str, inputs: list[tuple], state: list[tuple]):
+def dash_call(client, output: str, inputs: list[tuple], state: list[tuple], *, shown: str):
     """POST a Dash callback as a browser would, with values of the caller's own: its
-    inputs and states as (id, property, value), in the callback's order."""
+    inputs and states as (id, property, value), in the callback's order, after the project
+    the page shows (`shown`, the project switcher's value)."""
 
     def values(items):
         return [
@@ -127,7 +129,7 @@ def dash_call(client, output: str, inputs: list[tuple], state: list[tuple]):
         "output": output,
         "outputs": {"id": component, "property": prop},
         "inputs": values(inputs),
-        "state": values(state),
+        "state": values([("project-switcher", "value", shown), *state]),
         "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"],
     }
     token = client.get_cookie("_csrf_token").value
@@ -141,14 +143,15 @@ def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, 
     make_login("forms@example.com", **{project.name: "admin"})
     sign_in(client, "forms@example.com")
     client.get("/prices")  # the CSRF cookie
+    call = functools.partial(dash_call, client, shown=project.name)
 
     def price(model):
         fields = ("model", "provider", "input-per-mtok", "output-per-mtok",
                   "cache-read-per-mtok", "cache-write-per-mtok", "effective-from")  # fmt: skip
         given = {"model": model, "input-per-mtok": 1, "output-per-mtok": "2",
                  "effective-from": "2026-11-01"}  # fmt: skip
-        return dash_call(
-            client, "prices-message.children", [("prices-save", "n_clicks", 1)],
+        return call(
+            "prices-message.children", [("prices-save", "n_clicks", 1)],
             [(f"prices-{name}", "value", given.get(name)) for name in fields],
         )  # fmt: skip
 
@@ -157,8 +160,8 @@ def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, 
     def policy(feature, cheap):
         shares = [({"tier": "cheap", "type": "routing-policy-share"}, "value", cheap)]
         ids = [({"tier": "cheap", "type": "routing-policy-share"}, "id", None)]
-        return dash_call(
-            client, "routing-policy-message.children", [("routing-policy-save", "n_clicks", 1)],
+        return call(
+            "routing-policy-message.children", [("routing-policy-save", "n_clicks", 1)],
             [("routing-feature", "value", feature), (share, None, shares), (share, None, ids),
              ("routing-policy-from", "value", "")],
         )  # fmt: skip
@@ -168,8 +171,7 @@ def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, 
         "same price again": price("acme-small"),
         "a long feature": policy("f" * 5000, "1"),
         "a share not a number": policy("chat", "abc"),
-        "a feature with NUL": dash_call(
-            client,
+        "a feature with NUL": call(
             "routing-floor-message.children",
             [("routing-floor-save", "n_clicks", 1)],
             [
@@ -179,14 +181,12 @@ def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, 
                 ("routing-floor-target", "value", 0.9),
             ],
         ),  # fmt: skip
-        "a model with NUL": dash_call(
-            client,
+        "a model with NUL": call(
             "models-map-message.children",
             [("models-map-save", "n_clicks", 1)],
             [("models-map-model", "value", "m\x00"), ("models-map-tier", "value", "cheap")],
         ),
-        "a rule id too large": dash_call(
-            client,
+        "a rule id too large": call(
             "alerts-rule-message.children",
             [
                 ("alerts-rule-delete", "n_clicks", 1),
@@ -222,6 +222,32 @@ def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, 
         assert "Not saved" in answers[name].text, (name, answers[name].text)
     assert "every share must be a number" in answers["a share not a number"].text
     assert "feature: String should have at most 200 characters" in answers["a long feature"].text
+
+
+def test_a_form_saves_only_into_the_project_its_page_shows(client, database_url):
+    """An admin of two projects opens the first in one tab and the second in another (the
+    session's project is the second now): a form of the first tab is refused, not saved
+    into the second."""
+    first, second = make_project(), make_project()
+    make_login("tabs@example.com", **{first.name: "admin", second.name: "admin"})
+    sign_in(client, "tabs@example.com")
+    client.get(f"/_dash-layout?project={first.name}")
+    client.get(f"/?project={second.name}")  # the other tab
+    answer = dash_call(
+        client, "models-map-message.children", [("models-map-save", "n_clicks", 1)],
+        [("models-map-model", "value", "acme-small"), ("models-map-tier", "value", "cheap")],
+        shown=first.name,
+    )  # fmt: skip
+    assert answer.status_code == 200
+    assert f"this page shows {first.name}, but another tab has switched to {second.name}" in (
+        answer.text
+    )
+    saved = dash_call(
+        client, "models-map-message.children", [("models-map-save", "n_clicks", 1)],
+        [("models-map-model", "value", "acme-small"), ("models-map-tier", "value", "cheap")],
+        shown=second.name,
+    )  # fmt: skip
+    assert "Mapped acme-small to cheap" in saved.text
 
 
 def test_a_viewer_never_sees_another_projects_data(client, database_url):

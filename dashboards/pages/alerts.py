@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from app.schemas import ID_VALUE, AlertRuleChanges, AlertRuleIn, describe_errors
 from app.services import alerts, dashboard_queries
 from app.vocabulary import ALERT_METRICS
-from dashboards import auth, components, data, filters
+from dashboards import auth, components, data, filters, shell
 from dashboards.formatting import count, number
 
 dash.register_page(__name__, path="/alerts", name="Alerts", title="Alerts · RouteLedger", order=6)
@@ -215,16 +215,17 @@ def update(start_date, end_date, _changed):
     Input(RULE_ENABLE, "n_clicks"),
     Input(RULE_DISABLE, "n_clicks"),
     Input(RULE_DELETE, "n_clicks"),
+    State(shell.SWITCHER, "value"),
     State(RULE_METRIC, "value"),
     State(RULE_FEATURE, "value"),
     *[State(rule_field_id(name), "value") for name in RULE_FIELDS],
     State(RULE_CHOICE, "value"),
     prevent_initial_call=True,
 )
-def change_rules(_create, _enable, _disable, _delete, metric, feature, *values):
+def change_rules(_create, _enable, _disable, _delete, shown_project, metric, feature, *values):
     *fields, rule_id = values
     try:
-        project = auth.require_admin()
+        project = auth.require_admin(shown_project)
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
     if ctx.triggered_id in (RULE_ENABLE, RULE_DISABLE, RULE_DELETE):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from app.periods import utc_now
 from app.schemas import PriceIn, describe_errors
 from app.services import pricing
-from dashboards import auth, components, data
+from dashboards import auth, components, data, shell
 
 dash.register_page(__name__, path="/prices", name="Prices", title="Prices · RouteLedger", order=7)
 
@@ -137,12 +137,13 @@ def _row(row: dict) -> dict:
 @callback(
     Output(MESSAGE, "children"),
     Input(SAVE, "n_clicks"),
+    State(shell.SWITCHER, "value"),
     *[State(field_id(name), "value") for name in FIELDS],
     prevent_initial_call=True,
 )
-def save(_clicks, *values):
+def save(_clicks, shown_project, *values):
     try:
-        project = auth.require_admin()
+        project = auth.require_admin(shown_project)
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
     given = {

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from app.periods import InvalidPeriod, parse_instant, utc_now
 from app.schemas import NAME_VALUE, PolicyIn, describe_errors
 from app.services import alerts, dashboard_queries, metrics, policies, projects
-from dashboards import auth, components, data, filters, flow, quality_floors
+from dashboards import auth, components, data, filters, flow, quality_floors, shell
 from dashboards.formatting import count, pct
 
 dash.register_page(
@@ -291,15 +291,16 @@ def _quality_figure(totals: metrics.RoutingMetrics) -> go.Figure:
 @callback(
     Output(POLICY_MESSAGE, "children"),
     Input(POLICY_SAVE, "n_clicks"),
+    State(shell.SWITCHER, "value"),
     State(FEATURE, "value"),
     State({"type": POLICY_SHARE, "tier": ALL}, "value"),
     State({"type": POLICY_SHARE, "tier": ALL}, "id"),
     State(POLICY_FROM, "value"),
     prevent_initial_call=True,
 )
-def save_policy(_clicks, feature, values, ids, effective_from):
+def save_policy(_clicks, shown_project, feature, values, ids, effective_from):
     try:
-        project = auth.require_admin()
+        project = auth.require_admin(shown_project)
     except auth.AccessDenied as refused:
         return components.note(f"Not saved: {refused}.", "error")
     if not feature:
