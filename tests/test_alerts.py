@@ -127,7 +127,8 @@ def test_an_escalation_spike_fires_once_and_resolves_once(engine, http, smtp_ser
     text = fired.get_body(("plain",)).get_content()
     assert "Value: 40.00%" in text and "Limit: above 15.00%" in text
     assert "Requests in window: 100" in text and "Window:" in text
-    assert "http://127.0.0.1:8050/alerts?rule=" in text
+    # The project in the link: a user of several projects lands on this one's alerts.
+    assert f"http://127.0.0.1:8050/alerts?project={project.name}&rule=" in text
     assert "<table>" in fired.get_body(("html",)).get_content()
     firing = http.get("/v1/alerts?state=firing", headers=auth(project.read_key)).json()
     assert len(firing) == 1 and firing[0]["value"] == pytest.approx(0.4)

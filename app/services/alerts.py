@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urlencode
 
 from sqlalchemy import Connection, Engine, delete, insert, select, text, update
 
@@ -33,6 +34,7 @@ from app.services.metrics import (
     revenue_records,
 )
 from app.services.policies import compare_with_policies
+from app.services.projects import project_name
 from app.services.request_facts import RATE_COUNTS, rate
 
 # Metrics whose value over the reference window, scaled or not, makes a baseline.
@@ -491,7 +493,9 @@ def _notify(
     subject = (
         f"[RouteLedger] {state}: {rule['name']} — {metric} {value} ({scope_text(rule['scope'])})"
     )
-    link = dashboard_url(f"/alerts?rule={rule['id']}")
+    # The project in the link: a user of several projects lands on this one's alerts.
+    project = project_name(conn, project_id=rule["project_id"])
+    link = dashboard_url("/alerts?" + urlencode({"project": project, "rule": rule["id"]}))
     lines = [
         ("Rule", rule["name"]),
         ("Metric", metric),

@@ -92,6 +92,10 @@ def project_id_by_name(conn: Connection, *, name: str) -> int:
     return found
 
 
+def project_name(conn: Connection, *, project_id: int) -> str:
+    return conn.execute(select(projects.c.name).where(projects.c.id == project_id)).scalar_one()
+
+
 def create_key(
     conn: Connection,
     *,
