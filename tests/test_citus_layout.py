@@ -137,6 +137,10 @@ ACROSS_PROJECTS = {
     r"^DELETE FROM held_feedback WHERE held_feedback.received_at < ": (
         "feedback: held feedback past its hold time"
     ),
+    r"^SELECT DISTINCT held_feedback.project_id, request_keys.request_id, request_keys.ts "
+    r"FROM held_feedback JOIN request_keys ON request_keys.project_id = held_feedback.project_id": (
+        "feedback: held feedback whose request is stored (joined by project: co-located)"
+    ),
     r"^create table if not exists (requests|attempts)_p\d{4}_\d{2} partition of ": (
         "partitions: a month's partitions (Citus makes them on every node)"
     ),
