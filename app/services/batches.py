@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 
-from app.schemas import MAX_BATCH_EVENTS, field_path
+from app.schemas import MAX_BATCH_EVENTS, describe_errors, field_path
 
 
 class BodyNotJson(ValueError):
@@ -91,6 +92,25 @@ def bad_text_error(raw_item: Any, *, whole: str) -> str | None:
     be stored, nor sent back), naming where; None for an item without any."""
     found = find_bad_text(raw_item)
     return None if found is None else f"{field_path(found, whole=whole)}: not valid UTF-8"
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validate_item(
+    model: type[Model], raw_item: Any, *, whole: str, check_text: bool
+) -> Model | str:
+    """One item of a batch as `model`, or the error that names what is wrong with it: text
+    that is not UTF-8 (looked for when `check_text`: a body read leniently), else the
+    model's rules. `whole` names the item itself in a message."""
+    if check_text:
+        bad_text = bad_text_error(raw_item, whole=whole)
+        if bad_text is not None:
+            return bad_text
+    try:
+        return model.model_validate(raw_item)
+    except ValidationError as error:
+        return describe_errors(error.errors(include_url=False), whole=whole)
 
 
 def request_id_of(raw_item: Any) -> str | None:

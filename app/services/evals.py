@@ -12,15 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects.postgresql import insert
 
 from app.db import planner_settings
 from app.models import eval_results
 from app.periods import utc_now
-from app.schemas import EvalError, EvalResultIn, EvalsResult, describe_errors
-from app.services.batches import bad_text_error
+from app.schemas import EvalError, EvalResultIn, EvalsResult
+from app.services.batches import bad_text_error, validate_item
 from app.services.model_tiers import load_tier_map
 from app.services.projects import project_tiers
 
@@ -31,18 +30,15 @@ def record_evals(conn: Connection, *, project_id: int, items: Iterable[Any]) -> 
     valid: list[tuple[int, EvalResultIn]] = []
     errors: list[EvalError] = []
     for index, raw in enumerate(items):
-        # (Results come from a body read leniently, or from a file: checked one by one.)
-        message = bad_text_error(raw, whole="result")
-        if message is None:
-            try:
-                valid.append((index, EvalResultIn.model_validate(raw)))
-                continue
-            except ValidationError as error:
-                message = describe_errors(error.errors(include_url=False), whole="result")
+        # (Results come from a body read leniently, or from a file: their text is checked.)
+        found = validate_item(EvalResultIn, raw, whole="result", check_text=True)
+        if not isinstance(found, str):
+            valid.append((index, found))
+            continue
         item_id = raw.get("item_id") if isinstance(raw, dict) else None
         if not isinstance(item_id, str) or bad_text_error(item_id, whole="") is not None:
             item_id = None
-        errors.append(EvalError(index=index, item_id=item_id, error=message))
+        errors.append(EvalError(index=index, item_id=item_id, error=found))
     tiers = project_tiers(conn, project_id=project_id)
     mapped = load_tier_map(
         conn, project_id=project_id, models={r.model for _, r in valid if r.tier is None}

@@ -15,15 +15,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pydantic import ValidationError
 from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.db import driver_cursor
 from app.models import feedback, held_feedback, request_keys, requests
 from app.periods import utc_now
-from app.schemas import FeedbackItem, FeedbackResult, HeldFeedback, ItemError, describe_errors
-from app.services.batches import Batch, bad_text_error, request_id_of
+from app.schemas import FeedbackItem, FeedbackResult, HeldFeedback, ItemError
+from app.services.batches import Batch, request_id_of, validate_item
 from app.services.rollups import ROLLUP_JOB, mark_written
 from app.settings import get_settings
 
@@ -37,14 +36,11 @@ def record_feedback(
     items: list[tuple[int, FeedbackItem]] = []
     errors: list[ItemError] = []
     for index, raw in enumerate(batch.items):
-        message = bad_text_error(raw, whole="item") if batch.has_bad_text else None
-        if message is None:
-            try:
-                items.append((index, FeedbackItem.model_validate(raw)))
-                continue
-            except ValidationError as error:
-                message = describe_errors(error.errors(include_url=False), whole="item")
-        errors.append(ItemError(index=index, request_id=request_id_of(raw), error=message))
+        found = validate_item(FeedbackItem, raw, whole="item", check_text=batch.has_bad_text)
+        if isinstance(found, str):
+            errors.append(ItemError(index=index, request_id=request_id_of(raw), error=found))
+        else:
+            items.append((index, found))
     ids = sorted({item.request_id for _, item in items})
     known = dict(
         conn.execute(

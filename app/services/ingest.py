@@ -48,7 +48,13 @@ from app.schemas import (
     ItemError,
     describe_errors,
 )
-from app.services.batches import Batch, bad_text_error, read_batch, request_id_of
+from app.services.batches import (
+    Batch,
+    bad_text_error,
+    read_batch,
+    request_id_of,
+    validate_item,
+)
 from app.services.feedback import apply_held
 from app.services.partitions import ensure_partitions, month_start
 from app.services.pricing import PriceBook
@@ -74,17 +80,15 @@ def validate_events(batch: Batch) -> tuple[list[tuple[int, Event]], list[ItemErr
     valid: list[tuple[int, Event]] = []
     errors: list[ItemError] = []
     for index, raw_event in enumerate(raw_events):
-        bad_text = bad_text_error(raw_event, whole="event") if batch.has_bad_text else None
-        if bad_text is not None:
-            message = bad_text
-        elif not isinstance(raw_event, dict):
-            message = "event: must be a JSON object"
-        else:
-            try:
-                valid.append((index, Event.model_validate(raw_event)))
+        if isinstance(raw_event, dict):
+            found = validate_item(Event, raw_event, whole="event", check_text=batch.has_bad_text)
+            if not isinstance(found, str):
+                valid.append((index, found))
                 continue
-            except ValidationError as error:
-                message = describe_errors(error.errors(include_url=False), whole="event")
+            message = found
+        else:
+            bad_text = bad_text_error(raw_event, whole="event") if batch.has_bad_text else None
+            message = bad_text or "event: must be a JSON object"
         errors.append(ItemError(index=index, request_id=request_id_of(raw_event), error=message))
     return valid, errors
 
