@@ -108,9 +108,16 @@ def insert_new(cursor, statement: str, params, *, returning: str, savepoint: str
 
 def limit_statements(conn: Connection, *, seconds: float) -> None:
     """Cancels any statement of the connection's current transaction that runs longer (a
-    read that would otherwise keep a core busy for as long as it likes)."""
+    read that would otherwise keep a core busy for as long as it likes), and ends the
+    session when the transaction waits longer than that between two statements (an export
+    whose client stopped reading would hold its snapshot, and hold back vacuum, for good)."""
+    ms = str(int(seconds * 1000))
     conn.execute(
-        text("select set_config('statement_timeout', :ms, true)"), {"ms": str(int(seconds * 1000))}
+        text(
+            "select set_config('statement_timeout', :ms, true), "
+            "set_config('idle_in_transaction_session_timeout', :ms, true)"
+        ),
+        {"ms": ms},
     )
 
 

@@ -108,6 +108,30 @@ def test_feedback_held_while_its_request_was_being_stored_is_applied_by_the_job(
         assert held_summary(conn, project_id=project.id).held == 0
 
 
+def test_held_feedback_applied_late_leaves_a_later_score_the_quality(engine):
+    """Held while its request's transaction was open, then a later score came straight in
+    before the job ran: the job stores the held item and leaves the later score."""
+    from app.services.projects import load_project_context
+
+    project = make_project()
+    sent = event(timestamp=NOW.isoformat())
+    with engine.begin() as storing:
+        context = load_project_context(storing, project_id=project.id)
+        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
+        with engine.begin() as conn:
+            feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
+    with engine.begin() as conn:
+        later = feedback(
+            conn,
+            project.id,
+            {"request_id": sent["request_id"], "score": 0.9},
+            now=NOW + timedelta(minutes=1),
+        )
+    assert later.accepted == 1
+    assert settle_held(engine, now=NOW + timedelta(minutes=5)).applied == 1
+    assert quality(engine, sent["request_id"]) == 0.9
+
+
 def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
     from app.settings import get_settings
 

@@ -330,3 +330,21 @@ def test_a_read_that_runs_too_long_is_a_503(database_url, engine):
         api.stop()
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert "longer than 0.5 s" in response.json()["detail"]
+
+
+def test_a_snapshot_left_waiting_between_statements_is_ended(engine):
+    """An export whose client stopped reading leaves its snapshot idle in its transaction:
+    past the time limit the session ends, and with it the snapshot (which would otherwise
+    hold back vacuum for as long as the client waits)."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db import limit_statements, snapshot
+
+    with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
+        with snapshot() as conn:
+            limit_statements(conn, seconds=0.3)
+            conn.exec_driver_sql("select 1")
+            time.sleep(1.0)
+            conn.exec_driver_sql("select 1")

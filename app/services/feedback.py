@@ -62,7 +62,9 @@ def record_feedback(
             )
         )
     waiting = waiting[: max(room, 0)]
-    stored = _store(conn, project_id=project_id, items=for_known, known=known, now=now)
+    stored = _store(
+        conn, project_id=project_id, items=[(item, now) for item in for_known], known=known
+    )
     held = _insert_once(
         held_feedback,
         conn,
@@ -91,10 +93,15 @@ def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, dat
     ).all()
     rows.sort(key=lambda row: (row.received_at, row.id))  # the latest is applied last
     items = [
-        FeedbackItem(request_id=r.request_id, score=r.score, source=r.source, comment=r.comment)
+        (
+            FeedbackItem(
+                request_id=r.request_id, score=r.score, source=r.source, comment=r.comment
+            ),
+            r.received_at,
+        )
         for r in rows
     ]
-    return len(_store(conn, project_id=project_id, items=items, known=stored, now=None))
+    return len(_store(conn, project_id=project_id, items=items, known=stored))
 
 
 def _any_held(conn: Connection, *, project_id: int) -> bool:
@@ -130,34 +137,51 @@ def _item(row: dict) -> tuple:
     return (row["request_id"], row["score"], row["source"], row["comment"])
 
 
+def _item_order(row: dict) -> tuple:
+    return (row["request_id"], row["score"], row["source"] or "", row["comment"] or "")
+
+
 def _store(
     conn: Connection,
     *,
     project_id: int,
-    items: list[FeedbackItem],
+    items: list[tuple[FeedbackItem, datetime]],
     known: dict[uuid.UUID, datetime],
-    now: datetime | None,
 ) -> list:
-    """Stores the items (in order) of stored requests once each, and makes the latest new
-    score of each request its quality; returns the rows stored."""
+    """Stores the items (in order, each with when it was received) of stored requests once
+    each, and makes the latest new score of each request its quality, unless feedback
+    received after it is stored already (an item held a while, applied after a later score
+    came straight in); returns the rows stored."""
     rows = [
         {**_fields(item), "project_id": project_id, "request_ts": known[item.request_id],
-         "received_at": now or utc_now()}
-        for item in items
+         "received_at": received_at}
+        for item, received_at in items
     ]  # fmt: skip
-    stored = _insert_once(feedback, conn, rows)
+    # In key order, as the requests below: two transactions storing the same items never
+    # deadlock on the unique item index.
+    stored = _insert_once(feedback, conn, sorted(rows, key=_item_order))
     if not stored:
         return stored
     # The latest item of each request stored now: an item stored before (a duplicate, even
     # later in the batch) changes nothing.
     new = {tuple(row) for row in stored}
     latest = {r["request_id"]: r for r in rows if _item(r) in new}  # later items win
+    received_later = (
+        select(feedback.c.id)
+        .where(
+            feedback.c.project_id == project_id,
+            feedback.c.request_id == bindparam("b_id"),
+            feedback.c.received_at > bindparam("b_received"),
+        )
+        .exists()
+    )
     conn.execute(
         update(requests)
         .where(
             requests.c.project_id == project_id,
             requests.c.ts == bindparam("b_ts"),
             requests.c.request_id == bindparam("b_id"),
+            ~received_later,
         )
         .values(quality_score=bindparam("b_score"), quality_source=bindparam("b_source")),
         [
@@ -166,6 +190,7 @@ def _store(
                 "b_id": r["request_id"],
                 "b_score": r["score"],
                 "b_source": r["source"],
+                "b_received": r["received_at"],
             }
             # In key order: two transactions updating the same requests never deadlock.
             for r in sorted(latest.values(), key=lambda r: (r["request_ts"], r["request_id"]))

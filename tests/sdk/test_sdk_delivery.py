@@ -35,6 +35,19 @@ def wait_for(condition, timeout=10.0):
         time.sleep(0.01)
 
 
+@pytest.fixture
+def local_zone(monkeypatch):
+    """Sets the process's local zone (TZ) for the test; this machine's is back after it."""
+
+    def set_zone(name: str) -> None:
+        monkeypatch.setenv("TZ", name)
+        time.tzset()
+
+    yield set_zone
+    monkeypatch.undo()
+    time.tzset()
+
+
 def test_events_arrive_once_in_wire_form(fake_api, make_client):
     client = make_client(fake_api.url)
     with client.request(
@@ -64,9 +77,10 @@ def test_events_arrive_once_in_wire_form(fake_api, make_client):
     )
 
 
-def test_given_timestamp_and_request_id_are_kept(fake_api, make_client):
-    """As a replay of recorded traffic sends them (this machine's zone is UTC: a naive
-    datetime is local time, see the test below)."""
+def test_given_timestamp_and_request_id_are_kept(fake_api, make_client, local_zone):
+    """As a replay of recorded traffic sends them (a naive datetime is local time, here UTC;
+    see the test in Tokyo below)."""
+    local_zone("UTC")
     client = make_client(fake_api.url)
     stamps = [
         datetime(2026, 11, 22, 10, 15, 30, 123456),
@@ -395,19 +409,10 @@ def test_without_key_events_are_dropped_quietly(monkeypatch, send, caplog):
     assert "no API key" in caplog.text
 
 
-@pytest.fixture
-def tokyo_time(monkeypatch):
-    """The process's local zone is Asia/Tokyo (UTC+9, no daylight saving) for the test."""
-    monkeypatch.setenv("TZ", "Asia/Tokyo")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-def test_a_naive_datetime_is_local_time_as_python_takes_it(fake_api, make_client, tokyo_time):
-    """datetime.now() in Tokyo is nine hours ahead of UTC: taken as UTC, the request would
-    be recorded nine hours in the future."""
+def test_a_naive_datetime_is_local_time_as_python_takes_it(fake_api, make_client, local_zone):
+    """datetime.now() in Tokyo (UTC+9, no daylight saving) is nine hours ahead of UTC: taken
+    as UTC, the request would be recorded nine hours in the future."""
+    local_zone("Asia/Tokyo")
     client = make_client(fake_api.url)
     with client.request("acme", "replay", timestamp=datetime(2026, 11, 22, 19, 15, 30)) as req:
         req.attempt("gpt-4o-mini", "cheap", 1, 1)
@@ -490,6 +495,32 @@ def test_a_2xx_that_is_not_the_apis_answer_keeps_the_events(
     assert fake_api.request_ids == set(ids)
     assert client.stats()["sent"] == 3
     assert "without the API's answer" in caplog.text
+
+
+def test_a_portals_2xx_backs_off_as_any_failure(fake_api, make_client, send):
+    """Answered 200 by something that is not the API, the client backs off more each time
+    (a portal answering every flush would be sent every batch, every second, forever)."""
+    fake_api.script = [(200, {"Content-Type": "text/html"}, "<html>sign in</html>")] * 2
+    client = make_client(fake_api.url, flush_interval=30)
+    send(client, 1)
+    assert not client.flush(0.3)
+    assert not client.flush(0.3)
+    assert client._worker._failures == 2
+    assert client.flush(5) and len(fake_api.request_ids) == 1
+
+
+def test_a_request_whose_dicts_cannot_be_copied_never_raises_into_the_app(
+    fake_api, make_client, caplog
+):
+    client = make_client(fake_api.url)
+    metadata: dict = {"region": "eu"}
+    metadata["self"] = metadata
+    with caplog.at_level(logging.WARNING, logger="routeledger"):
+        with client.request("acme", "chat", metadata=metadata) as req:
+            req.attempt("gpt-4o-mini", "cheap", 1, 1)
+        assert client.flush(5)
+    assert "could not copy the metadata" in caplog.text
+    assert client.stats()["dropped"] == 1  # it cannot be encoded either: dropped, not raised
 
 
 def test_a_long_outage_keeps_probing_and_loses_nothing(start_fake_api, make_client, send):

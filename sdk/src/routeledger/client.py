@@ -299,7 +299,15 @@ class Request:
         # The caller's own dicts are read later, on the worker thread: as they are now.
         for name in ("router", "experiment", "metadata"):
             if event[name] is not None:
-                event[name] = _snapshot(event[name])
+                try:
+                    event[name] = _snapshot(event[name])
+                except Exception:  # a dict holding itself, a mapping that fails: never the app's
+                    logger.warning(
+                        "RouteLedger could not copy the %s of request %s: it is sent as it is "
+                        "when encoded",
+                        name,
+                        event["request_id"],
+                    )
         self._worker.put("requests", event)
 
     def __enter__(self) -> Request:

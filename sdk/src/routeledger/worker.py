@@ -328,7 +328,10 @@ class Worker:
             if self._failures and time.monotonic() < self._retry_at:
                 return None  # known to be down: the spool takes it without waiting
             reply = self._post(kind, lines, resend or self._failures > 0)
-            self._last_reply_ok = reply is not None and 200 <= reply.status < 300
+            # (A 2xx that is not the API's answer proves nothing: it counts as a failure.)
+            self._last_reply_ok = (
+                reply is not None and 200 <= reply.status < 300 and _is_ingest_answer(reply)
+            )
             if reply is not None and reply.status not in UNAVAILABLE:
                 if self._last_reply_ok or reply.status in CONTENT_REFUSALS:
                     self._failures = 0  # the service works; server errors and refusals of
