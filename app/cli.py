@@ -17,6 +17,7 @@ from rich.console import Console
 from app import secret_key
 from app.eval_cli import eval_group
 from app.periods import InvalidPeriod, as_utc, floor_day, floor_hour, parse_instant, utc_now
+from app.schemas import MAX_ID
 from app.settings import get_settings
 from app.vocabulary import DASHBOARD_ROLES, KEY_SCOPES
 
@@ -32,9 +33,12 @@ class _Commands(click.Group):
     """Turns a missing or unreachable database into a one-line error, not a traceback."""
 
     def invoke(self, ctx: click.Context):
-        from sqlalchemy.exc import OperationalError
+        from alembic.util.exc import CommandError
+        from sqlalchemy.exc import OperationalError, ProgrammingError
 
+        from app.api.errors import schema_behind
         from app.db import DatabaseNotConfigured
+        from app.services.health import NOT_MIGRATED
 
         try:
             return super().invoke(ctx)
@@ -42,6 +46,14 @@ class _Commands(click.Group):
             raise click.ClickException(str(error)) from None
         except OperationalError as error:
             raise click.ClickException(f"cannot reach the database: {error.orig}") from None
+        except ProgrammingError as error:
+            if not schema_behind(error):
+                raise
+            raise click.ClickException(NOT_MIGRATED) from None
+        except CommandError as error:  # Alembic's: a revision this code has no script of
+            raise click.ClickException(
+                f"{error}: the database was migrated by a newer RouteLedger; run that one"
+            ) from None
 
 
 @click.group(cls=_Commands)
@@ -110,6 +122,13 @@ def up(demo: bool, verbose: bool) -> None:
 
     settings = get_settings()
     os.environ[secret_key.VARIABLE] = _up_secret_key(settings)
+    lock = _only_up_here(settings.routeledger_data_dir)  # held until this process ends
+    _ports_free(
+        ("API", "ROUTELEDGER_API_PORT", settings.routeledger_api_host,
+         settings.routeledger_api_port),
+        ("dashboard", "ROUTELEDGER_DASHBOARD_PORT", settings.routeledger_dashboard_host,
+         settings.routeledger_dashboard_port),
+    )  # fmt: skip
     embedded = supervisor = None
     status = 1
     try:
@@ -153,7 +172,42 @@ def up(demo: bool, verbose: bool) -> None:
         if embedded is not None:
             console.print("stopping embedded PostgreSQL ...")
             embedded.stop()
+    lock.close()
     sys.exit(status)
+
+
+def _only_up_here(data_dir: Path):
+    """An exclusive lock on the data folder, or a ClickException when another `up` holds it:
+    a second one would start a second beat, and turn the first one's logs over."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "up.lock").open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise click.ClickException(
+            f"`routeledger up` is already running with this data folder ({data_dir}): stop it "
+            "first (Ctrl-C where it runs), or set ROUTELEDGER_DATA_DIR to another folder"
+        ) from None
+    return lock
+
+
+def _ports_free(*servers: tuple[str, str, str, int]) -> None:
+    """A ClickException naming the first (server, variable, host, port) whose port is taken."""
+    import socket
+
+    for name, variable, host, port in servers:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind((host, port))
+            except OSError as error:
+                raise click.ClickException(
+                    f"cannot serve the {name} on {host}:{port}: {error.strerror}; stop what "
+                    f"listens there, or set {variable} to another port"
+                ) from None
 
 
 def _up_secret_key(settings) -> str:
@@ -305,7 +359,7 @@ def key_list(project_name: str) -> None:
 
 @key.command("revoke")
 @click.option("--project", "project_name", required=True)
-@click.argument("key_id", type=int)
+@click.argument("key_id", type=click.IntRange(1, MAX_ID))
 def key_revoke(project_name: str, key_id: int) -> None:
     """Revoke a key now: every later call with it is refused."""
     from app.db import transaction
@@ -695,15 +749,13 @@ def jobs_run(
     from app.db import connection
     from app.services.reprice import correct_prices
 
+    since, until = _utc_instant(start), _utc_instant(end)
+    if since >= until:
+        raise click.BadParameter("must be after --start", param_hint="--end")
     with connection() as conn:
         project_id = _project_id(conn, project_name)
     change = correct_prices(
-        get_engine(),
-        project_id=project_id,
-        model=model,
-        start=_utc_instant(start),
-        end=_utc_instant(end),
-        reason=reason,
+        get_engine(), project_id=project_id, model=model, start=since, end=until, reason=reason
     )
     click.echo(json.dumps(asdict(change), default=_json_value))
 
@@ -725,10 +777,21 @@ def export_group() -> None:
     """Finance CSV exports (the same files as GET /v1/exports/*.csv), with a progress bar."""
 
 
+def _folder_exists(_ctx, param, path: Path) -> Path:
+    if not path.parent.is_dir():
+        raise click.BadParameter(f"{path.parent} is not a folder", param=param)
+    return path
+
+
 def _export_options(command):
     """--project, --start, --end and -o, shared by both exports."""
     command = click.option(
-        "-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path)
+        "-o",
+        "--output",
+        required=True,
+        # Its folder must exist: found out before the export runs, not after.
+        type=click.Path(dir_okay=False, writable=True, path_type=Path),
+        callback=_folder_exists,
     )(command)
     command = click.option(
         "--end", default=None, help="whole UTC hour or date; default: the next hour"

@@ -131,24 +131,60 @@ def test_up_refuses_a_placeholder_secret_key_and_starts_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []  # no database, no process, no key file
 
 
+def test_a_second_up_on_one_data_folder_or_a_taken_port_is_refused_at_once(tmp_path):
+    """Before anything starts (a second beat, logs turned over, a database): a data folder
+    another `up` holds, or a port something listens on, is said by name."""
+    import fcntl
+
+    env = {"DATABASE_URL": "", "ROUTELEDGER_DATA_DIR": str(tmp_path)}
+    with (tmp_path / "up.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running `up` holds it
+        second = routeledger("up", env=env, timeout=60)
+    assert second.returncode == 1
+    assert "`routeledger up` is already running with this data folder" in second.stderr
+    assert not (tmp_path / "logs").exists() and not (tmp_path / "pgdata").exists()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        taken = routeledger("up", env={**env, "ROUTELEDGER_API_PORT": str(port)}, timeout=60)
+    assert taken.returncode == 1
+    assert f"cannot serve the API on 127.0.0.1:{port}" in taken.stderr
+    assert "ROUTELEDGER_API_PORT" in taken.stderr and "Traceback" not in taken.stderr
+    assert not (tmp_path / "pgdata").exists()
+
+
 @pytest.mark.timeout(240)
 def test_up_stops_everything_and_shows_why_when_a_process_fails(database_url, tmp_path):
-    with socket.socket() as taken:  # the dashboard's port, in use
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        env = {
-            **os.environ,
-            "ROUTELEDGER_DATA_DIR": str(tmp_path),
-            "ROUTELEDGER_API_PORT": str(free_port()),
-            "ROUTELEDGER_DASHBOARD_PORT": str(taken.getsockname()[1]),
-        }
-        output = tmp_path / "up.log"
-        with running("up", env=env, log=output) as up:
-            up.wait(180)
-        left = processes_of(tmp_path)
+    """The worker cannot start (a broker of no known kind): `up` stops everything it started
+    and shows the end of the worker's log."""
+    env = {
+        **os.environ,
+        "ROUTELEDGER_DATA_DIR": str(tmp_path),
+        "ROUTELEDGER_API_PORT": str(free_port()),
+        "ROUTELEDGER_DASHBOARD_PORT": str(free_port()),
+        "CELERY_BROKER_URL": "nosuchbroker://127.0.0.1:1//",
+    }
+    output = tmp_path / "up.log"
+    with running("up", env=env, log=output) as up:
+        up.wait(180)
+    left = processes_of(tmp_path)
     assert up.returncode == 1
     assert left == []
     shown = output.read_text()
-    assert "routeledger dashboard exited with status 1; stopping" in shown
-    assert f"the end of {tmp_path / 'logs' / 'dashboard.log'}:" in shown
-    assert "address already in use" in shown.lower()
+    assert "routeledger worker exited with status 1; stopping" in shown
+    assert f"the end of {tmp_path / 'logs' / 'worker.log'}:" in shown
+    assert "nosuchbroker" in shown.lower()
+
+
+def test_bad_command_line_values_are_named_not_tracebacks(database_url, tmp_path):
+    cases = {
+        ("key", "revoke", "--project", "p", str(2**70)): "KEY_ID",
+        ("export", "requests", "--project", "p", "-o", str(tmp_path / "no" / "r.csv")): "--output",
+        ("jobs", "run", "reprice", "--project", "p", "--model", "m", "--start", "2026-12-06",
+         "--end", "2026-12-05", "--reason", "r"): "--end",
+    }  # fmt: skip
+    for args, named in cases.items():
+        result = routeledger(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert named in result.stderr and "Traceback" not in result.stderr, result.stderr

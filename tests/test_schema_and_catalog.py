@@ -273,3 +273,45 @@ def test_requests_land_in_monthly_partitions(http, fresh_project, database_url):
             (old["request_id"],),
         ).fetchone()[0]
     assert table == "requests_p2024_02"
+
+
+def test_a_database_behind_or_ahead_of_the_code_is_said_so(scratch_database):
+    """The code upgraded and the database not (or the other way round): the API answers 503
+    naming `routeledger migrate` rather than a 500, the command line says it in one line."""
+    import httpx
+
+    from app import migrate
+    from app.db import get_engine
+    from app.services.health import database_status
+    from tests.helpers import LiveApi, auth, make_project, routeledger
+
+    migrate.upgrade()
+    project = make_project()
+    migrate.downgrade("0018")  # revenue records without their record_id
+    api = LiveApi(database_url=scratch_database)
+    api.ready_path = "/healthz"  # /readyz is a 503 here, rightly
+    try:
+        api.start()
+        record = {"customer_id": "acme", "period_start": "2026-11-01T00:00:00Z",
+                  "period_end": "2026-12-01T00:00:00Z", "amount_usd": "1"}  # fmt: skip
+        answer = httpx.post(
+            f"{api.url}/v1/revenue", json={"records": [record]},
+            headers=auth(project.admin_key), timeout=30,
+        )  # fmt: skip
+    finally:
+        api.stop()
+    assert answer.status_code == 503 and answer.headers["Retry-After"]
+    assert "run `routeledger migrate`" in answer.json()["detail"]
+
+    migrate.downgrade("base")
+    bare = routeledger("project", "create", "x", env={"DATABASE_URL": scratch_database})
+    assert bare.returncode == 1 and "Traceback" not in bare.stderr
+    assert "database is not migrated: run `routeledger migrate`" in bare.stderr
+
+    migrate.upgrade()
+    with get_engine().begin() as conn:
+        conn.execute(text("update alembic_version set version_num = '9999'"))
+        assert "newer than this code knows" in database_status(conn)
+    ahead = routeledger("migrate", env={"DATABASE_URL": scratch_database})
+    assert ahead.returncode == 1 and "Traceback" not in ahead.stderr
+    assert "migrated by a newer RouteLedger" in ahead.stderr

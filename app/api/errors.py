@@ -10,10 +10,12 @@ import logging
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from psycopg.errors import UndefinedColumn
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.schemas import ErrorBody
+from app.services.health import NOT_MIGRATED
 from app.services.partitions import PartitionsBusy
 from app.settings import get_settings
 
@@ -76,3 +78,25 @@ def install(app: FastAPI) -> None:
 
     for error_class in (*UNAVAILABLE, PartitionsBusy):
         app.add_exception_handler(error_class, handler)
+
+    async def schema_handler(_: Request, error: Exception) -> JSONResponse:
+        if not schema_behind(error):
+            log.error("500: %s", error, exc_info=error)
+            return JSONResponse({"detail": "Internal Server Error"}, status_code=500)
+        log.warning("503: %s", error)
+        return JSONResponse(
+            {"detail": f"{NOT_MIGRATED} (a table or column this version needs is missing)"},
+            status_code=503,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    for error_class in (ProgrammingError, psycopg.errors.UndefinedTable, UndefinedColumn):
+        app.add_exception_handler(error_class, schema_handler)
+
+
+def schema_behind(error: Exception) -> bool:
+    """Whether a database error says the schema lacks what this code needs (the database
+    was not migrated after the code was upgraded)."""
+    return isinstance(
+        getattr(error, "orig", error), psycopg.errors.UndefinedTable | UndefinedColumn
+    )
