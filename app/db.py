@@ -106,18 +106,19 @@ def insert_new(cursor, statement: str, params, *, returning: str, savepoint: str
         return {row[0] for row in cursor.fetchall()}
 
 
-def limit_statements(conn: Connection, *, seconds: float) -> None:
+def limit_statements(conn: Connection, *, seconds: float, idle: bool = False) -> None:
     """Cancels any statement of the connection's current transaction that runs longer (a
-    read that would otherwise keep a core busy for as long as it likes), and ends the
-    session when the transaction waits longer than that between two statements (an export
-    whose client stopped reading would hold its snapshot, and hold back vacuum, for good)."""
+    read that would otherwise keep a core busy for as long as it likes). With `idle`, also
+    ends the session when the transaction waits longer than that between two statements:
+    for exports, whose transaction waits while the client reads (one whose client stopped
+    reading would hold its snapshot, and hold back vacuum, for good)."""
     ms = str(int(seconds * 1000))
     conn.execute(
         text(
             "select set_config('statement_timeout', :ms, true), "
-            "set_config('idle_in_transaction_session_timeout', :ms, true)"
+            "set_config('idle_in_transaction_session_timeout', :idle, true)"
         ),
-        {"ms": ms},
+        {"ms": ms, "idle": ms if idle else "0"},
     )
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Flask, Response, request, stream_with_context
 
-from app.db import snapshot
+from app.db import limit_statements, snapshot
 from app.services import exports
+from app.settings import get_settings
 from dashboards import auth, filters
 
 CUSTOMERS_PATH = "/exports/customers.csv"
@@ -44,6 +45,9 @@ def _download(name: str, export) -> Response:
 
     def chunks():
         with snapshot() as conn:
+            limit_statements(
+                conn, seconds=get_settings().routeledger_export_timeout_seconds, idle=True
+            )
             for chunk in export(conn, project.project_id, within):
                 yield chunk.data
 

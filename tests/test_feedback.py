@@ -132,6 +132,50 @@ def test_held_feedback_applied_late_leaves_a_later_score_the_quality(engine):
     assert quality(engine, sent["request_id"]) == 0.9
 
 
+def test_the_job_waits_for_a_later_score_being_stored_and_leaves_it(engine):
+    """The job applies a held score while a later one is being stored straight in (its
+    transaction open, the request's row locked): it waits for it, then leaves it."""
+    import threading
+    import time
+
+    from app.services.projects import load_project_context
+
+    project = make_project()
+    sent = event(timestamp=NOW.isoformat())
+    with engine.begin() as storing:
+        context = load_project_context(storing, project_id=project.id)
+        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
+        with engine.begin() as conn:
+            feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
+    ran = {}
+    with engine.connect() as direct:
+        direct.begin()
+        later = {"request_id": sent["request_id"], "score": 0.9}
+        assert feedback(direct, project.id, later, now=NOW + timedelta(minutes=1)).accepted == 1
+        job = threading.Thread(
+            target=lambda: ran.update(run=settle_held(engine, now=NOW + timedelta(minutes=5)))
+        )
+        job.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not waiting_on_a_lock(engine) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert waiting_on_a_lock(engine), "the job never waited for the open transaction"
+        finally:
+            direct.commit()
+            job.join(30)
+    assert ran["run"].applied == 1
+    assert quality(engine, sent["request_id"]) == 0.9
+
+
+def waiting_on_a_lock(engine) -> bool:
+    with engine.connect() as conn:
+        return conn.exec_driver_sql(
+            "select exists (select from pg_stat_activity "
+            "where datname = current_database() and wait_event_type = 'Lock')"
+        ).scalar_one()
+
+
 def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
     from app.settings import get_settings
 

@@ -344,7 +344,7 @@ def test_a_snapshot_left_waiting_between_statements_is_ended(engine):
 
     with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
         with snapshot() as conn:
-            limit_statements(conn, seconds=0.3)
+            limit_statements(conn, seconds=0.3, idle=True)
             conn.exec_driver_sql("select 1")
             time.sleep(1.0)
             conn.exec_driver_sql("select 1")

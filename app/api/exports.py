@@ -28,7 +28,9 @@ def _stream(
 
     def chunks() -> Iterator[bytes]:
         with snapshot() as conn:
-            limit_statements(conn, seconds=get_settings().routeledger_export_timeout_seconds)
+            limit_statements(
+                conn, seconds=get_settings().routeledger_export_timeout_seconds, idle=True
+            )
             for chunk in export(conn, within=within, **kwargs):
                 yield chunk.data
 

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, bindparam, delete, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.db import driver_cursor
@@ -166,6 +166,20 @@ def _store(
     # later in the batch) changes nothing.
     new = {tuple(row) for row in stored}
     latest = {r["request_id"]: r for r in rows if _item(r) in new}  # later items win
+    # The requests' rows locked first, in key order, and then checked in a statement of its
+    # own: a transaction storing later feedback for one of them now, still open, is waited
+    # for, and its feedback seen (a check in the update itself would see the database as it
+    # was when the update began, before that feedback).
+    keys = sorted({(r["request_ts"], r["request_id"]) for r in latest.values()})
+    conn.execute(
+        select(requests.c.request_id)
+        .where(
+            requests.c.project_id == project_id,
+            tuple_(requests.c.ts, requests.c.request_id).in_(keys),
+        )
+        .order_by(requests.c.ts, requests.c.request_id)
+        .with_for_update()
+    ).all()
     received_later = (
         select(feedback.c.id)
         .where(
