@@ -87,23 +87,30 @@ def test_feedback_before_its_request_is_applied_when_the_request_arrives(engine)
     assert applied == 2
 
 
+def held_while_stored(engine, project_id: int, score: float) -> str:
+    """A request stored with a feedback item held meanwhile: the item came while the
+    request's transaction was open, after it applied what was held. Its request id."""
+    from app.services.projects import load_project_context
+
+    sent = event(timestamp=NOW.isoformat())
+    with engine.begin() as storing:
+        context = load_project_context(storing, project_id=project_id)
+        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
+        with engine.begin() as conn:
+            held = feedback(conn, project_id, {"request_id": sent["request_id"], "score": score})
+        assert held.held == 1
+    return sent["request_id"]
+
+
 def test_feedback_held_while_its_request_was_being_stored_is_applied_by_the_job(engine):
     """The request's transaction applied what was held before the item came, and the item
     could not see the request yet: held, it is applied by the next `feedback` job."""
-    from app.services.projects import load_project_context
-
     project = make_project()
-    sent = event(timestamp=NOW.isoformat())
-    with engine.begin() as storing:
-        context = load_project_context(storing, project_id=project.id)
-        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
-        with engine.begin() as conn:
-            held = feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
-        assert held.held == 1
-    assert quality(engine, sent["request_id"]) is None
+    request_id = held_while_stored(engine, project.id, 0.2)
+    assert quality(engine, request_id) is None
     run = settle_held(engine, now=NOW)
     assert (run.applied, run.expired) == (1, 0)
-    assert quality(engine, sent["request_id"]) == 0.2
+    assert quality(engine, request_id) == 0.2
     with engine.connect() as conn:
         assert held_summary(conn, project_id=project.id).held == 0
 
@@ -111,25 +118,18 @@ def test_feedback_held_while_its_request_was_being_stored_is_applied_by_the_job(
 def test_held_feedback_applied_late_leaves_a_later_score_the_quality(engine):
     """Held while its request's transaction was open, then a later score came straight in
     before the job ran: the job stores the held item and leaves the later score."""
-    from app.services.projects import load_project_context
-
     project = make_project()
-    sent = event(timestamp=NOW.isoformat())
-    with engine.begin() as storing:
-        context = load_project_context(storing, project_id=project.id)
-        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
-        with engine.begin() as conn:
-            feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
+    request_id = held_while_stored(engine, project.id, 0.2)
     with engine.begin() as conn:
         later = feedback(
             conn,
             project.id,
-            {"request_id": sent["request_id"], "score": 0.9},
+            {"request_id": request_id, "score": 0.9},
             now=NOW + timedelta(minutes=1),
         )
     assert later.accepted == 1
     assert settle_held(engine, now=NOW + timedelta(minutes=5)).applied == 1
-    assert quality(engine, sent["request_id"]) == 0.9
+    assert quality(engine, request_id) == 0.9
 
 
 def test_the_job_waits_for_a_later_score_being_stored_and_leaves_it(engine):
@@ -138,19 +138,12 @@ def test_the_job_waits_for_a_later_score_being_stored_and_leaves_it(engine):
     import threading
     import time
 
-    from app.services.projects import load_project_context
-
     project = make_project()
-    sent = event(timestamp=NOW.isoformat())
-    with engine.begin() as storing:
-        context = load_project_context(storing, project_id=project.id)
-        ingest_in_transaction(storing, project=context, batch=Batch([sent]), now=NOW)
-        with engine.begin() as conn:
-            feedback(conn, project.id, {"request_id": sent["request_id"], "score": 0.2})
+    request_id = held_while_stored(engine, project.id, 0.2)
     ran = {}
     with engine.connect() as direct:
         direct.begin()
-        later = {"request_id": sent["request_id"], "score": 0.9}
+        later = {"request_id": request_id, "score": 0.9}
         assert feedback(direct, project.id, later, now=NOW + timedelta(minutes=1)).accepted == 1
         job = threading.Thread(
             target=lambda: ran.update(run=settle_held(engine, now=NOW + timedelta(minutes=5)))
@@ -165,7 +158,7 @@ def test_the_job_waits_for_a_later_score_being_stored_and_leaves_it(engine):
             direct.commit()
             job.join(30)
     assert ran["run"].applied == 1
-    assert quality(engine, sent["request_id"]) == 0.9
+    assert quality(engine, request_id) == 0.9
 
 
 def waiting_on_a_lock(engine) -> bool:
