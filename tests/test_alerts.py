@@ -197,6 +197,68 @@ def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_s
     ]
 
 
+def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_later(
+    engine, smtp_server
+):
+    """Fires, resolves, reopens within the cooldown (quietly), resolves again: each
+    resolution is emailed, and the reminder between comes a cooldown after the last email,
+    the first resolution's."""
+    from app.db import transaction
+    from app.schemas import AlertRuleChanges
+
+    project, pm = project_with_rule(
+        name="flapping failover", metric="failover_rate", window_minutes=120, threshold=0,
+        min_requests=1, cooldown_minutes=5,
+    )  # fmt: skip
+    ingest(
+        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
+    )
+    with transaction() as conn:
+        [rule] = alerts.list_rules(conn, project_id=project.id)
+
+    def threshold(value: float) -> None:
+        with transaction() as conn:
+            alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
+                               changes=AlertRuleChanges(threshold=value))  # fmt: skip
+
+    steps = [(0, None), (1, 1.0), (2, 0.0), (5.5, None), (6, None), (7, 1.0)]
+    for minutes, new_threshold in steps:  # the failover rate is 1: above 0, not above 1
+        if new_threshold is not None:
+            threshold(new_threshold)
+        run_alerts(engine, now=NOW + timedelta(minutes=minutes))
+    send_pending(engine)
+    assert [m["Subject"].split(":")[0] for m in smtp_server.to(pm)] == [
+        "[RouteLedger] FIRING",
+        "[RouteLedger] RESOLVED",
+        "[RouteLedger] STILL FIRING",  # at 6, a cooldown after the resolution at 1
+        "[RouteLedger] RESOLVED",
+    ]
+    with transaction() as conn:
+        [alert] = alerts.list_alerts(conn, project_id=project.id)
+    assert alert["last_reminder_at"] == NOW + timedelta(minutes=6)  # not 5.5: 5 after firing
+
+
+def test_disabling_a_rule_resolves_its_firing_alert(engine, http, smtp_server):
+    from app.db import transaction
+    from app.schemas import AlertRuleChanges
+
+    project, _ = project_with_rule(
+        name="any failover", metric="failover_rate", threshold=0, min_requests=1
+    )
+    ingest(
+        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
+    )
+    run_alerts(engine)
+    read = auth(project.read_key)
+    assert len(http.get("/v1/alerts?state=firing", headers=read).json()) == 1
+    with transaction() as conn:
+        [rule] = alerts.list_rules(conn, project_id=project.id)
+        alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
+                           changes=AlertRuleChanges(enabled=False))  # fmt: skip
+    assert http.get("/v1/alerts?state=firing", headers=read).json() == []
+    assert len(http.get("/v1/alerts?state=resolved", headers=read).json()) == 1
+
+
 def pending_rows(database_url: str, address: str) -> list[tuple]:
     with psycopg.connect(database_url) as conn:
         return conn.execute(
@@ -295,7 +357,9 @@ def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
     project, pm = project_with_rule(name="spend", metric="spend", threshold=1000)
     today = datetime(2027, 1, 1, 8, tzinfo=UTC)
     yesterday = today - timedelta(days=1)
-    ingest(engine, project.id, [event(attempt(), timestamp=yesterday.isoformat())], now=today)
+    unpriced = event(attempt(), timestamp=yesterday.isoformat())
+    losing = event(attempt(cost_usd="0.25"), customer_id="globex", timestamp=yesterday.isoformat())
+    ingest(engine, project.id, [unpriced, losing], now=today)
     run_rollup(engine, now=today)
     queue_digests(engine, now=today)
     queue_digests(engine, now=today)
@@ -303,10 +367,12 @@ def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
     digests = smtp_server.to(pm)
     assert len(digests) == 1 and "daily digest" in digests[0]["Subject"]
     text = digests[0].get_body(("plain",)).get_content()
-    assert "Requests: 1" in text and "Margin of acme" in text and "Firing alerts: none" in text
-    # acme-small has no price here: spend is a lower bound, savings an upper one.
+    assert "Requests: 2" in text and "Firing alerts: none" in text
+    # acme-small has no price here: spend is a lower bound, savings and acme's margin upper
+    # ones; globex's margin is exact, and a loss.
     assert "(lower bound: unpriced requests)" in text, text
-    assert "(at most: unpriced requests)" in text, text
+    assert "Margin of acme: $0.00 (at most: unpriced requests)" in text, text
+    assert "Margin of globex: -$0.25\r\n" in text, text
     # The link opens that project on that day, not the days since.
     expected = f"/?project={project.name}&start=2026-12-31&end=2026-12-31"
     assert expected in text, text

@@ -118,11 +118,23 @@ def update_rule(
     current = get_rule(conn, project_id=project_id, rule_id=rule_id)
     values = _stored(changes, only_set=True)
     check_rule({**current, **values})
+    now = utc_now()
     conn.execute(
         update(alert_rules)
         .where(alert_rules.c.project_id == project_id, alert_rules.c.id == rule_id)
-        .values(**values, updated_at=utc_now())
+        .values(**values, updated_at=now)
     )
+    if values.get("enabled") is False:
+        # A disabled rule is no longer evaluated: its alert would stay firing for good.
+        conn.execute(
+            update(alerts)
+            .where(
+                alerts.c.project_id == project_id,
+                alerts.c.rule_id == rule_id,
+                alerts.c.state == "firing",
+            )
+            .values(state="resolved", resolved_at=now)
+        )
     return get_rule(conn, project_id=project_id, rule_id=rule_id)
 
 
@@ -393,7 +405,9 @@ def evaluate_rule(
                 last_evaluated_at=now,
             )
         )
-        _notify(conn, rule, open_alert.id, "resolved", found, open_alert.limit_value, window)
+        # Each resolution its own email: an alert that reopened and resolves again says so.
+        event = f"resolved {now.isoformat()}"
+        _notify(conn, rule, open_alert.id, event, found, open_alert.limit_value, window)
         return "resolved"
 
     figures = {"last_value": found.value, "last_evaluated_at": now}
@@ -408,11 +422,13 @@ def evaluate_rule(
             .order_by(alerts.c.resolved_at.desc())
             .limit(1)
         ).first()
-        if recent is not None:  # flapping: reopen quietly, the reminder clock goes on
+        if recent is not None:  # flapping: reopen quietly; a reminder a cooldown after the
+            # last email (the resolution's, when one went), not sooner
+            last_email = recent.resolved_notified_at or recent.last_reminder_at
             conn.execute(
                 update(alerts)
                 .where(alerts.c.project_id == project_id, alerts.c.id == recent.id)
-                .values(state="firing", resolved_at=None, **figures)
+                .values(state="firing", resolved_at=None, last_reminder_at=last_email, **figures)
             )
             return "reopened"
         alert_id = conn.execute(
@@ -507,7 +523,10 @@ def _notify(
             else []
         ),
         ("Limit", f"above {figure_text(metric, limit)}"),
-        ("Threshold", figure_text(metric, _float(rule["threshold"]))),
+        (
+            "Threshold",
+            "none" if rule["threshold"] is None else figure_text(metric, _float(rule["threshold"])),
+        ),
         ("Baseline", _baseline_text(rule, found)),
         ("Requests in window", str(found.requests)),
         ("Window", f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC"),

@@ -16,7 +16,7 @@ from app.periods import DAY, Period, floor_day, trailing, utc_now
 from app.services.advice import TRAFFIC_WINDOW, top_recommendations
 from app.services.alerts import list_alerts
 from app.services.emails import dashboard_url, queue_email, report_email
-from app.services.metrics import customer_metrics, money_text, routing_metrics
+from app.services.metrics import customer_metrics, routing_metrics
 
 WORST_CUSTOMERS = 5
 
@@ -26,16 +26,21 @@ def _percent(value: float | None) -> str:
 
 
 def _usd(value) -> str:
-    return "unknown" if value is None else f"${value:,.2f}"
+    if value is None:
+        return "unknown"
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
+# While some requests are unpriced, what is computed from their cost is bounded, not exact.
+LOWER_BOUND = " (lower bound: unpriced requests)"
+UPPER_BOUND = " (at most: unpriced requests)"
 
 
 def digest_lines(conn: Connection, *, project_id: int, within: Period) -> list[tuple[str, str]]:
     routing = routing_metrics(conn, project_id=project_id, within=within)
-    spend = _usd(routing.cost_usd) + (
-        " (lower bound: unpriced requests)" if routing.unpriced_requests else ""
-    )
+    spend = _usd(routing.cost_usd) + (LOWER_BOUND if routing.unpriced_requests else "")
     savings = f"{_usd(routing.savings_usd)} ({_percent(routing.savings_pct)})" + (
-        " (at most: unpriced requests)" if routing.unpriced_requests else ""
+        UPPER_BOUND if routing.unpriced_requests else ""
     )
     lines = [
         ("Requests", f"{routing.requests:,}"),
@@ -51,9 +56,8 @@ def digest_lines(conn: Connection, *, project_id: int, within: Period) -> list[t
     ]
     worst = customer_metrics(conn, project_id=project_id, within=within)[:WORST_CUSTOMERS]
     for customer in worst:
-        lines.append(
-            (f"Margin of {customer.customer_id}", f"${money_text(round(customer.margin_usd, 2))}")
-        )
+        margin = _usd(customer.margin_usd) + (UPPER_BOUND if customer.unpriced_requests else "")
+        lines.append((f"Margin of {customer.customer_id}", margin))
     lines += advice_lines(conn, project_id=project_id, end=within.end)
     firing = list_alerts(conn, project_id=project_id, state="firing")
     lines.append(("Firing alerts", ", ".join(a["rule_name"] for a in firing) or "none"))
