@@ -227,6 +227,34 @@ def test_an_admin_creates_an_alert_rule(browser, site):
     assert console_errors(browser) == []
 
 
+def test_an_alert_emails_link_picks_out_its_rule(browser, site, engine):
+    """An alert email links to /alerts?project=NAME&rule=ID: that rule is picked out in the
+    rules table."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        rule_id = conn.execute(
+            text(
+                "select r.id from alert_rules r join projects p on p.id = r.project_id "
+                "where p.name = :project and r.name = :rule"
+            ),
+            {"project": demo.DEMO_PROJECT, "rule": demo.ALERT_RULE},
+        ).scalar_one()
+    sign_in(browser, site, ADMIN)
+    open_page(browser, site, f"/alerts?project={demo.DEMO_PROJECT}&rule={rule_id}")
+    cells = "#alerts-rules td[data-dash-column='id']"
+    [picked] = wait_until(
+        lambda: [
+            td
+            for td in browser.find_elements(By.CSS_SELECTOR, cells)
+            if td.text.strip() == str(rule_id)
+        ],
+        what="the linked rule's row",
+    )
+    assert picked.value_of_css_property("font-weight") == "600"
+    assert console_errors(browser) == []
+
+
 def test_names_from_the_events_are_text_in_the_charts_never_links(browser, site, engine):
     """Anyone with an ingest key names the models: one named with a link is drawn as the text
     it is in the chart's labels (Plotly would draw a link), as in the tables. (A project of

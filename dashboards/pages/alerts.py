@@ -56,6 +56,7 @@ def rule_field_id(name: str) -> str:
 
 def layout(**query):
     project = auth.membership()
+    linked = _rule_id(query.get("rule"))
     within = filters.period_of(query.get("start"), query.get("end"))
     features = data.read(
         dashboard_queries.filter_values, project_id=project.project_id, within=within
@@ -79,11 +80,35 @@ def layout(**query):
                     ],
                 ),
             ),
-            components.card("Rules", components.table(RULES, RULE_COLUMNS, [])),
+            components.card(
+                "Rules",
+                components.table(
+                    RULES,
+                    RULE_COLUMNS,
+                    [],
+                    # The rule an alert email links to (?rule=ID), picked out.
+                    style_data_conditional=[
+                        {
+                            "if": {"filter_query": f"{{id}} = {linked}"},
+                            "fontWeight": "600",
+                            "backgroundColor": "#fff4d6",
+                        }
+                    ]
+                    if linked
+                    else [],
+                ),  # fmt: skip
+            ),
             _rule_editor(project, list(features)),
             filters.url_store(URL),
         ]
     )
+
+
+def _rule_id(value: str | None) -> int | None:
+    try:
+        return components.form_value(ID_VALUE, int(value or ""), field="rule")
+    except (ValueError, components.FormRefusal):
+        return None
 
 
 def _rule_editor(project, features: list[str]) -> html.Section:
