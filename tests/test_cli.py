@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import httpx
@@ -156,8 +157,8 @@ def test_a_second_up_on_one_data_folder_or_a_taken_port_is_refused_at_once(tmp_p
 
 @pytest.mark.timeout(240)
 def test_up_stops_everything_and_shows_why_when_a_process_fails(database_url, tmp_path):
-    """The worker cannot start (a broker of no known kind): `up` stops everything it started
-    and shows the end of the worker's log."""
+    """The worker and the beat cannot start (a broker of no known kind): `up` stops everything
+    it started and shows the end of the log of the first to exit."""
     env = {
         **os.environ,
         "ROUTELEDGER_DATA_DIR": str(tmp_path),
@@ -172,8 +173,9 @@ def test_up_stops_everything_and_shows_why_when_a_process_fails(database_url, tm
     assert up.returncode == 1
     assert left == []
     shown = output.read_text()
-    assert "routeledger worker exited with status 1; stopping" in shown
-    assert f"the end of {tmp_path / 'logs' / 'worker.log'}:" in shown
+    exited = re.search(r"routeledger (worker|beat) exited with status \d+; stopping", shown)
+    assert exited, shown
+    assert f"the end of {tmp_path / 'logs' / exited.group(1)}.log:" in shown
     assert "nosuchbroker" in shown.lower()
 
 
