@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from psycopg.errors import UniqueViolation
+from psycopg.errors import UndefinedColumn, UndefinedTable, UniqueViolation
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from app.embedded import running_url
@@ -66,18 +66,31 @@ def connection() -> Iterator[Connection]:
 
 
 @contextmanager
-def snapshot() -> Iterator[Connection]:
+def snapshot(*, export: bool = False) -> Iterator[Connection]:
     """A read-only transaction whose statements all see the database as it was at its first:
     figures read in several statements (rollups, then revenue records, then raw rows, period
     after period) never mix in a write that committed between two of them (REPEATABLE READ;
-    under READ COMMITTED, each statement sees what committed before it)."""
+    under READ COMMITTED, each statement sees what committed before it). Its statements are
+    limited to ROUTELEDGER_STATEMENT_TIMEOUT_SECONDS; an `export`'s to
+    ROUTELEDGER_EXPORT_TIMEOUT_SECONDS, and so are its waits while the client reads."""
+    settings = get_settings()
     with (
         get_engine()
         .connect()
         .execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) as conn,
         conn.begin(),
     ):
+        if export:
+            limit_statements(conn, seconds=settings.routeledger_export_timeout_seconds, idle=True)
+        else:
+            limit_statements(conn, seconds=settings.routeledger_statement_timeout_seconds)
         yield conn
+
+
+def schema_behind(error: Exception) -> bool:
+    """Whether a database error says the schema lacks what this code needs (the database
+    was not migrated after the code was upgraded)."""
+    return isinstance(getattr(error, "orig", error), UndefinedTable | UndefinedColumn)
 
 
 def driver_cursor(conn: Connection):

@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from app.db import limit_statements, snapshot, transaction
+from app.db import snapshot, transaction
 from app.periods import HOUR, Period, next_hour, utc_now
 from app.services import alerts, dashboard_queries, metrics
 from app.services.metrics import Filters, RoutingMetrics
-from app.settings import get_settings
 
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 512
@@ -36,7 +35,6 @@ def read(service: Callable[..., Any], **kwargs: Any) -> Any:
             _cache.move_to_end(key)
             return hit[1]
     with snapshot() as conn:
-        limit_statements(conn, seconds=get_settings().routeledger_statement_timeout_seconds)
         value = service(conn, **kwargs)
     with _lock:
         _cache[key] = (now + CACHE_SECONDS, value)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import Flask, Response, request, stream_with_context
 
-from app.db import limit_statements, snapshot
+from app.db import snapshot
 from app.services import exports
-from app.settings import get_settings
 from dashboards import auth, filters
 
 CUSTOMERS_PATH = "/exports/customers.csv"
@@ -44,10 +43,7 @@ def _download(name: str, export) -> Response:
     within = filters.period_of(request.args.get("start"), request.args.get("end"))
 
     def chunks():
-        with snapshot() as conn:
-            limit_statements(
-                conn, seconds=get_settings().routeledger_export_timeout_seconds, idle=True
-            )
+        with snapshot(export=True) as conn:
             for chunk in export(conn, project.project_id, within):
                 yield chunk.data
 

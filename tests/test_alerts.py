@@ -178,14 +178,17 @@ def test_a_cost_alert_over_unpriced_requests_says_its_value_is_a_lower_bound(
     assert alert["value"] == pytest.approx(0.01) and alert["value_is_lower_bound"] is True
 
 
+def a_failover() -> dict:
+    """A request whose first call failed, a minute before NOW: a failover rate of 1."""
+    return event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))
+
+
 def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_server):
     project, pm = project_with_rule(
         name="any failover", metric="failover_rate", window_minutes=120, threshold=0,
         min_requests=1, cooldown_minutes=5,
     )  # fmt: skip
-    ingest(
-        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
-    )
+    ingest(engine, project.id, [a_failover()])
     for minutes in (0, 1, 4, 6, 7, 12):  # fires at 0, reminders at 6 and 12
         run_alerts(engine, now=NOW + timedelta(minutes=minutes))
     send_pending(engine)
@@ -210,9 +213,7 @@ def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_la
         name="flapping failover", metric="failover_rate", window_minutes=120, threshold=0,
         min_requests=1, cooldown_minutes=5,
     )  # fmt: skip
-    ingest(
-        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
-    )
+    ingest(engine, project.id, [a_failover()])
     with transaction() as conn:
         [rule] = alerts.list_rules(conn, project_id=project.id)
 
@@ -245,9 +246,7 @@ def test_disabling_a_rule_resolves_its_firing_alert(engine, http, smtp_server):
     project, _ = project_with_rule(
         name="any failover", metric="failover_rate", threshold=0, min_requests=1
     )
-    ingest(
-        engine, project.id, [event(attempt(status="error"), attempt(), timestamp=minutes_ago(1))]
-    )
+    ingest(engine, project.id, [a_failover()])
     run_alerts(engine)
     read = auth(project.read_key)
     assert len(http.get("/v1/alerts?state=firing", headers=read).json()) == 1

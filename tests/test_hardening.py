@@ -332,7 +332,7 @@ def test_a_read_that_runs_too_long_is_a_503(database_url, engine):
     assert "longer than 0.5 s" in response.json()["detail"]
 
 
-def test_a_snapshot_left_waiting_between_statements_is_ended(engine):
+def test_a_snapshot_left_waiting_between_statements_is_ended(engine, monkeypatch):
     """An export whose client stopped reading leaves its snapshot idle in its transaction:
     past the time limit the session ends, and with it the snapshot (which would otherwise
     hold back vacuum for as long as the client waits)."""
@@ -340,11 +340,17 @@ def test_a_snapshot_left_waiting_between_statements_is_ended(engine):
 
     from sqlalchemy.exc import DBAPIError
 
-    from app.db import limit_statements, snapshot
+    from app.db import snapshot
+    from app.settings import get_settings
 
-    with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
-        with snapshot() as conn:
-            limit_statements(conn, seconds=0.3, idle=True)
-            conn.exec_driver_sql("select 1")
-            time.sleep(1.0)
-            conn.exec_driver_sql("select 1")
+    monkeypatch.setenv("ROUTELEDGER_EXPORT_TIMEOUT_SECONDS", "0.3")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
+            with snapshot(export=True) as conn:
+                conn.exec_driver_sql("select 1")
+                time.sleep(1.0)
+                conn.exec_driver_sql("select 1")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

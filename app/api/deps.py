@@ -28,7 +28,6 @@ Db = Annotated[Connection, Depends(db)]
 
 def read_db() -> Connection:
     with snapshot() as conn:
-        limit_statements(conn, seconds=get_settings().routeledger_statement_timeout_seconds)
         yield conn
 
 

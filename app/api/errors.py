@@ -10,10 +10,11 @@ import logging
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from psycopg.errors import UndefinedColumn
+from psycopg.errors import UndefinedColumn, UndefinedTable
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from app.db import schema_behind
 from app.schemas import ErrorBody
 from app.services.health import NOT_MIGRATED
 from app.services.partitions import PartitionsBusy
@@ -90,13 +91,5 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
-    for error_class in (ProgrammingError, psycopg.errors.UndefinedTable, UndefinedColumn):
+    for error_class in (ProgrammingError, UndefinedTable, UndefinedColumn):
         app.add_exception_handler(error_class, schema_handler)
-
-
-def schema_behind(error: Exception) -> bool:
-    """Whether a database error says the schema lacks what this code needs (the database
-    was not migrated after the code was upgraded)."""
-    return isinstance(
-        getattr(error, "orig", error), psycopg.errors.UndefinedTable | UndefinedColumn
-    )

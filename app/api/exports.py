@@ -9,10 +9,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import Bound, ReadCaller, RequestFilters, period_param
-from app.db import limit_statements, snapshot
+from app.db import snapshot
 from app.periods import Period
 from app.services import exports
-from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
 
@@ -27,10 +26,7 @@ def _stream(
     early)."""
 
     def chunks() -> Iterator[bytes]:
-        with snapshot() as conn:
-            limit_statements(
-                conn, seconds=get_settings().routeledger_export_timeout_seconds, idle=True
-            )
+        with snapshot(export=True) as conn:
             for chunk in export(conn, within=within, **kwargs):
                 yield chunk.data
 

@@ -113,11 +113,15 @@ def validate_item(
         return describe_errors(error.errors(include_url=False), whole=whole)
 
 
-def request_id_of(raw_item: Any) -> str | None:
-    """An item's request id as sent, to name it in an error; None when it has none, or none
-    that can be sent back."""
+def text_of(raw_item: Any, key: str) -> str | None:
+    """An item's text field as sent (its request id, say), to name the item in an error;
+    None when it has none, or none that can be sent back."""
     if isinstance(raw_item, dict):
-        found = raw_item.get("request_id")
+        found = raw_item.get(key)
         if isinstance(found, str) and find_bad_text(found) is None:
             return found
     return None
+
+
+def request_id_of(raw_item: Any) -> str | None:
+    return text_of(raw_item, "request_id")

@@ -19,7 +19,7 @@ from app.db import planner_settings
 from app.models import eval_results
 from app.periods import utc_now
 from app.schemas import EvalError, EvalResultIn, EvalsResult
-from app.services.batches import bad_text_error, validate_item
+from app.services.batches import text_of, validate_item
 from app.services.model_tiers import load_tier_map
 from app.services.projects import project_tiers
 
@@ -35,10 +35,7 @@ def record_evals(conn: Connection, *, project_id: int, items: Iterable[Any]) -> 
         if not isinstance(found, str):
             valid.append((index, found))
             continue
-        item_id = raw.get("item_id") if isinstance(raw, dict) else None
-        if not isinstance(item_id, str) or bad_text_error(item_id, whole="") is not None:
-            item_id = None
-        errors.append(EvalError(index=index, item_id=item_id, error=found))
+        errors.append(EvalError(index=index, item_id=text_of(raw, "item_id"), error=found))
     tiers = project_tiers(conn, project_id=project_id)
     mapped = load_tier_map(
         conn, project_id=project_id, models={r.model for _, r in valid if r.tier is None}

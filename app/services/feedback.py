@@ -166,16 +166,19 @@ def _store(
     # later in the batch) changes nothing.
     new = {tuple(row) for row in stored}
     latest = {r["request_id"]: r for r in rows if _item(r) in new}  # later items win
+    # In key order, locked and updated: two transactions on the same requests never deadlock.
+    applied = sorted(latest.values(), key=lambda r: (r["request_ts"], r["request_id"]))
     # The requests' rows locked first, in key order, and then checked in a statement of its
     # own: a transaction storing later feedback for one of them now, still open, is waited
     # for, and its feedback seen (a check in the update itself would see the database as it
     # was when the update began, before that feedback).
-    keys = sorted({(r["request_ts"], r["request_id"]) for r in latest.values()})
     conn.execute(
         select(requests.c.request_id)
         .where(
             requests.c.project_id == project_id,
-            tuple_(requests.c.ts, requests.c.request_id).in_(keys),
+            tuple_(requests.c.ts, requests.c.request_id).in_(
+                [(r["request_ts"], r["request_id"]) for r in applied]
+            ),
         )
         .order_by(requests.c.ts, requests.c.request_id)
         .with_for_update()
@@ -206,11 +209,10 @@ def _store(
                 "b_source": r["source"],
                 "b_received": r["received_at"],
             }
-            # In key order: two transactions updating the same requests never deadlock.
-            for r in sorted(latest.values(), key=lambda r: (r["request_ts"], r["request_id"]))
+            for r in applied
         ],  # fmt: skip
     )
-    hours = [r["request_ts"] for r in latest.values()]
+    hours = [r["request_ts"] for r in applied]
     mark_written(conn, job=ROLLUP_JOB, project_id=project_id, hours=hours)
     return stored
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, text
 
 from app.migrate import alembic_config
@@ -18,23 +19,13 @@ def database_status(conn: Connection) -> str | None:
         current = conn.execute(text("select version_num from alembic_version")).scalar()
     except Exception:
         return NOT_MIGRATED
-    if current != head:
-        return schema_mismatch(current, head, known=_knows(scripts, current))
-    return None
-
-
-def schema_mismatch(current: str | None, head: str, *, known: bool) -> str:
-    """What to do when the database's migration is not the code's."""
-    if current is not None and not known:
+    if current == head:
+        return None
+    try:
+        scripts.get_revision(current)
+    except CommandError:  # a revision this code has no script of: a newer RouteLedger's
         return (
             f"database is at migration {current}, newer than this code knows (it ends at "
             f"{head}): run the RouteLedger that migrated it"
         )
     return f"database is at migration {current}, the code needs {head}: run `routeledger migrate`"
-
-
-def _knows(scripts: ScriptDirectory, revision: str | None) -> bool:
-    try:
-        return revision is None or scripts.get_revision(revision) is not None
-    except Exception:  # alembic's own error for a revision it has no script of
-        return False

@@ -116,10 +116,10 @@ def catalog_match(model: str, provider: str | None) -> tuple[str, str] | None:
         found_provider, found_model = snapshot.find_provider_model(model, None, provider, None)
     except LookupError:
         return None
-    if not any(m is found_model for m in found_provider.models):
+    if found_provider.find_model(model) is None:  # found among its fallback providers' models
         for fallback in found_provider.fallback_model_providers or ():
-            owner = next((p for p in snapshot.providers if p.id == fallback), None)
-            if owner is not None and any(m is found_model for m in owner.models):
+            owner = data_snapshot.find_provider_by_id(snapshot.providers, fallback)
+            if owner is not None and owner.find_model(model) is found_model:
                 return owner.id, found_model.id
     return found_provider.id, found_model.id
 

@@ -41,28 +41,28 @@ def add_revenue(
                 f"records[{index}].period_end: a record covers at most {LONGEST_RECORD.days} "
                 "days; split a longer one"
             )
-    statement = (
+    # One statement: a record_id twice in it is stored once too (the first, as in the call).
+    stored = conn.execute(
         insert(revenue_records)
+        .values(
+            [
+                {
+                    "project_id": project_id,
+                    "customer_id": r.customer_id,
+                    "period_start": r.period_start,
+                    "period_end": r.period_end,
+                    "amount_usd": r.amount_usd,
+                    "record_id": r.record_id,
+                }
+                for r in records
+            ]
+        )
         .on_conflict_do_nothing(
             index_elements=["project_id", "record_id"],
             index_where=revenue_records.c.record_id.is_not(None),
         )
         .returning(revenue_records.c.id)
-    )
-    stored = 0
-    for record in records:  # one by one: a duplicate within the call is known by its order
-        inserted = conn.execute(
-            statement,
-            {
-                "project_id": project_id,
-                "customer_id": record.customer_id,
-                "period_start": record.period_start,
-                "period_end": record.period_end,
-                "amount_usd": record.amount_usd,
-                "record_id": record.record_id,
-            },
-        ).first()
-        stored += inserted is not None
+    ).all()
     # The margins of every day a record overlaps change.
     days = {
         floor_day(day.start)
@@ -70,4 +70,4 @@ def add_revenue(
         for day in calendar_parts(Period(r.period_start, r.period_end), "day")
     }
     mark_written(conn, job=MARGINS_JOB, project_id=project_id, hours=days)
-    return RevenueAdded(stored, len(records) - stored)
+    return RevenueAdded(len(stored), len(records) - len(stored))

@@ -107,7 +107,7 @@ def layout(**query):
 def _rule_id(value: str | None) -> int | None:
     try:
         return components.form_value(ID_VALUE, int(value or ""), field="rule")
-    except (ValueError, components.FormRefusal):
+    except ValueError:  # not a number, or not an id (FormRefusal)
         return None
 
 
