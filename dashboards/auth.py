@@ -20,7 +20,7 @@ import math
 import secrets
 from datetime import timedelta
 from html import escape
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import flask
 from flask import Flask, g, redirect, request, session
@@ -35,6 +35,9 @@ CSRF_HEADER = "X-CSRFToken"
 LOGIN_PATH = "/login"
 LOGOUT_PATH = "/logout"
 PROJECT_PARAM = "project"
+# The project a tab shows, sent with each of its own requests (assets/page_project.js): that
+# request is answered for it, whatever project another tab switched the session to since.
+PROJECT_HEADER = "X-RouteLedger-Project"
 SESSION_TOKEN = "token"  # the session cookie's key for the server-side session's token
 
 
@@ -81,6 +84,9 @@ def _before_request():
             return flask.Response("signed out: reload the page", 401)
         return redirect(f"{LOGIN_PATH}?next={_quote_next(request.full_path)}")
     g.email, g.memberships = found
+    shown = request.headers.get(PROJECT_HEADER)
+    if shown is not None:
+        return _page_project(unquote(shown))
     _choose_project(request.args.get(PROJECT_PARAM))
     return None
 
@@ -107,6 +113,15 @@ def _choose_project(wanted_name: str | None) -> None:
     chosen_id = g.membership.project_id if g.membership else None
     if session.get("project_id") != chosen_id:
         session["project_id"] = chosen_id
+
+
+def _page_project(name: str) -> flask.Response | None:
+    """The project a tab shows, for this request only (the session keeps its own); refused
+    when the user no longer belongs to it."""
+    g.membership = next((m for m in g.memberships if m.project_name == name), None)
+    if g.membership is None:
+        return flask.Response(f"you no longer belong to {name}: reload the page", 403)
+    return None
 
 
 def _set_csrf_cookie(response: flask.Response) -> flask.Response:

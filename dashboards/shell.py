@@ -11,6 +11,7 @@ from dashboards import auth
 
 SWITCHER = "project-switcher"
 SWITCH_TO = "project-switch-location"
+PAGE_PROJECT = "page-project"  # the project the page shows, for assets/page_project.js
 
 
 def layout():
@@ -36,6 +37,11 @@ def layout():
                 className="header",
             ),
             dcc.Location(id=SWITCH_TO, refresh=True),
+            *(
+                [html.Div(id=PAGE_PROJECT, hidden=True, **{"data-project": chosen.project_name})]
+                if chosen
+                else []
+            ),
             html.Main(dash.page_container if chosen else _no_project(), className="content"),
         ]
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import re
+import uuid
+from urllib.parse import quote
 
 import pytest
 
@@ -111,7 +113,9 @@ def test_dash_callbacks_need_the_csrf_header(client, database_url):
     assert answer.status_code != 403
 
 
-def dash_call(client, output: str, inputs: list[tuple], state: list[tuple], *, shown: str):
+def dash_call(
+    client, output: str, inputs: list[tuple], state: list[tuple], *, shown: str, headers=None
+):
     """POST a Dash callback as a browser would, with values of the caller's own: its
     inputs and states as (id, property, value), in the callback's order, after the project
     the page shows (`shown`, the project switcher's value)."""
@@ -133,7 +137,9 @@ def dash_call(client, output: str, inputs: list[tuple], state: list[tuple], *, s
         "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"],
     }
     token = client.get_cookie("_csrf_token").value
-    return client.post("/_dash-update-component", json=body, headers={"X-CSRFToken": token})
+    return client.post(
+        "/_dash-update-component", json=body, headers={"X-CSRFToken": token, **(headers or {})}
+    )
 
 
 def test_admin_forms_refuse_what_the_api_would_by_name_never_with_a_500(client, database_url):
@@ -248,6 +254,60 @@ def test_a_form_saves_only_into_the_project_its_page_shows(client, database_url)
         shown=second.name,
     )  # fmt: skip
     assert "Mapped acme-small to cheap" in saved.text
+
+
+def test_a_tab_that_names_its_project_is_answered_for_it(client, database_url):
+    """The dashboard's script names the project a tab shows on each of the tab's requests
+    (assets/page_project.js): after another tab switched the session, the tab still reads
+    and saves its own project, and the session keeps the other tab's."""
+    from sqlalchemy import text
+
+    from app.db import transaction
+    from dashboards.auth import PROJECT_HEADER
+
+    # Not ASCII: sent percent-encoded, as the script sends it.
+    first = make_project(name=f"café-{uuid.uuid4().hex[:6]}")
+    second, foreign = make_project(), make_project()
+    make_login("named-tabs@example.com", **{first.name: "admin", second.name: "admin"})
+    sign_in(client, "named-tabs@example.com")
+    client.get(f"/?project={second.name}")  # the other tab
+    named = {PROJECT_HEADER: quote(first.name)}
+    assert _page_project(client.get("/_dash-layout", headers=named)) == first.name
+    saved = dash_call(
+        client, "models-map-message.children", [("models-map-save", "n_clicks", 1)],
+        [("models-map-model", "value", "acme-small"), ("models-map-tier", "value", "cheap")],
+        shown=first.name, headers=named,
+    )  # fmt: skip
+    assert "Mapped acme-small to cheap" in saved.text
+    with transaction() as conn:
+        mapped = dict(
+            conn.execute(
+                text(
+                    "select project_id, tier from model_tiers "
+                    "where model = 'acme-small' and project_id = any(:ids)"
+                ),
+                {"ids": [first.id, second.id]},
+            ).all()
+        )
+    assert mapped == {first.id: "cheap"}
+    assert _page_project(client.get("/_dash-layout")) == second.name
+    refused = client.get("/_dash-layout", headers={PROJECT_HEADER: quote(foreign.name)})
+    assert refused.status_code == 403
+    assert f"you no longer belong to {foreign.name}" in refused.text
+
+
+def _page_project(layout) -> str:
+    """The project a served layout says its page shows (dashboards.shell.PAGE_PROJECT)."""
+    pending = [layout.get_json()]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if node.get("props", {}).get("id") == "page-project":
+                return node["props"]["data-project"]
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    raise AssertionError("no page-project marker in the layout")
 
 
 def test_a_viewer_never_sees_another_projects_data(client, database_url):

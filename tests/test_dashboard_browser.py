@@ -287,3 +287,44 @@ def test_names_from_the_events_are_text_in_the_charts_never_links(browser, site,
     assert not [link for link in links if "evil.example" in link]
     shot(browser, "models-odd-name")
     assert console_errors(browser) == []
+
+
+def test_a_tab_keeps_its_project_after_another_tab_switches(browser, site):
+    """A member of two projects looks at the demo's overview in one tab and switches to the
+    other project in a second tab: the first tab's filter still reads the demo's figures
+    (it read the session's project, the other one's, under the demo's title), and its
+    export links download the demo's."""
+    from tests.helpers import LOGIN_PASSWORD, make_login, make_project
+
+    other = make_project()
+    login = ("two-tabs@example.com", LOGIN_PASSWORD)
+    make_login(login[0], **{demo.DEMO_PROJECT: "admin", other.name: "admin"})
+    sign_in(browser, site, login)
+    first_tab = browser.current_window_handle
+    open_page(browser, site, f"/?project={demo.DEMO_PROJECT}")
+    everything = wait_until(lambda: text_of(browser, "kf-requests"), what="the requests figure")
+    try:
+        browser.switch_to.new_window("tab")
+        browser.get(f"{site}/?project={other.name}")  # no traffic: no chart to wait for
+        wait_until(
+            lambda: (
+                other.name in text_of(browser, "whoami")
+                or other.name in (browser.find_element(By.TAG_NAME, "body").text)
+            ),
+            what="the other project",
+        )
+        browser.close()
+    finally:
+        browser.switch_to.window(first_tab)
+    choose(browser, "overview-feature", "summarize")
+    filtered = wait_until(
+        lambda: (text := text_of(browser, "kf-requests")) not in ("", everything) and text,
+        what="the requests figure to change",
+    )
+    assert 0 < int(filtered.replace(",", "")) < int(everything.replace(",", ""))
+    assert f"Overview · {demo.DEMO_PROJECT}" in browser.find_element(By.TAG_NAME, "h1").text
+    browser.find_element(By.LINK_TEXT, "Exports").click()
+    link = wait_for(browser, "#exports-customers-link")
+    wait_until(lambda: "project=" in (link.get_attribute("href") or ""), what="the export link")
+    assert parse_qs(urlsplit(link.get_attribute("href")).query)["project"] == [demo.DEMO_PROJECT]
+    assert console_errors(browser) == []

@@ -74,9 +74,9 @@ def layout(**query):
     Input(GRANULARITY, "value"),
 )
 def update(start_date, end_date, granularity):
-    project_id = auth.membership().project_id
+    project = auth.membership()
     within = filters.period_of(start_date, end_date)
-    customers = data.read(metrics.customer_metrics, project_id=project_id, within=within)
+    customers = data.read(metrics.customer_metrics, project_id=project.project_id, within=within)
     cost = sum((c.cost_usd for c in customers), Decimal(0))
     revenue = sum((c.total_revenue_usd for c in customers), Decimal(0))
     lower_bound, at_most = components.bound_notes(sum(c.unpriced_requests for c in customers))
@@ -86,7 +86,8 @@ def update(start_date, end_date, granularity):
         components.key_figure("Revenue", usd(revenue), figure_id="exports-total-revenue"),
         components.key_figure("Margin", usd(revenue - cost), at_most),
     ]
-    period = {"start": start_date, "end": end_date}
+    # The project too: the download is of this page's project, whatever another tab chose since.
+    period = {auth.PROJECT_PARAM: project.project_name, "start": start_date, "end": end_date}
     return (
         totals,
         f"{downloads.CUSTOMERS_PATH}?{urlencode({**period, 'granularity': granularity})}",
