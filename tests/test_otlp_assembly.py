@@ -33,7 +33,7 @@ def drafts(*spans, quiet=False, **resource):
 
 
 def events(*spans, **resource) -> list[dict]:
-    return [e for d in drafts(*spans, **resource) for e in d.events(TIERS, counted_elsewhere=set())]
+    return [e for d in drafts(*spans, **resource) for e in d.events(TIERS, already_counted=set())]
 
 
 def test_sibling_calls_under_an_app_span_are_one_request_in_the_order_they_ended():
@@ -489,3 +489,75 @@ def test_model_tiers_map_models_whose_names_hold_slashes(http, live_api):
     # Another project sees its own map only.
     other = make_project()
     assert http.get("/v1/model-tiers", headers=auth(other.read_key)).json() == {"model_tiers": []}
+
+
+def test_a_second_report_of_a_stored_call_arriving_later_counts_once(engine):
+    """A second instrumentation reports a call (its response id) after the first report's
+    request was assembled, a little differently (its own duration, cache detail): the call
+    is counted once, not added as a further attempt of its own request. Another request's
+    calls with new ids still join their requests."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, new_span_id(), app_id, end_ms=100, routeledger__tier="cheap",
+                 gen_ai__response__id="chatcmpl-1")  # fmt: skip
+    again = call(trace_id, new_span_id(), app_id, end_ms=104, routeledger__tier="cheap",
+                 gen_ai__response__id="chatcmpl-1",
+                 gen_ai__usage__cache_read__input_tokens=100)  # fmt: skip
+    late = call(trace_id, new_span_id(), app_id, start_ms=110, end_ms=200,
+                routeledger__tier="cheap", gen_ai__response__id="chatcmpl-2")  # fmt: skip
+    assert (
+        receive_export(engine, project_id=project.id, export=export(app, first), now=START).requests
+        == 1
+    )
+    second = receive_export(engine, project_id=project.id, export=export(app, again), now=START)
+    assert (second.requests, second.amended, second.duplicates) == (0, 0, 1)
+    third = receive_export(engine, project_id=project.id, export=export(app, late), now=START)
+    assert (third.requests, third.amended) == (0, 1)
+    [(customer, count, _served, _cost, fallback, models)] = stored_calls(engine, project.id)
+    assert (customer, count, fallback, models) == ("acme", 2, True, ["acme-small"] * 2)
+
+
+def test_a_held_report_of_a_counted_call_stays_a_duplicate_when_released_hours_later(engine):
+    """One call reported in two traces, the second report held for its unmapped model: its
+    claim is kept while the report is held, however long, so mapping the model hours later
+    releases a duplicate, not a second copy of the call."""
+    from app.services.traces import map_model
+
+    project = make_project(baseline_model=None)
+    counted = call(new_trace_id(), new_span_id(), routeledger__tier="cheap",
+                   gen_ai__response__id="chatcmpl-9")  # fmt: skip
+    held = call(new_trace_id(), new_span_id(), model="acme-unmapped",
+                gen_ai__response__id="chatcmpl-9")  # fmt: skip
+    assert (
+        receive_export(engine, project_id=project.id, export=export(counted), now=START).requests
+        == 1
+    )
+    assert receive_export(engine, project_id=project.id, export=export(held), now=START).held == 1
+    run_settle(engine, now=START + timedelta(hours=3))
+    released = map_model(engine, project_id=project.id, model="acme-unmapped", tier="cheap",
+                         now=START + timedelta(hours=3))  # fmt: skip
+    assert released.released_requests == 1
+    assert project.count_requests() == 1
+
+
+@pytest.mark.parametrize("thin_first", [True, False])
+def test_one_call_in_two_traces_of_one_export_counts_by_its_fullest_report(engine, thin_first):
+    """Two traces of one export report one call: the report with usage is the one counted,
+    whichever trace comes first."""
+    project = make_project(baseline_model=None)
+    low, high = bytes(15) + b"\x01", b"\xff" * 16
+    thin_trace, full_trace = (low, high) if thin_first else (high, low)
+    thin = call(thin_trace, new_span_id(), routeledger__tier="cheap", gen_ai__response__id="r1",
+                gen_ai__usage__input_tokens=0, gen_ai__usage__output_tokens=0,
+                routeledger__customer_id="thin")  # fmt: skip
+    full = call(full_trace, new_span_id(), routeledger__tier="cheap", gen_ai__response__id="r1",
+                routeledger__customer_id="full")  # fmt: skip
+    outcome = receive_export(engine, project_id=project.id, export=export(thin, full), now=START)
+    assert (outcome.requests, outcome.duplicates) == (1, 1)
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "select customer_id, input_tokens, output_tokens from requests where project_id = %s",
+            (project.id,),
+        ).all()
+    assert [tuple(row) for row in stored] == [("full", 1000, 500)]

@@ -501,13 +501,13 @@ class Draft:
     def unmapped(self, tier_map: TierMap) -> list[SpanRecord]:
         return [a for a in self.attempts if _tier_of(a, tier_map) is None]
 
-    def events(self, tier_map: TierMap, *, counted_elsewhere: set[str]) -> list[dict[str, Any]]:
+    def events(self, tier_map: TierMap, *, already_counted: set[str]) -> list[dict[str, Any]]:
         """The request as events of the event schema: one, or one per 20 attempts when the
         request span holds more model calls than an event may (UUIDv5 ids suffixed by the
-        chunk). Attempts whose response id another request counted are left out."""
+        chunk). Attempts whose response id is counted already (app.services.traces) are left out."""
         attempts = self.attempts
-        if counted_elsewhere:
-            attempts = [a for a in attempts if a.attempt["response_id"] not in counted_elsewhere]
+        if already_counted:
+            attempts = [a for a in attempts if a.attempt["response_id"] not in already_counted]
         if len(attempts) <= MAX_ATTEMPTS:  # one event, or none
             return [self._event(0, attempts, tier_map)] if attempts else []
         return [
@@ -671,10 +671,12 @@ def _one_report_per_call(attempts: list[SpanRecord]) -> list[SpanRecord]:
     reports: dict[bytes, list[SpanRecord]] = {}
     for span in attempts:
         reports.setdefault(call(span.span_id), []).append(span)
-    return [max(group, key=_fullness) for group in reports.values()]
+    return [max(group, key=report_fullness) for group in reports.values()]
 
 
-def _fullness(span: SpanRecord) -> tuple[bool, bool, bool]:
+def report_fullness(span: SpanRecord) -> tuple[bool, bool, bool]:
+    """How full a report of a call is, to pick one of two: a response id, then usage, then
+    cache counts."""
     a = span.attempt
     cached = a["cache_read_tokens"] + a["cache_write_tokens"]
     return (

@@ -25,7 +25,7 @@ from app.db import driver_cursor, insert_new
 from app.periods import utc_now
 from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
-from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans
+from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans, report_fullness
 from app.services.projects import ProjectContext, load_project_context
 from app.settings import get_settings
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 LOCK_TIMEOUT = "3s"
 # How long a model call's response id is remembered: two instrumentations of one call export
 # it within seconds of each other (an exporter's retries included); an hour bounds the table
-# to an hour of calls.
+# to an hour of calls (more while a project holds reports for unmapped models).
 RESPONSE_ID_MEMORY = timedelta(hours=1)
 # How long a request span waits for its model calls when none came with it: a handler's span
 # ends before the stream it returned is read, and the stream's call span comes when it is.
@@ -132,9 +132,22 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
             ),
             {"cutoff": cutoff, "forget_before": now - REQUEST_SPAN_MEMORY},
         ).all()
+        # A claim outlives the memory while a report of its call may be held: a report held
+        # since, released later, must still find its call counted.
         forgotten = conn.execute(
-            text("delete from otlp_response_ids where claimed_at < :before"),
-            {"before": now - RESPONSE_ID_MEMORY},
+            text(
+                """
+                with held as (
+                    select project_id, min(held_at) as since from otlp_held_requests
+                    group by project_id
+                )
+                delete from otlp_response_ids c
+                where c.claimed_at < :before
+                  and not exists (select 1 from held where held.project_id = c.project_id
+                                  and c.claimed_at >= held.since - :memory)
+                """
+            ),
+            {"before": now - RESPONSE_ID_MEMORY, "memory": RESPONSE_ID_MEMORY},
         ).rowcount
     outcome = Outcome()
     by_project: dict[int, list[bytes]] = defaultdict(list)
@@ -269,12 +282,12 @@ def _process(
     ready, held = [], []
     for draft in drafts:
         (held if draft.unmapped(tier_map) else ready).append(draft)
-    counted_elsewhere = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
+    already_counted = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
 
     events, owners = [], []
     for draft in ready:
-        elsewhere = counted_elsewhere.get(draft.request_id, _NONE)
-        for event in draft.events(tier_map, counted_elsewhere=elsewhere):
+        counted = already_counted.get(draft.request_id, _NONE)
+        for event in draft.events(tier_map, already_counted=counted):
             events.append(event)
             owners.append(draft)
     if events:
@@ -296,7 +309,7 @@ def _process(
             owner_of = {e["request_id"]: owner for e, owner in zip(events, owners, strict=True)}
             for request_id, error in late.errors.items():
                 _refuse(outcome, owner_of[request_id], error)
-    # A request whose every call was counted by another request is a duplicate.
+    # A request whose every call is counted already is a duplicate.
     with_events = {id(d) for d in owners}
     outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
 
@@ -371,21 +384,30 @@ _CLAIM = (
 def _claim_response_ids(
     conn: Connection, *, project_id: int, drafts: list[Draft], now: datetime
 ) -> dict[uuid.UUID, set[str]]:
-    """Per request, the response ids of its calls that another request already counted. The
-    claims are rows of otlp_response_ids, inserted in this transaction: a concurrent claim of
-    the same id waits for it, then finds it taken."""
-    counted_elsewhere: dict[uuid.UUID, set[str]] = defaultdict(set)
-    owner: dict[str, uuid.UUID] = {}
+    """Per request, the response ids of its calls that are counted already: by another
+    request, or by this one when it was stored before (a second instrumentation's report of
+    a call, arriving after the first report's request was assembled). The claims are rows of
+    otlp_response_ids, inserted in this transaction: a concurrent claim of the same id waits
+    for it, then finds it taken."""
+    already_counted: dict[uuid.UUID, set[str]] = defaultdict(set)
+    # Among this export's reports of a call, the fullest is counted (the first of equals).
+    fullest: dict[str, tuple[tuple[bool, bool, bool], uuid.UUID]] = {}
     for draft in drafts:
         for span in draft.attempts:
             response_id = span.attempt["response_id"]
-            if response_id is None:
-                continue
-            first = owner.setdefault(response_id, draft.request_id)
-            if first != draft.request_id:
-                counted_elsewhere[draft.request_id].add(response_id)
-    if not owner:
-        return counted_elsewhere
+            if response_id is not None:
+                fullness = report_fullness(span)
+                known = fullest.get(response_id)
+                if known is None or fullness > known[0]:
+                    fullest[response_id] = (fullness, draft.request_id)
+    if not fullest:
+        return already_counted
+    owner = {response_id: request_id for response_id, (_, request_id) in fullest.items()}
+    for draft in drafts:
+        for span in draft.attempts:
+            response_id = span.attempt["response_id"]
+            if response_id is not None and owner[response_id] != draft.request_id:
+                already_counted[draft.request_id].add(response_id)
     ids = list(owner)
     with driver_cursor(conn) as cursor:
         new = insert_new(
@@ -396,20 +418,24 @@ def _claim_response_ids(
             savepoint="claims",
         )
     if new is None:
-        return counted_elsewhere  # every claim was new
+        return already_counted  # every claim was new
     taken = [i for i in ids if i not in new]
     if taken:
+        # A claim of the same request counts only once that request is stored: one whose
+        # event was refused keeps its claims, and its calls are not counted anywhere.
         rows = conn.execute(
             text(
-                "select response_id, request_id from otlp_response_ids "
-                "where project_id = :project_id and response_id = any(:ids)"
+                "select c.response_id, c.request_id, k.request_id is not null as stored "
+                "from otlp_response_ids c left join request_keys k "
+                "on k.project_id = c.project_id and k.request_id = c.request_id "
+                "where c.project_id = :project_id and c.response_id = any(:ids)"
             ),
             {"project_id": project_id, "ids": taken},
         )
-        for response_id, request_id in rows:
-            if request_id != owner[response_id]:
-                counted_elsewhere[owner[response_id]].add(response_id)
-    return counted_elsewhere
+        for response_id, request_id, stored in rows:
+            if request_id != owner[response_id] or stored:
+                already_counted[owner[response_id]].add(response_id)
+    return already_counted
 
 
 def _hold(
