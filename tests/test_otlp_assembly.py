@@ -561,3 +561,27 @@ def test_one_call_in_two_traces_of_one_export_counts_by_its_fullest_report(engin
             (project.id,),
         ).all()
     assert [tuple(row) for row in stored] == [("full", 1000, 500)]
+
+
+def test_a_request_span_without_feature_or_customer_that_comes_first_keeps_its_fields(engine):
+    """A parent span naming the intended tier, an experiment, revenue and the end user (but
+    no routeledger.feature or .customer_id) arrives alone, its call later: the request still
+    takes its fields."""
+    project = make_project(baseline_model=None)
+    trace_id, parent_id = new_trace_id(), new_span_id()
+    parent = span(trace_id, parent_id, routeledger__intended_tier="premium",
+                  routeledger__experiment__name="router-v4", routeledger__experiment__arm="b",
+                  routeledger__revenue_usd="0.01", enduser__id="acme")  # fmt: skip
+    child = call(trace_id, new_span_id(), parent_id, routeledger__tier="cheap")
+    receive_export(engine, project_id=project.id, export=export(parent), now=START)
+    receive_export(engine, project_id=project.id, export=export(child), now=START)
+    run_settle(engine, now=START + timedelta(minutes=5))
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "select customer_id, intended_tier, experiment_name, experiment_arm, revenue_usd"
+            " from requests where project_id = %s",
+            (project.id,),
+        ).all()
+    assert [tuple(row) for row in stored] == [
+        ("acme", "premium", "router-v4", "b", Decimal("0.01"))
+    ]

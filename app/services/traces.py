@@ -25,7 +25,14 @@ from app.db import driver_cursor, insert_new
 from app.periods import utc_now
 from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
-from app.services.otlp import Draft, SpanRecord, due_drafts, extract_spans, report_fullness
+from app.services.otlp import (
+    REQUEST_ATTRIBUTES,
+    Draft,
+    SpanRecord,
+    due_drafts,
+    extract_spans,
+    report_fullness,
+)
 from app.services.projects import ProjectContext, load_project_context
 from app.settings import get_settings
 
@@ -485,18 +492,23 @@ def _keep_waiting(
 ) -> None:
     """Deletes the spans that were assembled, stores the new ones still waiting (and the
     trace's other spans beside them, possible request spans), and marks held attempts. A
-    trace left with no attempt span keeps only a marked request span none was assembled
-    under yet (its model calls may come in a later export), until REQUEST_SPAN_MEMORY after
-    it came; the settle job then forgets it."""
+    trace left with no attempt span keeps only the spans naming `routeledger.*` request
+    fields that no request was assembled under yet (their model calls may come in a later
+    export), until REQUEST_SPAN_MEMORY after they came; the settle job then forgets them."""
     delete_ids: list[tuple[bytes, bytes]] = []
     insert: list[SpanRecord] = []
     newly_held: list[tuple[bytes, bytes]] = []
     for trace_id, spans in spans_of.items():
         stored_here = stored.get(trace_id, {})
         waiting = [s for s in spans.values() if s.is_attempt and s.span_id not in consumed]
-        # Request spans no request was assembled under yet: their calls may come later.
+        # Spans naming request fields no request was assembled under yet: their calls may
+        # come later (a span with only an identity attribute, as a web app's spans carry,
+        # is not kept for them).
         awaiting_calls = {
-            s.span_id for s in spans.values() if s.marks_request and s.received_at > forget_before
+            s.span_id
+            for s in spans.values()
+            if s.received_at > forget_before
+            and not s.request_fields.keys().isdisjoint(REQUEST_ATTRIBUTES)
         } - request_spans
         if not (stored_here or waiting or awaiting_calls):
             continue  # assembled whole from this export, no request span left: nothing to do
