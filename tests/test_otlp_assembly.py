@@ -64,6 +64,25 @@ def test_a_nested_call_belongs_to_its_outer_calls_request():
     assert draft.request_span_id == app and len(draft.attempts) == 2
 
 
+def test_a_wrapper_call_naming_the_request_and_the_client_call_inside_it_are_one_call():
+    """A wrapper's instrumentation puts the request's customer and feature on its call span
+    (README: "on a call's span"), the client's instrumentation reports the same call inside
+    it with the usage: one request of one call, named by the wrapper, counted by the client's
+    fuller report (the inner span took the wrapper for its request span, the wrapper the app
+    span: two requests)."""
+    trace, app, wrapper, client = new_trace_id(), new_span_id(), new_span_id(), new_span_id()
+    (event,) = events(
+        span(trace, app, end_ms=900),
+        call(trace, wrapper, app, end_ms=500, gen_ai__usage__input_tokens=0,
+             gen_ai__usage__output_tokens=0, routeledger__customer_id="acme",
+             routeledger__feature="support-chat"),
+        call(trace, client, wrapper, end_ms=400),
+    )  # fmt: skip
+    assert event["metadata"]["otel_span_id"] == app.hex()
+    assert (event["customer_id"], event["feature"]) == ("acme", "support-chat")
+    assert [(a["input_tokens"], a["output_tokens"]) for a in event["attempts"]] == [(1000, 500)]
+
+
 def test_a_lone_root_call_is_its_own_request():
     trace, root = new_trace_id(), new_span_id()
     (draft,) = drafts(call(trace, root))

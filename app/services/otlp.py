@@ -494,9 +494,15 @@ class Draft:
     request_span_id: bytes
     request_span: SpanRecord | None
     attempts: list[SpanRecord]
-    # Every attempt span it accounts for, also those reporting a call already counted.
-    span_ids: list[bytes]
+    # Every attempt span it accounts for, also those reporting a call already counted: the
+    # request fields of each count (a wrapper's report names the request, the client's
+    # inside it has the usage).
+    reports: list[SpanRecord]
     request_id: uuid.UUID
+
+    @property
+    def span_ids(self) -> list[bytes]:
+        return [report.span_id for report in self.reports]
 
     def unmapped(self, tier_map: TierMap) -> list[SpanRecord]:
         return [a for a in self.attempts if _tier_of(a, tier_map) is None]
@@ -519,8 +525,8 @@ class Draft:
         # The request span's fields, then its attempts', then the resource's: the first
         # source that has a field gives it (so they are laid over each other in reverse).
         fields = dict((self.request_span or attempts[0]).resource)
-        for attempt in reversed(attempts):
-            fields.update(attempt.request_fields)
+        for report in reversed(self.reports):
+            fields.update(report.request_fields)
         if self.request_span is not None:
             fields.update(self.request_span.request_fields)
         get = fields.get
@@ -625,7 +631,7 @@ def due_drafts(
             request_span_id,
             spans.get(request_span_id),
             counted,
-            [s.span_id for s in attempts],
+            attempts,
             request_id,
         )
 
@@ -691,11 +697,12 @@ _END_ORDER = attrgetter("end_ns", "span_id")
 
 def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tuple[bytes, bool]:
     """The id of the attempt's request span, and whether that is decided: the nearest
-    ancestor marked with routeledger.feature or .customer_id; without one, the parent of the
-    outermost attempt span (a root attempt is its own request). Undecided while an ancestor
+    ancestor marked with routeledger.feature or .customer_id that is not a model call itself;
+    without one, the parent of the outermost attempt span (a root attempt is its own
+    request). Undecided while an ancestor
     has not arrived, or when the outermost attempt's parent is in another process."""
     parent = by_id.get(span.parent_span_id) if not span.parent_is_remote else None
-    if parent is not None and parent.marks_request and parent is not span:
+    if parent is not None and parent.marks_request and not parent.is_attempt:
         return span.parent_span_id, True  # the usual case: a call right under its request
     outermost = current = span
     visited = {span.span_id}
@@ -708,8 +715,10 @@ def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tup
         if parent is None or parent_id in visited:
             return outermost.parent_span_id or outermost.span_id, False
         visited.add(parent_id)
-        if parent.marks_request:
-            return parent_id, True
         if parent.is_attempt:
+            # A call around this one, even one naming the request (a wrapper's report of
+            # the same call): its request is this one's.
             outermost = parent
+        elif parent.marks_request:
+            return parent_id, True
         current = parent
