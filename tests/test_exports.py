@@ -78,6 +78,7 @@ def _export(http, project, kind: str, **params):
         ("@SUM(A1)", "'@SUM(A1)"),
         ("\t=1+1", "'\t=1+1"),
         ("\r=1+1", "'\r=1+1"),
+        ("'=1+1", "''=1+1"),  # the prefix too: else "'=1+1" and "=1+1" print alike
         ("acme", "acme"),
         ("a=b", "a=b"),
         ("", ""),
@@ -360,3 +361,17 @@ def test_export_command_writes_the_same_files_as_the_api(http, fresh_project, en
         params = {**period, "granularity": "day"} if kind == "customers" else period
         assert output.read_bytes() == _export(http, fresh_project, kind, **params).content
     assert len(_rows(_export(http, fresh_project, "requests", **period))) == 12
+
+
+def test_a_cell_that_begins_with_the_prefix_stays_apart_from_the_one_it_would_protect(
+    http, engine, fresh_project
+):
+    """Customers "'=evil" and "=evil" are two rows of both exports, never the same text."""
+    both = [event(timestamp=_at(DAY1, 1), customer_id=name) for name in ("'=evil", "=evil")]
+    assert post(http, fresh_project.ingest_key, batch(*both)).status_code == 200
+    period = {"start": DAY1.isoformat(), "end": DAY2.date().isoformat()}
+    requests = _rows(_export(http, fresh_project, "requests", **period))
+    assert sorted(r["customer_id"] for r in requests) == ["''=evil", "'=evil"]
+    run_rollup(engine)
+    customers = _rows(_export(http, fresh_project, "customers", granularity="day", **period))
+    assert sorted(r["customer_id"] for r in customers) == ["''=evil", "'=evil"]

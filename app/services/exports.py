@@ -29,8 +29,8 @@ from app.vocabulary import GRANULARITIES
 # Each chunk costs the API a hop to its thread pool and a write: fewer, larger ones are cheaper.
 CHUNK_BYTES = 1024 * 1024
 # What a spreadsheet may take as the start of a formula (a tab or carriage return first
-# still leaves one behind it).
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# still leaves one behind it), and the prefix itself: "'=x" and "=x" stay two values.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 _SIX_PLACES = Decimal("0.000001")
 
 
@@ -44,7 +44,8 @@ class Chunk:
 
 
 def neutralise(value: str) -> str:
-    """A text cell a spreadsheet would take as a formula, made plain text."""
+    """A text cell a spreadsheet would take as a formula, made plain text (one leading `'`
+    removed gives the value back)."""
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
