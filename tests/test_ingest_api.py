@@ -155,6 +155,22 @@ def test_gzip_body_is_accepted(http, fresh_project):
     assert fresh_project.count_requests() == 3
 
 
+def test_a_gzip_body_of_several_members_is_read_whole_and_a_cut_one_is_400(http, fresh_project):
+    """gzip allows members one after another (`cat a.gz b.gz`): every member is the body (only
+    the first was read: a protobuf export's spans after it were lost without a word). A body
+    cut short, or with bytes after its members that are not gzip, is refused."""
+    events = [event() for _ in range(3)]
+    text = json.dumps(batch(*events)).encode()
+    headers = {**auth(fresh_project.ingest_key), "Content-Type": "application/json",
+               "Content-Encoding": "gzip"}  # fmt: skip
+    whole = gzip.compress(text[:40]) + gzip.compress(text[40:])
+    assert http.post("/v1/requests", content=whole, headers=headers).status_code == 200
+    assert fresh_project.count_requests() == 3
+    for broken in (gzip.compress(text)[:-9], gzip.compress(text) + b"not gzip"):
+        answer = http.post("/v1/requests", content=broken, headers=headers)
+        assert (answer.status_code, answer.json()) == (400, {"detail": "body is not valid gzip"})
+
+
 def test_over_the_key_rate_is_429_with_retry_after(http, fresh_project):
     created = http.post(
         "/v1/keys",

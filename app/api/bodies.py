@@ -61,13 +61,12 @@ class BodyLimitAndGzip:
                 return
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding == b"gzip":
-            decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
             try:
-                plain = decompressor.decompress(bytes(body), self.max_bytes + 1)
+                plain = _gunzip(bytes(body), self.max_bytes)
             except zlib.error:
                 await _error(send, 400, "body is not valid gzip")
                 return
-            if len(plain) > self.max_bytes or decompressor.unconsumed_tail:
+            if plain is None:
                 await _error(send, 413, f"body over {self.max_bytes} bytes once decompressed")
                 return
             body = plain
@@ -94,6 +93,23 @@ class BodyLimitAndGzip:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes | None:
+    """The content of every member of a gzip body (members may follow one another, as `cat
+    a.gz b.gz` makes them); None beyond `limit` bytes; zlib.error when the body is not whole
+    gzip (cut short, or followed by other bytes)."""
+    plain = bytearray()
+    while True:
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        plain += decompressor.decompress(data, limit + 1 - len(plain))
+        if len(plain) > limit or decompressor.unconsumed_tail:
+            return None
+        if not decompressor.eof:
+            raise zlib.error("the body ends inside a gzip member")
+        data = decompressor.unused_data
+        if not data:
+            return bytes(plain)
 
 
 async def _error(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
