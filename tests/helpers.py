@@ -717,7 +717,8 @@ def send_with_poison(client, count=500, every=50):
 # --- a fake OpenAI-compatible provider ----------------------------------------------------
 # A small OpenAI-compatible chat completions server on loopback, for the real clients the
 # tests drive (openai, LiteLLM). The model name says how it answers: one containing "fail"
-# gets a 500 every time; any other gets a completion (streamed when asked, with usage when
+# gets a 500 every time, "ratelimited" a 429 asking to retry after RETRY_AFTER_SECONDS,
+# "badrequest" a 400; any other gets a completion (streamed when asked, with usage when
 # `stream_options.include_usage` is set) whose model is the asked one with a date appended,
 # after SLOW_SECONDS when the name contains "slow".
 # Every prompt costs PROMPT_TOKENS, CACHED_TOKENS of them cached, and COMPLETION_TOKENS.
@@ -727,6 +728,7 @@ CACHED_TOKENS = 10
 COMPLETION_TOKENS = 7
 DATE_SUFFIX = "-2026-01-01"
 SLOW_SECONDS = 2.0
+RETRY_AFTER_SECONDS = 2
 
 
 class FakeOpenAI:
@@ -761,14 +763,21 @@ class FakeOpenAI:
                     time.sleep(SLOW_SECONDS)
                 if "fail" in model:
                     self._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                elif "ratelimited" in model:
+                    self._send(429, {"error": {"message": "slow down", "type": "rate_limit"}},
+                               {"retry-after": str(RETRY_AFTER_SECONDS)})  # fmt: skip
+                elif "badrequest" in model:
+                    self._send(400, {"error": {"message": "too long", "type": "invalid_request"}})
                 elif body.get("stream"):
                     self._stream(model, body.get("stream_options") or {})
                 else:
                     self._send(200, _completion(model))
 
-            def _send(self, status: int, payload: dict) -> None:
+            def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()

@@ -154,6 +154,78 @@ def test_every_deployment_failing_is_one_failed_request(
     }
 
 
+def test_a_fallback_the_router_makes_after_a_retry_after_is_still_the_calls_attempt(
+    http, engine, fake_openai, project, route_logger
+):
+    """The primary's last try answers 429 with Retry-After: the Router waits that long before
+    its fallback, longer than the settle time, and the call is still one request (its
+    failures were sent as a failed request of their own, the fallback as another)."""
+    route_logger.failed_call_settle_seconds = 1.5  # under the Router's wait, 2 s and more
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-ratelimited"),
+                    deployment(fake_openai, "standard", "gpt-4o")],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=1,
+    )  # fmt: skip
+    call_in_app(router, lambda: project.count_requests() >= 1, model="cheap", metadata=CALL)
+    time.sleep(2)  # a split would have sent its second request by now
+    body = metrics(http, engine, project)
+    assert (body["requests"], body["attempts"], body["fallback_rate"]) == (1, 3, 1.0)
+
+
+def test_a_call_the_router_does_not_retry_is_sent_after_the_settle_time(
+    http, engine, fake_openai, project, route_logger
+):
+    """A 400 is not retried, whatever retries the Router has left: the failed call is sent
+    once the settle time passed (it waited for the attempt timeout, ten minutes)."""
+    route_logger.failed_call_settle_seconds = 0.5
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-badrequest")], num_retries=2
+    )
+    outcome = call_in_app(
+        router, lambda: route_logger._calls != {}, model="cheap", metadata=CALL
+    )
+    assert isinstance(outcome, litellm.BadRequestError)
+    wait_until(lambda: project.count_requests() == 1, timeout=10)
+    body = metrics(http, engine, project)
+    assert (body["requests"], body["attempts"], body["failed"]) == (1, 1, 1)
+
+
+def test_a_call_sent_straight_to_its_fallback_by_a_cooldown_is_an_escalation(
+    http, engine, fake_openai, project, route_logger
+):
+    """Once the cheap group is cooled down after its failures, the Router sends calls straight
+    to the fallback: they still intended the cheap tier, the group the app asked for (they
+    were stored as intended standard, served standard: no escalation during the outage)."""
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-cooled-fail"),
+                    deployment(fake_openai, "cheap", "acme-cooled-2-fail"),
+                    deployment(fake_openai, "standard", "gpt-4o")],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=0,
+        allowed_fails=1,
+        cooldown_time=120,
+    )  # fmt: skip
+    calls_before = len(fake_openai.calls)
+
+    async def app():
+        for number in range(6):
+            await router.acompletion(
+                model="cheap", messages=MESSAGES, metadata={**CALL, "customer_id": f"c-{number}"}
+            )
+        deadline = time.monotonic() + 20
+        while project.count_requests() < 6:
+            assert time.monotonic() < deadline, "callbacks did not arrive in time"
+            await asyncio.sleep(0.05)
+
+    asyncio.run(app())
+    straight = 6 * 2 - (len(fake_openai.calls) - calls_before)
+    assert straight > 0  # some calls skipped the cooled-down group
+    body = metrics(http, engine, project)
+    assert body["requests"] == 6 and body["intended_split"] == {"cheap": 1.0}
+    assert body["escalation_rate"] == 1.0
+
+
 def test_a_model_litellm_prices_at_zero_is_priced_by_routeledger(
     http, engine, fake_openai, project, route_logger
 ):

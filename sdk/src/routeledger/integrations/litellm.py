@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
 import threading
 import time
 import uuid
@@ -49,6 +50,8 @@ _REMEMBERED_CALLS = 10_000
 # LiteLLM's cost is a float: its last digits are the arithmetic's noise (0.0000975 comes out
 # as 9.750000000000001e-05), so it is read to the digits a float holds.
 _FLOAT_DIGITS = 15
+# The longest Retry-After LiteLLM's Router waits for before its next try.
+_MAX_RETRY_AFTER = 60.0
 
 
 @dataclass
@@ -60,6 +63,12 @@ class _Call:
     attempts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     last_seen: float = 0.0  # time.monotonic() of its latest attempt
     retry_due: bool = False  # its latest attempt failed with retries of its model group left
+    # The Retry-After of its latest failure: the Router waits that long before its next try or
+    # its fallback, so the call is not quiet until then.
+    pause: float = 0.0
+
+    def quiet_since(self) -> float:
+        return self.last_seen + self.pause
 
 
 class RouteLedgerLogger(CustomLogger):
@@ -75,8 +84,11 @@ class RouteLedgerLogger(CustomLogger):
 
     A call whose attempts all failed so far waits while one of its attempts is under way (a
     slow fallback) or the Router has retries of it left, for at most
-    `attempt_timeout_seconds`, and then for `failed_call_settle_seconds` without news before
-    it is sent as failed."""
+    `attempt_timeout_seconds`, and then for `failed_call_settle_seconds` without news (after
+    the Retry-After its last failure asked for, which the Router waits before its fallback)
+    before it is sent as failed. Its intended tier, unless the metadata names one, is the
+    tier of the model group the app asked for (seen on an earlier call, or in `tiers`), so a
+    call that goes straight to its fallback, the group cooled down, is still an escalation."""
 
     def __init__(
         self,
@@ -100,6 +112,8 @@ class RouteLedgerLogger(CustomLogger):
         self._sent_attempts: OrderedDict[str, None] = OrderedDict()  # their attempts' call ids
         # Attempts started and not reported yet: call id -> (trace id, time.monotonic()).
         self._under_way: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Each model group's tier, as its attempts were given (deployment, map or name).
+        self._group_tiers: dict[str, str] = {group: tier for group, tier in self.tiers.items()}
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
@@ -159,6 +173,7 @@ class RouteLedgerLogger(CustomLogger):
                 kwargs, start_time, end_time, ok=ok
             )
             retry_due = not ok and _retries_left(kwargs)
+            pause = 0.0 if ok else _retry_after(kwargs)
         except Exception:  # a malformed callback must not break the app
             logger.exception("RouteLedger could not read a LiteLLM callback")
             return
@@ -179,6 +194,7 @@ class RouteLedgerLogger(CustomLogger):
             call.attempts.append((ended, call_id, attempt))
             call.last_seen = time.monotonic()
             call.retry_due = retry_due
+            call.pause = pause
             if not ok and self._sweeper is None:
                 self._sweeper = threading.Thread(
                     target=self._sweep, name="routeledger-litellm", daemon=True
@@ -200,7 +216,7 @@ class RouteLedgerLogger(CustomLogger):
                 settled = [
                     trace_id
                     for trace_id, call in self._calls.items()
-                    if call.last_seen <= cutoff
+                    if call.quiet_since() <= cutoff
                     and trace_id not in busy
                     and not (call.retry_due and call.last_seen > gave_up)
                 ]
@@ -218,7 +234,7 @@ class RouteLedgerLogger(CustomLogger):
     def _finish(self, trace_id: str, settled_before: float | None = None) -> bool:
         with self._lock:
             call = self._calls.get(trace_id)
-            if call is None or (settled_before is not None and call.last_seen > settled_before):
+            if call is None or (settled_before is not None and call.quiet_since() > settled_before):
                 return False  # sent already, or more attempts arrived since
             del self._calls[trace_id]
             self._sent[trace_id] = self._sent.pop(trace_id, 0) + 1
@@ -286,10 +302,15 @@ class RouteLedgerLogger(CustomLogger):
             "cost_usd": _cost(cost, ok=ok, tokens=prompt + int(slo.get("completion_tokens") or 0)),
             "started": datetime.fromtimestamp(started, timezone.utc),
         }
+        if group:
+            self._group_tiers[group] = attempt["tier"]
+        # The group the app asked for is the router's intent: a call that goes straight to
+        # its fallback (the group cooled down after failures) has no attempt of it.
+        asked = metadata.get("original_model_group") or group
         context = {
             "customer_id": str(metadata.get("customer_id") or kwargs.get("user") or UNATTRIBUTED),
             "feature": str(metadata.get("feature") or self.default_feature),
-            "intended_tier": metadata.get("intended_tier"),
+            "intended_tier": metadata.get("intended_tier") or self._group_tiers.get(asked),
             "user_tier": metadata.get("user_tier"),
             "task_type": metadata.get("task_type"),
         }
@@ -307,11 +328,31 @@ def _ids(kwargs: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _retries_left(kwargs: Mapping[str, Any]) -> bool:
-    """Whether the Router will retry the model group of this failed attempt (its metadata
-    counts the retries made and allowed)."""
+    """Whether the Router will retry the model group of this failed attempt: its metadata
+    counts the retries made and allowed, and the Router retries no client error but a
+    timeout (408) or a rate limit (429)."""
     metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
     made, allowed = metadata.get("attempted_retries"), metadata.get("max_retries")
-    return isinstance(made, int) and isinstance(allowed, int) and made < allowed
+    if not (isinstance(made, int) and isinstance(allowed, int) and made < allowed):
+        return False
+    error = (kwargs.get("standard_logging_object") or {}).get("error_information") or {}
+    code = str(error.get("error_code") or "")
+    return not (code.startswith("4") and code not in ("408", "429"))
+
+
+def _retry_after(kwargs: Mapping[str, Any]) -> float:
+    """The seconds a failed attempt's answer asked to wait (Retry-After, or OpenAI's
+    retry-after-ms), as far as the Router honours it; 0 without one."""
+    slo = kwargs.get("standard_logging_object") or {}
+    headers = (slo.get("hidden_params") or {}).get("additional_headers") or {}
+    try:
+        if headers.get("retry-after-ms") is not None:
+            seconds = float(headers["retry-after-ms"]) / 1000
+        else:
+            seconds = float(headers.get("retry-after") or 0)
+    except (TypeError, ValueError):  # an HTTP date, or nonsense: not waited for
+        return 0.0
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER) if math.isfinite(seconds) else 0.0
 
 
 async def _litellm_callbacks_done(timeout: float) -> None:
