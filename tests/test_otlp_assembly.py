@@ -604,3 +604,39 @@ def test_a_request_span_without_feature_or_customer_that_comes_first_keeps_its_f
     assert [tuple(row) for row in stored] == [
         ("acme", "premium", "router-v4", "b", Decimal("0.01"))
     ]
+
+
+def test_a_held_request_whose_calls_move_under_a_later_request_span_is_held_once(engine):
+    """A call of an unmapped model waits for its parent, the trace goes quiet and the call is
+    held under that parent; then the parent arrives under a marked span: the call's request
+    is the marked span's now, held once (the first hold stayed: two held for one request,
+    one of them never released, its trace settled again on every run)."""
+    from app.services.traces import held_models, map_model
+
+    project = make_project(baseline_model=None)
+    trace_id, marked_id, parent_id = new_trace_id(), new_span_id(), new_span_id()
+    lone = call(trace_id, new_span_id(), parent_id, model="acme-unmapped")
+    receive_export(engine, project_id=project.id, export=export(lone), now=START)
+    assert run_settle(engine, now=START + timedelta(minutes=5)).held == 1
+    marked = span(
+        trace_id, marked_id, routeledger__feature="search", routeledger__customer_id="acme"
+    )
+    parent = span(trace_id, parent_id, marked_id)
+    later = START + timedelta(minutes=6)
+    assert (
+        receive_export(engine, project_id=project.id, export=export(parent, marked), now=later).held
+        == 1
+    )
+    with engine.connect() as conn:
+        assert held_models(conn, project_id=project.id)[0] == 1
+    released = map_model(
+        engine, project_id=project.id, model="acme-unmapped", tier="cheap", now=later
+    )
+    assert released.released_requests == 1
+    with engine.connect() as conn:
+        assert held_models(conn, project_id=project.id)[0] == 0
+        stored = conn.exec_driver_sql(
+            "select customer_id, feature from requests where project_id = %s", (project.id,)
+        ).all()
+    assert [tuple(row) for row in stored] == [("acme", "search")]
+    assert run_settle(engine, now=later + timedelta(hours=2)).traces == 0

@@ -325,13 +325,16 @@ def _process(
     outcome.released = len(released)
     outcome.held = len(held)
     _hold(conn, project_id=project_id, drafts=held, tier_map=tier_map, now=now)
-    if released:
+    # A held request is always due: one not among the drafts has no call left, its calls
+    # being another request's now (their request span arrived, under a marked span).
+    moved = held_ids - {d.request_id for d in drafts}
+    if released or moved:
         conn.execute(
             text(
                 "delete from otlp_held_requests "
                 "where project_id = :project_id and request_id = any(:ids)"
             ),
-            {"project_id": project_id, "ids": released},
+            {"project_id": project_id, "ids": [*released, *moved]},
         )
     _keep_waiting(
         conn,
