@@ -640,3 +640,23 @@ def test_a_held_request_whose_calls_move_under_a_later_request_span_is_held_once
         ).all()
     assert [tuple(row) for row in stored] == [("acme", "search")]
     assert run_settle(engine, now=later + timedelta(hours=2)).traces == 0
+
+
+def test_an_export_is_answered_for_its_own_spans_not_those_stored_before(engine):
+    """A request of 19 calls is stored, 2 more calls wait, then an export brings its request
+    span again and one unrelated span: the waiting calls (one too many for a request) are
+    refused, but none of this export's spans was (it was answered 400, "every span was
+    refused", counting the stored ones)."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search")
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
+             for n in range(21)]  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(app, *calls[:19]), now=START)
+    waiting = receive_export(engine, project_id=project.id, export=export(*calls[19:]), now=START)
+    assert (waiting.requests, waiting.rejected_spans) == (0, 0)
+    again = receive_export(
+        engine, project_id=project.id, export=export(app, span(trace_id, new_span_id())), now=START
+    )
+    assert again.rejected_spans == 0 and again.refused_stored_spans == 2
+    assert "a request holds at most 20" in again.errors[0]

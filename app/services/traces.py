@@ -66,7 +66,10 @@ class Outcome:
     duplicates: int = 0
     held: int = 0
     released: int = 0
+    # Spans refused: of those received in this pass (what an export's answer counts), and of
+    # those stored before (refused now, with their request).
     rejected_spans: int = 0
+    refused_stored_spans: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, other: Outcome) -> None:
@@ -76,6 +79,7 @@ class Outcome:
         self.held += other.held
         self.released += other.released
         self.rejected_spans += other.rejected_spans
+        self.refused_stored_spans += other.refused_stored_spans
         self.errors += other.errors
 
 
@@ -171,7 +175,7 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
         duplicates=outcome.duplicates,
         held=outcome.held,
         released=outcome.released,
-        rejected_spans=outcome.rejected_spans,
+        rejected_spans=outcome.rejected_spans + outcome.refused_stored_spans,
         forgotten_response_ids=forgotten,
     )
 
@@ -304,7 +308,7 @@ def _process(
         outcome.requests += result.accepted
         outcome.duplicates += result.duplicates
         for error in result.errors:
-            _refuse(outcome, owners[error.index], error.error)
+            _refuse(outcome, owners[error.index], error.error, received=new)
         if ingested.stored_before:
             # Assembled before: a call that ended after its request span, or came from another
             # process, joins the stored request rather than being taken for a re-export.
@@ -315,7 +319,7 @@ def _process(
             outcome.duplicates -= late.amended + len(late.errors)
             owner_of = {e["request_id"]: owner for e, owner in zip(events, owners, strict=True)}
             for request_id, error in late.errors.items():
-                _refuse(outcome, owner_of[request_id], error)
+                _refuse(outcome, owner_of[request_id], error, received=new)
     # A request whose every call is counted already is a duplicate.
     with_events = {id(d) for d in owners}
     outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
@@ -349,8 +353,13 @@ def _process(
     return outcome
 
 
-def _refuse(outcome: Outcome, draft: Draft, error: str) -> None:
-    outcome.rejected_spans += len(draft.span_ids)
+def _refuse(
+    outcome: Outcome, draft: Draft, error: str, *, received: dict[bytes, list[SpanRecord]]
+) -> None:
+    new = {span.span_id for span in received.get(draft.trace_id, ())}
+    refused_now = sum(1 for span_id in draft.span_ids if span_id in new)
+    outcome.rejected_spans += refused_now
+    outcome.refused_stored_spans += len(draft.span_ids) - refused_now
     outcome.errors.append(f"request span {draft.request_span_id.hex()}: {error}")
 
 
