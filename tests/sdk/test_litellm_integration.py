@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from decimal import Decimal
 
@@ -285,6 +286,32 @@ def test_a_fallback_slower_than_the_settle_time_is_still_the_calls_attempt(
     body = metrics(http, engine, project)
     assert (body["requests"], body["attempts"], body["failed"]) == (1, 2, 0)
     assert body["fallback_rate"] == 1.0 and body["served_split"] == {"standard": 1.0}
+
+
+def test_a_flush_while_a_fallback_runs_leaves_that_call_whole(
+    http, engine, fake_openai, project, route_logger
+):
+    """The app flushes (say, at the end of a job) while another thread's call waits on its slow
+    fallback: that call is not sent as failed then (it became two requests, a failed one and
+    the fallback's), but once its fallback answers, as one."""
+    router = Router(
+        model_list=[deployment(fake_openai, "cheap", "acme-flushed-fail"),
+                    deployment(fake_openai, "standard", "gpt-4o-slow")],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=0,
+    )  # fmt: skip
+    caller = threading.Thread(
+        target=router.completion, kwargs={"model": "cheap", "messages": MESSAGES, "metadata": CALL}
+    )
+    caller.start()
+    try:
+        wait_until(lambda: route_logger._calls != {})  # the primary failed; its fallback runs
+        assert route_logger.flush(5)
+    finally:
+        caller.join()
+    wait_until(lambda: project.count_requests() == 1)
+    body = metrics(http, engine, project)
+    assert (body["requests"], body["attempts"], body["failed"]) == (1, 2, 0)
 
 
 def test_calls_of_an_event_loop_that_ends_at_once_reach_the_ledger_with_aflush(

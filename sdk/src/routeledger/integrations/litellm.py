@@ -147,15 +147,32 @@ class RouteLedgerLogger(CustomLogger):
     # --- delivery -------------------------------------------------------------------------
 
     def send_pending(self) -> int:
-        """Sends the calls that have only failed so far, as failed requests; how many."""
+        """Sends the calls that have only failed so far, as failed requests, also those with
+        an attempt under way or a retry due (at exit: they will never be reported); how
+        many."""
         with self._lock:
             trace_ids = list(self._calls)
         return sum(self._finish(trace_id) for trace_id in trace_ids)
 
+    def send_failed(self) -> int:
+        """Sends the calls that have only failed so far and have no attempt under way nor a
+        retry due, as failed requests; how many. A call whose fallback is still running is
+        left to finish: sent now, it would become two requests."""
+        now = time.monotonic()
+        gave_up = now - self.attempt_timeout_seconds
+        with self._lock:
+            busy = self._traces_under_way(now)
+            trace_ids = [
+                trace_id
+                for trace_id, call in self._calls.items()
+                if trace_id not in busy and not (call.retry_due and call.last_seen > gave_up)
+            ]
+        return sum(self._finish(trace_id) for trace_id in trace_ids)
+
     def flush(self, timeout: float = 10.0) -> bool:
-        """send_pending(), then wait until the ledger has delivered everything. In an event
-        loop, await aflush() instead."""
-        self.send_pending()
+        """send_failed(), then wait until the ledger has delivered everything. In an event
+        loop, await aflush() instead. (At exit every call is sent, send_pending().)"""
+        self.send_failed()
         return self.ledger.flush(timeout)
 
     async def aflush(self, timeout: float = 10.0) -> bool:
@@ -163,7 +180,7 @@ class RouteLedgerLogger(CustomLogger):
         it still holds: it runs async callbacks as tasks of that loop, and the end of the loop
         (say, of `asyncio.run(main())`) cancels those not run yet, which then reach no logger."""
         await _litellm_callbacks_done(timeout)
-        self.send_pending()
+        self.send_failed()
         return await asyncio.to_thread(self.ledger.flush, timeout)
 
     def _record(self, kwargs: dict, start_time: Any, end_time: Any, *, ok: bool) -> None:
