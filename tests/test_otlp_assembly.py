@@ -4,7 +4,6 @@ model-to-tier map's API."""
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import timedelta
 from decimal import Decimal
@@ -464,22 +463,41 @@ def test_a_late_call_for_a_request_the_schema_refuses_now_is_refused_by_name(eng
     assert "customer_id: String should have at most 200 characters" in outcome.errors[0]
 
 
-def test_a_late_call_beyond_what_a_request_holds_is_refused_by_name(engine, caplog):
+def test_late_calls_beyond_what_a_request_holds_make_its_next_consecutive_request(engine):
+    """A request holds 20 calls; calls reported after it was stored fill it up, and those
+    beyond go to the consecutive request of the same request span, as if they had come with
+    the others (they were refused, and lost)."""
     project = make_project(baseline_model=None)
     trace_id, app_id = new_trace_id(), new_span_id()
     app = span(trace_id, app_id, routeledger__feature="search")
     calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
-             for n in range(21)]  # fmt: skip
-    receive_export(engine, project_id=project.id, export=export(app, *calls[:20]), now=START)
-    # Alone, after the settle time: the 21st call of a request of 20 (exported with them, it
-    # would have made a consecutive request, as above).
-    receive_export(engine, project_id=project.id, export=export(calls[20]), now=START)
-    with caplog.at_level(logging.WARNING, logger="app.services.traces"):
-        outcome = run_settle(engine, now=START + timedelta(minutes=5))
-    assert (outcome.amended, outcome.duplicates, outcome.rejected_spans) == (0, 0, 1)
-    assert "the request was stored with 20 and 1 more arrived later" in caplog.text
-    [(_, count, _, _, _, _)] = stored_calls(engine, project.id)
-    assert count == 20
+             for n in range(23)]  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(app, *calls[:18]), now=START)
+    # With the request span: at once.
+    late = receive_export(
+        engine, project_id=project.id, export=export(app, *calls[18:22]), now=START
+    )
+    assert (late.requests, late.amended, late.duplicates, late.rejected_spans) == (1, 1, 0, 0)
+    # Alone, after the settle time.
+    receive_export(engine, project_id=project.id, export=export(calls[22]), now=START)
+    settled = run_settle(engine, now=START + timedelta(minutes=5))
+    assert (settled.requests, settled.amended, settled.rejected_spans) == (0, 1, 0)
+    assert sorted(count for _, count, *_ in stored_calls(engine, project.id)) == [3, 20]
+
+
+def test_a_second_part_of_a_request_of_more_than_20_calls_exported_again_is_a_duplicate(engine):
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search")
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
+             for n in range(25)]  # fmt: skip
+    first = receive_export(engine, project_id=project.id, export=export(app, *calls), now=START)
+    assert first.requests == 2
+    again = receive_export(
+        engine, project_id=project.id, export=export(app, *calls[20:]), now=START
+    )
+    assert (again.requests, again.amended, again.duplicates, again.rejected_spans) == (0, 0, 1, 0)
+    assert sorted(count for _, count, *_ in stored_calls(engine, project.id)) == [5, 20]
 
 
 # --- the map's API ----------------------------------------------------------------------
@@ -643,20 +661,25 @@ def test_a_held_request_whose_calls_move_under_a_later_request_span_is_held_once
 
 
 def test_an_export_is_answered_for_its_own_spans_not_those_stored_before(engine):
-    """A request of 19 calls is stored, 2 more calls wait, then an export brings its request
-    span again and one unrelated span: the waiting calls (one too many for a request) are
-    refused, but none of this export's spans was (it was answered 400, "every span was
-    refused", counting the stored ones)."""
+    """A request is stored, a late call of it waits, then an export brings its request span
+    again and one unrelated span: the waiting call is refused (its request, stored before a
+    rule the schema has now, cannot take it), but none of this export's spans was (it was
+    answered 400, "every span was refused", counting the stored one)."""
     project = make_project(baseline_model=None)
     trace_id, app_id = new_trace_id(), new_span_id()
-    app = span(trace_id, app_id, routeledger__feature="search")
-    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
-             for n in range(21)]  # fmt: skip
-    receive_export(engine, project_id=project.id, export=export(app, *calls[:19]), now=START)
-    waiting = receive_export(engine, project_id=project.id, export=export(*calls[19:]), now=START)
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
+    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
+    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "update requests set customer_id = repeat('c', 300) where project_id = %s",
+            (project.id,),
+        )
+    second = call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+    waiting = receive_export(engine, project_id=project.id, export=export(second), now=START)
     assert (waiting.requests, waiting.rejected_spans) == (0, 0)
     again = receive_export(
         engine, project_id=project.id, export=export(app, span(trace_id, new_span_id())), now=START
     )
-    assert again.rejected_spans == 0 and again.refused_stored_spans == 2
-    assert "a request holds at most 20" in again.errors[0]
+    assert again.rejected_spans == 0 and again.refused_stored_spans == 1
+    assert "customer_id: String should have at most 200 characters" in again.errors[0]

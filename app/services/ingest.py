@@ -489,11 +489,13 @@ _CALL_FIELDS = (
 
 @dataclass
 class LateAttempts:
-    """What add_late_attempts did: how many requests it gave further attempts, and per request
-    id why the attempts it was given could not be added."""
+    """What add_late_attempts did: the requests it gave further attempts; per request id why
+    the attempts it was given could not be added; and per request id the new attempts beyond
+    what the request holds (MAX_ATTEMPTS), in order, for the caller to store elsewhere."""
 
-    amended: int = 0
+    amended: set[uuid.UUID] = field(default_factory=set)
     errors: dict[uuid.UUID, str] = field(default_factory=dict)
+    overflow: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
 
 
 def add_late_attempts(
@@ -501,7 +503,8 @@ def add_late_attempts(
 ) -> LateAttempts:
     """Adds to stored requests the attempts that later copies of them (`events`) carry and
     they lack: model calls reported after their request was assembled (the OTLP door; for
-    POST /v1/requests a copy is a duplicate, whatever it says). A call already stored is
+    POST /v1/requests a copy is a duplicate, whatever it says), as many as the request holds
+    (the rest are returned, `overflow`). A call already stored is
     recognised by what it reported (model, provider, status, reason, tokens, latency), so a
     re-export adds nothing. The new calls follow the stored ones, and the request is derived
     again as if it had arrived whole: its attempts are written again, the new ones priced as
@@ -527,13 +530,13 @@ def add_late_attempts(
                 new.append(attempt)
         if not new:
             continue  # a re-export: every call is stored
+        room = max(MAX_ATTEMPTS - len(request["attempts"]), 0)
+        if len(new) > room:
+            outcome.overflow[event.request_id] = new[room:]
+            new = new[:room]
+            if not new:
+                continue
         attempts = [*request["attempts"], *new]
-        if len(attempts) > MAX_ATTEMPTS:
-            outcome.errors[event.request_id] = (
-                f"attempts: the request was stored with {len(request['attempts'])} and "
-                f"{len(new)} more arrived later; a request holds at most {MAX_ATTEMPTS}"
-            )
-            continue
         try:
             amended = Event.model_validate({**request["fields"], "attempts": attempts})
         except ValidationError as error:  # stored before a rule the schema has now
@@ -555,7 +558,7 @@ def add_late_attempts(
             for e in whole
         ]
         _replace_attempts(conn, project_id=project.project_id, derived=derived)
-        outcome.amended = len(derived)
+        outcome.amended = {request.request_id for request in derived}
     return outcome
 
 

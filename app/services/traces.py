@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, Engine, text
@@ -32,6 +33,7 @@ from app.services.otlp import (
     due_drafts,
     extract_spans,
     report_fullness,
+    request_id_of,
 )
 from app.services.projects import ProjectContext, load_project_context
 from app.settings import get_settings
@@ -295,34 +297,16 @@ def _process(
         (held if draft.unmapped(tier_map) else ready).append(draft)
     already_counted = _claim_response_ids(conn, project_id=project_id, drafts=ready, now=now)
 
-    events, owners = [], []
+    events: list[_Chunk] = []
     for draft in ready:
         counted = already_counted.get(draft.request_id, _NONE)
-        for event in draft.events(tier_map, already_counted=counted):
-            events.append(event)
-            owners.append(draft)
-    if events:
-        # The clock of ingest is its own: `now` may be a settle time injected by a test.
-        ingested = ingest_in_transaction(conn, project=project, batch=Batch(events))
-        result = ingested.result
-        outcome.requests += result.accepted
-        outcome.duplicates += result.duplicates
-        for error in result.errors:
-            _refuse(outcome, owners[error.index], error.error, received=new)
-        if ingested.stored_before:
-            # Assembled before: a call that ended after its request span, or came from another
-            # process, joins the stored request rather than being taken for a re-export.
-            late = add_late_attempts(
-                conn, project=project, events=ingested.stored_before, now=utc_now()
-            )
-            outcome.amended += late.amended
-            outcome.duplicates -= late.amended + len(late.errors)
-            owner_of = {e["request_id"]: owner for e, owner in zip(events, owners, strict=True)}
-            for request_id, error in late.errors.items():
-                _refuse(outcome, owner_of[request_id], error, received=new)
+        for chunk, event in enumerate(draft.events(tier_map, already_counted=counted)):
+            events.append(_Chunk(event, draft, chunk))
     # A request whose every call is counted already is a duplicate.
-    with_events = {id(d) for d in owners}
+    with_events = {id(c.draft) for c in events}
     outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
+    while events:  # then the calls that did not fit in their stored request, chunk by chunk
+        events = _ingest_chunks(conn, project=project, chunks=events, outcome=outcome, new=new)
 
     consumed = {s for d in ready for s in d.span_ids}
     released = [d.request_id for d in ready if d.request_id in held_ids]
@@ -351,6 +335,54 @@ def _process(
         forget_before=now - REQUEST_SPAN_MEMORY,
     )
     return outcome
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """An event of a draft: its requests are its request span's chunks of at most
+    MAX_ATTEMPTS calls, `chunk` counting from 0 (otlp.request_id_of)."""
+
+    event: dict[str, Any]
+    draft: Draft
+    chunk: int
+
+
+def _ingest_chunks(
+    conn: Connection,
+    *,
+    project: ProjectContext,
+    chunks: list[_Chunk],
+    outcome: Outcome,
+    new: dict[bytes, list[SpanRecord]],
+) -> list[_Chunk]:
+    """Ingests the chunks' events; returns the events of the next chunks, for the calls that
+    joined a stored request (reported after it was assembled) beyond what it holds."""
+    # The clock of ingest is its own: `now` may be a settle time injected by a test.
+    ingested = ingest_in_transaction(conn, project=project, batch=Batch([c.event for c in chunks]))
+    result = ingested.result
+    outcome.requests += result.accepted
+    outcome.duplicates += result.duplicates
+    for error in result.errors:
+        _refuse(outcome, chunks[error.index].draft, error.error, received=new)
+    if not ingested.stored_before:
+        return []
+    # Assembled before: a call that ended after its request span, or came from another
+    # process, joins the stored request rather than being taken for a re-export.
+    late = add_late_attempts(conn, project=project, events=ingested.stored_before, now=utc_now())
+    outcome.amended += len(late.amended)
+    # Each was counted a duplicate: it was not, but given calls, refused, or its calls moved on.
+    outcome.duplicates -= len(late.amended | late.errors.keys() | late.overflow.keys())
+    of_request = {c.event["request_id"]: c for c in chunks}
+    for request_id, error in late.errors.items():
+        _refuse(outcome, of_request[request_id].draft, error, received=new)
+    following = []
+    for request_id, calls in late.overflow.items():
+        stored = of_request[request_id]
+        draft, chunk = stored.draft, stored.chunk + 1
+        following_id = request_id_of(draft.trace_id, draft.request_span_id, chunk)
+        event = {**stored.event, "request_id": following_id, "attempts": calls}
+        following.append(_Chunk(event, draft, chunk))
+    return following
 
 
 def _refuse(
