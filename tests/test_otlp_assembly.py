@@ -441,11 +441,9 @@ def test_a_late_call_exported_with_its_request_span_again_joins_at_once(engine):
     assert (count, models) == (2, ["acme-small", "acme-small"])
 
 
-def test_a_late_call_for_a_request_the_schema_refuses_now_is_refused_by_name(engine):
-    """A request stored before a rule of the event schema existed (here: a customer id longer
-    than it allows, written by SQL) cannot be derived again: its late call is refused by name,
-    and the export is answered, not failed."""
-    project = make_project(baseline_model=None)
+def stored_before_a_rule(engine, project):
+    """A request of one call stored before a rule of the event schema existed (a customer id
+    longer than it allows, written by SQL): its request span, that call, and a later call."""
     trace_id, app_id = new_trace_id(), new_span_id()
     app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
     first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
@@ -455,7 +453,15 @@ def test_a_late_call_for_a_request_the_schema_refuses_now_is_refused_by_name(eng
             "update requests set customer_id = repeat('c', 300) where project_id = %s",
             (project.id,),
         )
-    second = call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+    return app, first, call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+
+
+def test_a_late_call_for_a_request_the_schema_refuses_now_is_refused_by_name(engine):
+    """A request stored before a rule of the event schema existed (here: a customer id longer
+    than it allows, written by SQL) cannot be derived again: its late call is refused by name,
+    and the export is answered, not failed."""
+    project = make_project(baseline_model=None)
+    app, first, second = stored_before_a_rule(engine, project)
     outcome = receive_export(
         engine, project_id=project.id, export=export(app, first, second), now=START
     )
@@ -666,20 +672,10 @@ def test_an_export_is_answered_for_its_own_spans_not_those_stored_before(engine)
     rule the schema has now, cannot take it), but none of this export's spans was (it was
     answered 400, "every span was refused", counting the stored one)."""
     project = make_project(baseline_model=None)
-    trace_id, app_id = new_trace_id(), new_span_id()
-    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
-    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
-    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(
-            "update requests set customer_id = repeat('c', 300) where project_id = %s",
-            (project.id,),
-        )
-    second = call(trace_id, new_span_id(), app_id, end_ms=80, routeledger__tier="cheap")
+    app, _first, second = stored_before_a_rule(engine, project)
     waiting = receive_export(engine, project_id=project.id, export=export(second), now=START)
     assert (waiting.requests, waiting.rejected_spans) == (0, 0)
-    again = receive_export(
-        engine, project_id=project.id, export=export(app, span(trace_id, new_span_id())), now=START
-    )
+    unrelated = span(app.trace_id, new_span_id())
+    again = receive_export(engine, project_id=project.id, export=export(app, unrelated), now=START)
     assert again.rejected_spans == 0 and again.refused_stored_spans == 1
     assert "customer_id: String should have at most 200 characters" in again.errors[0]
