@@ -169,6 +169,12 @@ def test_a_gzip_body_of_several_members_is_read_whole_and_a_cut_one_is_400(http,
     for broken in (gzip.compress(text)[:-9], gzip.compress(text) + b"not gzip"):
         answer = http.post("/v1/requests", content=broken, headers=headers)
         assert (answer.status_code, answer.json()) == (400, {"detail": "body is not valid gzip"})
+    # Members are few in practice; a body of thousands (each decompressed apart) is refused
+    # before it keeps a core busy.
+    many = gzip.compress(text[:40]) + gzip.compress(b"") * 1000 + gzip.compress(text[40:])
+    answer = http.post("/v1/requests", content=many, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json()["detail"] == "body is not valid gzip: more than 16 members"
 
 
 def test_over_the_key_rate_is_429_with_retry_after(http, fresh_project):

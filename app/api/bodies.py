@@ -66,6 +66,11 @@ class BodyLimitAndGzip:
             except zlib.error:
                 await _error(send, 400, "body is not valid gzip")
                 return
+            except TooManyMembers:
+                await _error(
+                    send, 400, f"body is not valid gzip: more than {MAX_GZIP_MEMBERS} members"
+                )
+                return
             if plain is None:
                 await _error(send, 413, f"body over {self.max_bytes} bytes once decompressed")
                 return
@@ -95,12 +100,21 @@ class BodyLimitAndGzip:
         await self.app(scope, replay, send)
 
 
+# Each member is decompressed apart, and what follows it copied: a body of many tiny members
+# would keep the event loop busy for seconds (a gzip client writes one; `cat a.gz b.gz`, a few).
+MAX_GZIP_MEMBERS = 16
+
+
+class TooManyMembers(ValueError):
+    pass
+
+
 def _gunzip(data: bytes, limit: int) -> bytes | None:
     """The content of every member of a gzip body (members may follow one another, as `cat
     a.gz b.gz` makes them); None beyond `limit` bytes; zlib.error when the body is not whole
-    gzip (cut short, or followed by other bytes)."""
+    gzip (cut short, or followed by other bytes); TooManyMembers past MAX_GZIP_MEMBERS."""
     plain = bytearray()
-    while True:
+    for _ in range(MAX_GZIP_MEMBERS):
         decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         plain += decompressor.decompress(data, limit + 1 - len(plain))
         if len(plain) > limit or decompressor.unconsumed_tail:
@@ -110,6 +124,7 @@ def _gunzip(data: bytes, limit: int) -> bytes | None:
         data = decompressor.unused_data
         if not data:
             return bytes(plain)
+    raise TooManyMembers
 
 
 async def _error(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
