@@ -133,9 +133,8 @@ ACROSS_PROJECTS = {
     r"^select project_id, trace_id from otlp_spans group by project_id, trace_id having": (
         "traces: the traces that went quiet, in every project"
     ),
-    r"^with held as \( select project_id, min\(held_at\) as since from otlp_held_requests "
-    r"group by project_id \) delete from otlp_response_ids c where c.claimed_at < ": (
-        "traces: response ids an hour old, but for those a held report may need (joined by "
+    r"^delete from otlp_response_ids c where c.claimed_at < ": (
+        "traces: response ids an hour old, but for those a held report needs (joined by "
         "project: co-located)"
     ),
     r"^DELETE FROM held_feedback WHERE held_feedback.received_at < ": (

@@ -577,11 +577,23 @@ def test_a_held_report_of_a_counted_call_stays_a_duplicate_when_released_hours_l
         == 1
     )
     assert receive_export(engine, project_id=project.id, export=export(held), now=START).held == 1
+    other = call(new_trace_id(), new_span_id(), routeledger__tier="cheap",
+                 gen_ai__response__id="chatcmpl-other")  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(other), now=START)
     run_settle(engine, now=START + timedelta(hours=3))
+    with engine.connect() as conn:
+        kept = (
+            conn.exec_driver_sql(
+                "select response_id from otlp_response_ids where project_id = %s", (project.id,)
+            )
+            .scalars()
+            .all()
+        )
+    assert kept == ["chatcmpl-9"]  # only the claims a held report needs outlive the hour
     released = map_model(engine, project_id=project.id, model="acme-unmapped", tier="cheap",
                          now=START + timedelta(hours=3))  # fmt: skip
     assert released.released_requests == 1
-    assert project.count_requests() == 1
+    assert project.count_requests() == 2
 
 
 @pytest.mark.parametrize("thin_first", [True, False])

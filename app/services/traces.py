@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 LOCK_TIMEOUT = "3s"
 # How long a model call's response id is remembered: two instrumentations of one call export
 # it within seconds of each other (an exporter's retries included); an hour bounds the table
-# to an hour of calls (more while a project holds reports for unmapped models).
+# to an hour of calls (and the calls of reports held for unmapped models).
 RESPONSE_ID_MEMORY = timedelta(hours=1)
 # How long a request span waits for its model calls when none came with it: a handler's span
 # ends before the stream it returned is read, and the stream's call span comes when it is.
@@ -145,22 +145,20 @@ def run_settle(engine: Engine, *, now: datetime | None = None) -> SettleSummary:
             ),
             {"cutoff": cutoff, "forget_before": now - REQUEST_SPAN_MEMORY},
         ).all()
-        # A claim outlives the memory while a report of its call may be held: a report held
-        # since, released later, must still find its call counted.
+        # A claim outlives the memory while a report of its call is held (released later,
+        # it must still find its call counted); only those claims, whatever else is held.
         forgotten = conn.execute(
             text(
                 """
-                with held as (
-                    select project_id, min(held_at) as since from otlp_held_requests
-                    group by project_id
-                )
                 delete from otlp_response_ids c
                 where c.claimed_at < :before
-                  and not exists (select 1 from held where held.project_id = c.project_id
-                                  and c.claimed_at >= held.since - :memory)
+                  and not exists (
+                      select 1 from otlp_spans s
+                      where s.project_id = c.project_id and s.held and s.is_attempt
+                        and s.fields -> 'attempt' ->> 'response_id' = c.response_id)
                 """
             ),
-            {"before": now - RESPONSE_ID_MEMORY, "memory": RESPONSE_ID_MEMORY},
+            {"before": now - RESPONSE_ID_MEMORY},
         ).rowcount
     outcome = Outcome()
     by_project: dict[int, list[bytes]] = defaultdict(list)
