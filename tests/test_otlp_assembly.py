@@ -718,3 +718,28 @@ def test_a_late_call_under_a_step_span_of_a_stored_request_joins_it(engine):
     [(customer, count, served, _cost, fallback_flag, models)] = stored_calls(engine, project.id)
     assert (customer, count, served, fallback_flag) == ("acme", 2, "acme-large", True)
     assert models == ["acme-small", "acme-large"]
+
+
+def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ended(engine):
+    """15 calls stored, 25 more reported later with the request span: the first 5 fill the
+    stored request, the other 20 make the next one, each in the order the calls ended (the
+    next one was stored with the last 5 first)."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search")
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
+             for n in range(40)]  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(app, *calls[:15]), now=START)
+    late = receive_export(engine, project_id=project.id, export=export(app, *calls[15:]), now=START)
+    assert (late.requests, late.amended, late.rejected_spans) == (1, 1, 0)
+    with engine.connect() as conn:
+        rows = (
+            conn.exec_driver_sql(
+                "select array_agg(a.latency_ms order by a.position) from requests r join attempts a"
+                " using (project_id, ts, request_id) where r.project_id = %s group by r.request_id",
+                (project.id,),
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(rows) == [[10.0 + n for n in range(20)], [30.0 + n for n in range(20)]]

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, text
 
 from app.db import driver_cursor, insert_new
 from app.periods import utc_now
+from app.schemas import MAX_ATTEMPTS
 from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import (
@@ -312,8 +313,10 @@ def _process(
     events: list[_Chunk] = []
     for draft in ready:
         counted = already_counted.get(draft.request_id, _NONE)
-        for chunk, event in enumerate(draft.events(tier_map, already_counted=counted)):
-            events.append(_Chunk(event, draft, chunk))
+        chunks = draft.events(tier_map, already_counted=counted)
+        if chunks:
+            rest = [attempt for later in chunks[1:] for attempt in later["attempts"]]
+            events.append(_Chunk(chunks[0], draft, 0, rest, chunks))
     # A request whose every call is counted already is a duplicate.
     with_events = {id(c.draft) for c in events}
     outcome.duplicates += sum(1 for d in ready if id(d) not in with_events)
@@ -352,11 +355,14 @@ def _process(
 @dataclass(frozen=True)
 class _Chunk:
     """An event of a draft: its requests are its request span's chunks of at most
-    MAX_ATTEMPTS calls, `chunk` counting from 0 (otlp.request_id_of)."""
+    MAX_ATTEMPTS calls, `chunk` counting from 0 (otlp.request_id_of), stored one after the
+    other: `rest` are the draft's calls after this chunk's, `drafted` its events as drafted."""
 
     event: dict[str, Any]
     draft: Draft
     chunk: int
+    rest: list[dict[str, Any]]
+    drafted: list[dict[str, Any]]
 
 
 def _ingest_chunks(
@@ -367,8 +373,10 @@ def _ingest_chunks(
     outcome: Outcome,
     new: dict[bytes, list[SpanRecord]],
 ) -> list[_Chunk]:
-    """Ingests the chunks' events; returns the events of the next chunks, for the calls that
-    joined a stored request (reported after it was assembled) beyond what it holds."""
+    """Ingests the chunks' events; returns the next chunk of each draft with calls left: its
+    calls after these, behind those that joined a stored request (reported after it was
+    assembled) beyond what it holds, so that each request keeps them in the order they
+    ended."""
     # The clock of ingest is its own: `now` may be a settle time injected by a test.
     ingested = ingest_in_transaction(conn, project=project, batch=Batch([c.event for c in chunks]))
     result = ingested.result
@@ -376,24 +384,34 @@ def _ingest_chunks(
     outcome.duplicates += result.duplicates
     for error in result.errors:
         _refuse(outcome, chunks[error.index].draft, error.error, received=new)
-    if not ingested.stored_before:
-        return []
-    # Assembled before: a call that ended after its request span, or came from another
-    # process, joins the stored request rather than being taken for a re-export.
-    late = add_late_attempts(conn, project=project, events=ingested.stored_before, now=utc_now())
-    outcome.amended += len(late.amended)
-    # Each was counted a duplicate: it was not, but given calls, refused, or its calls moved on.
-    outcome.duplicates -= len(late.amended | late.errors.keys() | late.overflow.keys())
-    of_request = {c.event["request_id"]: c for c in chunks}
-    for request_id, error in late.errors.items():
-        _refuse(outcome, of_request[request_id].draft, error, received=new)
+    overflow: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    if ingested.stored_before:
+        # Assembled before: a call that ended after its request span, or came from another
+        # process, joins the stored request rather than being taken for a re-export.
+        late = add_late_attempts(
+            conn, project=project, events=ingested.stored_before, now=utc_now()
+        )
+        outcome.amended += len(late.amended)
+        # Each was counted a duplicate: not so when given calls, refused, or its calls moved on.
+        outcome.duplicates -= len(late.amended | late.errors.keys() | late.overflow.keys())
+        of_request = {c.event["request_id"]: c for c in chunks}
+        for request_id, error in late.errors.items():
+            _refuse(outcome, of_request[request_id].draft, error, received=new)
+        overflow = late.overflow
     following = []
-    for request_id, calls in late.overflow.items():
-        stored = of_request[request_id]
+    for stored in chunks:
+        calls = [*overflow.get(stored.event["request_id"], ()), *stored.rest]
+        if not calls:
+            continue
         draft, chunk = stored.draft, stored.chunk + 1
-        following_id = request_id_of(draft.trace_id, draft.request_span_id, chunk)
-        event = {**stored.event, "request_id": following_id, "attempts": calls}
-        following.append(_Chunk(event, draft, chunk))
+        # The chunk as drafted, for its fields and time, when there was one.
+        base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
+        event = {
+            **base,
+            "request_id": request_id_of(draft.trace_id, draft.request_span_id, chunk),
+            "attempts": calls[:MAX_ATTEMPTS],
+        }
+        following.append(_Chunk(event, draft, chunk, calls[MAX_ATTEMPTS:], stored.drafted))
     return following
 
 
