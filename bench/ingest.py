@@ -104,9 +104,13 @@ def send_all(
                     body = work.get_nowait()
                 except Empty:
                     return
-                connection.request("POST", path, body=body, headers=headers)
-                response = connection.getresponse()
-                answer = response.read()
+                try:
+                    connection.request("POST", path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    answer = response.read()
+                except OSError as error:  # a batch lost: the rate would be overstated
+                    failures.append(f"{type(error).__name__}: {error}")
+                    return
                 if response.status != 200:
                     failures.append(f"{response.status} {answer[:200]!r}")
         finally:

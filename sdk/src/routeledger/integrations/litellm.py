@@ -347,14 +347,14 @@ def _ids(kwargs: Mapping[str, Any]) -> tuple[str, str]:
 def _retries_left(kwargs: Mapping[str, Any]) -> bool:
     """Whether the Router will retry the model group of this failed attempt: its metadata
     counts the retries made and allowed, and the Router retries no client error but a
-    timeout (408) or a rate limit (429)."""
+    timeout (408), a conflict (409) or a rate limit (429)."""
     metadata = (kwargs.get("litellm_params") or {}).get("metadata") or {}
     made, allowed = metadata.get("attempted_retries"), metadata.get("max_retries")
     if not (isinstance(made, int) and isinstance(allowed, int) and made < allowed):
         return False
     error = (kwargs.get("standard_logging_object") or {}).get("error_information") or {}
     code = str(error.get("error_code") or "")
-    return not (code.startswith("4") and code not in ("408", "429"))
+    return not (code.startswith("4") and code not in ("408", "409", "429"))
 
 
 def _retry_after(kwargs: Mapping[str, Any]) -> float:
