@@ -693,33 +693,6 @@ def test_an_export_is_answered_for_its_own_spans_not_those_stored_before(engine)
     assert "customer_id: String should have at most 200 characters" in again.errors[0]
 
 
-def test_a_late_call_under_a_step_span_of_a_stored_request_joins_it(engine):
-    """A request span, a step span and a failed call under it are assembled; the fallback call
-    comes later under a second step span, whose parent (the request span) is gone once
-    assembled: the call still joins the stored request (it became a request of its own,
-    unattributed, under the step span)."""
-    project = make_project(baseline_model=None)
-    trace_id, app_id, first_step, second_step = (new_trace_id(), new_span_id(), new_span_id(),
-                                                 new_span_id())  # fmt: skip
-    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
-    failed = call(trace_id, new_span_id(), first_step, end_ms=50, routeledger__tier="cheap",
-                  error=True)  # fmt: skip
-    step = span(trace_id, first_step, app_id, end_ms=55)
-    assembled = receive_export(
-        engine, project_id=project.id, export=export(app, step, failed), now=START
-    )
-    assert assembled.requests == 1
-    fallback = call(trace_id, new_span_id(), second_step, start_ms=60, end_ms=90,
-                    model="acme-large", routeledger__tier="premium")  # fmt: skip
-    later_step = span(trace_id, second_step, app_id, start_ms=58, end_ms=95)
-    receive_export(engine, project_id=project.id, export=export(later_step, fallback), now=START)
-    settled = run_settle(engine, now=START + timedelta(minutes=5))
-    assert (settled.requests, settled.amended) == (0, 1)
-    [(customer, count, served, _cost, fallback_flag, models)] = stored_calls(engine, project.id)
-    assert (customer, count, served, fallback_flag) == ("acme", 2, "acme-large", True)
-    assert models == ["acme-small", "acme-large"]
-
-
 def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ended(engine):
     """15 calls stored, 25 more reported later with the request span: the first 5 fill the
     stored request, the other 20 make the next one, each in the order the calls ended (the

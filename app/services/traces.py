@@ -275,18 +275,6 @@ def _process(
             )
         )
     quiet_before = now - timedelta(seconds=settle_seconds())
-
-    def stored_requests(request_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        return set(
-            conn.scalars(
-                text(
-                    "select request_id from request_keys "
-                    "where project_id = :project_id and request_id = any(:ids)"
-                ),
-                {"project_id": project_id, "ids": request_ids},
-            )
-        )
-
     drafts: list[Draft] = []
     spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
     for trace_id in trace_ids:
@@ -298,9 +286,7 @@ def _process(
         quiet = (not new[trace_id] or quiet_before >= now) and all(
             s.received_at <= quiet_before for s in spans.values()
         )
-        drafts += due_drafts(
-            spans, quiet=quiet, held_request_ids=held_ids, stored_requests=stored_requests
-        )
+        drafts += due_drafts(spans, quiet=quiet, held_request_ids=held_ids)
 
     names = {n for d in drafts for a in d.attempts
              for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
