@@ -336,6 +336,28 @@ def test_calls_of_an_event_loop_that_ends_at_once_reach_the_ledger_with_aflush(
     assert Decimal(cost) == 20 * Decimal("0.0001625")
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_forgets_its_parents_calls_and_lock(tmp_path):
+    """A call the parent's logger holds is the parent's to send: the child starts without it,
+    with a lock of its own (a lock held by a parent's thread at the fork would never be
+    released in the child) and no sweeper thread."""
+    ledger = RouteLedger(api_key="rl_idle", spool_dir=tmp_path)
+    logger = RouteLedgerLogger(ledger)
+    try:
+        logger._calls["trace"] = object()  # a failed call, waiting
+        with logger._lock:  # held by the parent at the fork
+            pid = os.fork()
+            if pid == 0:  # the child
+                fresh = logger._lock.acquire(timeout=2)
+                os._exit(0 if fresh and logger._calls == {} and logger._sweeper is None else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert list(logger._calls) == ["trace"]  # the parent keeps it
+    finally:
+        logger._calls.clear()
+        ledger.shutdown(0)
+
+
 def test_the_proxy_loads_the_logger_from_its_config(tmp_path, monkeypatch, live_api, project):
     from litellm.proxy.types_utils.utils import get_instance_fn
 

@@ -20,9 +20,11 @@ import asyncio
 import atexit
 import logging
 import math
+import os
 import threading
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -117,6 +119,16 @@ class RouteLedgerLogger(CustomLogger):
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
+        _loggers.add(self)
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: the calls under way are the parent's, which sends them (sent by
+        the child too, half finished, they would win over the parent's whole copy); the lock
+        may have been held by a thread that does not exist here, and so is the sweeper."""
+        self._lock = threading.Lock()
+        self._calls.clear()
+        self._under_way.clear()
+        self._sweeper = None
 
     # --- LiteLLM's callbacks ------------------------------------------------------------
 
@@ -332,6 +344,19 @@ class RouteLedgerLogger(CustomLogger):
             "task_type": metadata.get("task_type"),
         }
         return trace_id, call_id, attempt, ended, context
+
+
+# Every logger, for its reset in a forked child (weakly: an app may let one go).
+_loggers: weakref.WeakSet[RouteLedgerLogger] = weakref.WeakSet()
+
+
+def _reset_all_after_fork() -> None:
+    for each in list(_loggers):
+        each.reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_after_fork)
 
 
 def _ids(kwargs: Mapping[str, Any]) -> tuple[str, str]:
