@@ -693,34 +693,6 @@ def test_an_export_is_answered_for_its_own_spans_not_those_stored_before(engine)
     assert "customer_id: String should have at most 200 characters" in again.errors[0]
 
 
-def test_a_late_call_under_a_step_span_of_a_stored_request_joins_it(engine):
-    """A request span, a step span and a failed call under it are assembled; the fallback call
-    comes later under a second step span, whose parent (the request span) is gone once
-    assembled: the call joins the stored request at once (it became a request of its own,
-    unattributed, under the step span)."""
-    project = make_project(baseline_model=None)
-    trace_id, app_id, first_step, second_step = (new_trace_id(), new_span_id(), new_span_id(),
-                                                 new_span_id())  # fmt: skip
-    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
-    failed = call(trace_id, new_span_id(), first_step, end_ms=50, routeledger__tier="cheap",
-                  error=True)  # fmt: skip
-    step = span(trace_id, first_step, app_id, end_ms=55)
-    assembled = receive_export(
-        engine, project_id=project.id, export=export(app, step, failed), now=START
-    )
-    assert assembled.requests == 1
-    fallback = call(trace_id, new_span_id(), second_step, start_ms=60, end_ms=90,
-                    model="acme-large", routeledger__tier="premium")  # fmt: skip
-    later_step = span(trace_id, second_step, app_id, start_ms=58, end_ms=95)
-    late = receive_export(
-        engine, project_id=project.id, export=export(later_step, fallback), now=START
-    )
-    assert (late.requests, late.amended) == (0, 1)
-    [(customer, count, served, _cost, fallback_flag, models)] = stored_calls(engine, project.id)
-    assert (customer, count, served, fallback_flag) == ("acme", 2, "acme-large", True)
-    assert models == ["acme-small", "acme-large"]
-
-
 def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ended(engine):
     """15 calls stored, 25 more reported later with the request span: the first 5 fill the
     stored request, the other 20 make the next one, each in the order the calls ended (the
@@ -744,50 +716,3 @@ def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ende
             .all()
         )
     assert sorted(rows) == [[10.0 + n for n in range(20)], [30.0 + n for n in range(20)]]
-
-
-def test_a_held_call_under_a_step_span_of_a_stored_request_stays_held_until_mapped(engine):
-    """The late call under a step span is of an unmapped model: it is held as the stored
-    request's, stays held when more of its trace arrives, and joins the request once its model
-    is mapped."""
-    from app.services.traces import held_models, map_model
-
-    project = make_project(baseline_model=None)
-    trace_id, app_id, step_id = new_trace_id(), new_span_id(), new_span_id()
-    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme")
-    first = call(trace_id, new_span_id(), app_id, end_ms=50, routeledger__tier="cheap")
-    receive_export(engine, project_id=project.id, export=export(app, first), now=START)
-    step = span(trace_id, step_id, app_id, start_ms=55, end_ms=95)
-    unmapped = call(trace_id, new_span_id(), step_id, start_ms=60, end_ms=90, model="acme-new")
-    assert (
-        receive_export(engine, project_id=project.id, export=export(step, unmapped), now=START).held
-        == 1
-    )
-    later = START + timedelta(minutes=5)
-    tool = span(trace_id, new_span_id(), app_id, start_ms=96, end_ms=99)  # not a model call
-    receive_export(engine, project_id=project.id, export=export(tool), now=later)
-    run_settle(engine, now=later + timedelta(minutes=5))
-    with engine.connect() as conn:
-        assert held_models(conn, project_id=project.id)[0] == 1
-    released = map_model(engine, project_id=project.id, model="acme-new", tier="premium", now=later)
-    assert released.released_requests == 1
-    [(customer, count, _served, _cost, _fallback, models)] = stored_calls(engine, project.id)
-    assert (customer, count, models) == ("acme", 2, ["acme-small", "acme-new"])
-
-
-def test_calls_under_an_unmarked_span_that_never_came_stay_requests_of_their_own(engine):
-    """A session span with no routeledger.* field has not arrived: a call right under it is
-    its request; a call under a turn span of it is the turn's, a request of its own (it was
-    merged into the first when the session span's request was stored)."""
-    project = make_project(baseline_model=None)
-    trace_id, session_id, turn_id = new_trace_id(), new_span_id(), new_span_id()
-    direct = call(trace_id, new_span_id(), session_id, end_ms=50, routeledger__tier="cheap")
-    receive_export(engine, project_id=project.id, export=export(direct), now=START)
-    run_settle(engine, now=START + timedelta(minutes=5))
-    turn = span(trace_id, turn_id, session_id, start_ms=60, end_ms=99)
-    later = call(trace_id, new_span_id(), turn_id, start_ms=61, end_ms=90, model="acme-large",
-                 routeledger__tier="premium")  # fmt: skip
-    at = START + timedelta(minutes=6)
-    receive_export(engine, project_id=project.id, export=export(turn, later), now=at)
-    run_settle(engine, now=at + timedelta(minutes=5))
-    assert sorted(row[1] for row in stored_calls(engine, project.id)) == [1, 1]

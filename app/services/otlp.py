@@ -13,7 +13,7 @@ import base64
 import hashlib
 import math
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -478,12 +478,6 @@ def _ns(at: datetime) -> int:
 _NAMESPACE_BYTES = REQUEST_ID_NAMESPACE.bytes
 
 
-# In a request's metadata: its request span was marked (routeledger.feature or .customer_id),
-# so that a call under a step span of it that comes later can join it (due_drafts).
-MARKED_KEY = "otel_request_span_marked"
-MARKED = {MARKED_KEY: True}
-
-
 def request_id_of(trace_id: bytes, request_span_id: bytes, chunk: int = 0) -> uuid.UUID:
     name = f"{trace_id.hex()}:{request_span_id.hex()}" + (f":{chunk}" if chunk else "")
     # uuid.uuid5's own steps, the namespace's bytes taken once: uuid5 imports hashlib and
@@ -556,8 +550,6 @@ class Draft:
             "metadata": {
                 "otel_trace_id": self.trace_id.hex(),
                 "otel_span_id": self.request_span_id.hex(),
-                **(MARKED if self.request_span is not None and self.request_span.marks_request
-                   else {}),
             },
         }  # fmt: skip
         for key, name in PLAIN_FIELDS:
@@ -612,26 +604,18 @@ def due_drafts(
     *,
     quiet: bool,
     held_request_ids: set[uuid.UUID] = frozenset(),
-    stored_requests: Callable[[list[uuid.UUID]], set[uuid.UUID]] | None = None,
 ) -> Iterator[Draft]:
     """The requests of one trace (its spans by id) that can be assembled now: those whose
     request span has arrived (or is known to be the last local one), those already held, and
-    every one when the trace is `quiet` (nothing arrived for the settle time). Calls whose
-    chain of parents stops at a span that is not here belong to that span's request if it was
-    stored under it as a marked request span (`stored_requests` says which of some request ids
-    are): a request span is gone once its request is assembled, and a call that ends later
-    under a step span of it joins it. (An unmarked span's request is only its calls right
-    under it: the calls of its other children are requests of their own.)"""
+    every one when the trace is `quiet` (nothing arrived for the settle time)."""
     groups: dict[bytes, list[SpanRecord]] = {}
-    undecided: dict[bytes, bytes | None] = {}  # request span id: the ancestor not arrived
+    undecided: set[bytes] = set()
     for span in spans.values():
         if span.is_attempt:
-            request_span_id, decided, missing = _request_span_of(span, spans)
+            request_span_id, decided = _request_span_of(span, spans)
             groups.setdefault(request_span_id, []).append(span)
             if not decided:
-                undecided[request_span_id] = missing
-    if stored_requests is not None:
-        _join_stored_requests(groups, undecided, stored_requests)
+                undecided.add(request_span_id)
     for request_span_id, attempts in groups.items():
         trace_id = attempts[0].trace_id
         request_id = request_id_of(trace_id, request_span_id)
@@ -650,25 +634,6 @@ def due_drafts(
             attempts,
             request_id,
         )
-
-
-def _join_stored_requests(
-    groups: dict[bytes, list[SpanRecord]],
-    undecided: dict[bytes, bytes | None],
-    stored_requests: Callable[[list[uuid.UUID]], set[uuid.UUID]],
-) -> None:
-    candidates = {
-        request_span_id: request_id_of(groups[request_span_id][0].trace_id, missing)
-        for request_span_id, missing in undecided.items()
-        if missing is not None and missing != request_span_id  # a call right under it
-    }
-    if not candidates:
-        return
-    stored = stored_requests(list(candidates.values()))
-    for request_span_id, candidate in candidates.items():
-        if candidate in stored:
-            missing = undecided.pop(request_span_id)
-            groups.setdefault(missing, []).extend(groups.pop(request_span_id))
 
 
 def _one_report_per_call(attempts: list[SpanRecord]) -> list[SpanRecord]:
@@ -730,34 +695,30 @@ def report_fullness(span: SpanRecord) -> tuple[bool, bool, bool]:
 _END_ORDER = attrgetter("end_ns", "span_id")
 
 
-def _request_span_of(
-    span: SpanRecord, by_id: Mapping[bytes, SpanRecord]
-) -> tuple[bytes, bool, bytes | None]:
-    """The id of the attempt's request span, whether that is decided, and the ancestor that
-    did not arrive when that is why it is not: the nearest
+def _request_span_of(span: SpanRecord, by_id: Mapping[bytes, SpanRecord]) -> tuple[bytes, bool]:
+    """The id of the attempt's request span, and whether that is decided: the nearest
     ancestor marked with routeledger.feature or .customer_id that is not a model call itself;
     without one, the parent of the outermost attempt span (a root attempt is its own
     request). Undecided while an ancestor
     has not arrived, or when the outermost attempt's parent is in another process."""
     parent = by_id.get(span.parent_span_id) if not span.parent_is_remote else None
     if parent is not None and parent.marks_request and not parent.is_attempt:
-        return span.parent_span_id, True, None  # the usual case: a call right under its request
+        return span.parent_span_id, True  # the usual case: a call right under its request
     outermost = current = span
     visited = {span.span_id}
     while True:
         parent_id = current.parent_span_id
         if parent_id is None or current.parent_is_remote:
             decided = not (current is outermost and current.parent_is_remote)
-            return outermost.parent_span_id or outermost.span_id, decided, None
+            return outermost.parent_span_id or outermost.span_id, decided
         parent = by_id.get(parent_id)
         if parent is None or parent_id in visited:
-            missing = parent_id if parent is None else None
-            return outermost.parent_span_id or outermost.span_id, False, missing
+            return outermost.parent_span_id or outermost.span_id, False
         visited.add(parent_id)
         if parent.is_attempt:
             # A call around this one, even one naming the request (a wrapper's report of
             # the same call): its request is this one's.
             outermost = parent
         elif parent.marks_request:
-            return parent_id, True, None
+            return parent_id, True
         current = parent

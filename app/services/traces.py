@@ -28,7 +28,6 @@ from app.schemas import MAX_ATTEMPTS
 from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import (
-    MARKED_KEY,
     REQUEST_ATTRIBUTES,
     Draft,
     SpanRecord,
@@ -276,21 +275,6 @@ def _process(
             )
         )
     quiet_before = now - timedelta(seconds=settle_seconds())
-
-    def stored_requests(request_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-        return set(
-            conn.scalars(
-                text(
-                    "select k.request_id from request_keys k join requests r "
-                    "on r.project_id = k.project_id and r.ts = k.ts "
-                    "and r.request_id = k.request_id "
-                    "where k.project_id = :project_id and k.request_id = any(:ids) "
-                    "and (r.metadata ->> :marked) is not null"
-                ),
-                {"project_id": project_id, "ids": request_ids, "marked": MARKED_KEY},
-            )
-        )
-
     drafts: list[Draft] = []
     spans_of: dict[bytes, dict[bytes, SpanRecord]] = {}
     for trace_id in trace_ids:
@@ -302,9 +286,7 @@ def _process(
         quiet = (not new[trace_id] or quiet_before >= now) and all(
             s.received_at <= quiet_before for s in spans.values()
         )
-        drafts += due_drafts(
-            spans, quiet=quiet, held_request_ids=held_ids, stored_requests=stored_requests
-        )
+        drafts += due_drafts(spans, quiet=quiet, held_request_ids=held_ids)
 
     names = {n for d in drafts for a in d.attempts
              for n in (a.attempt["model"], a.attempt["request_model"])}  # fmt: skip
