@@ -716,3 +716,29 @@ def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ende
             .all()
         )
     assert sorted(rows) == [[10.0 + n for n in range(20)], [30.0 + n for n in range(20)]]
+
+
+def test_late_calls_alone_beyond_a_full_request_make_a_next_request_named_like_it(engine):
+    """Two calls arrive after their request of 20 was stored, without their request span:
+    the next consecutive request they make is the stored request's customer and feature (it
+    was unattributed, named after the resource)."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__customer_id="acme",
+               routeledger__intended_tier="cheap")  # fmt: skip
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
+             for n in range(22)]  # fmt: skip
+    receive_export(engine, project_id=project.id, export=export(app, *calls[:20]), now=START)
+    receive_export(engine, project_id=project.id, export=export(*calls[20:]), now=START)
+    settled = run_settle(engine, now=START + timedelta(minutes=5))
+    assert (settled.requests, settled.rejected_spans) == (1, 0)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "select customer_id, feature, intended_tier, attempt_count from requests"
+            " where project_id = %s order by attempt_count",
+            (project.id,),
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("acme", "search", "cheap", 2),
+        ("acme", "search", "cheap", 20),
+    ]

@@ -496,6 +496,9 @@ class LateAttempts:
     amended: set[uuid.UUID] = field(default_factory=set)
     errors: dict[uuid.UUID, str] = field(default_factory=dict)
     overflow: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
+    # Per request id in `overflow`, the stored request's customer, feature, intended tier and
+    # experiment: the calls beyond it are its request's, whatever their own spans say.
+    named: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
 
 
 def add_late_attempts(
@@ -533,6 +536,11 @@ def add_late_attempts(
         room = max(MAX_ATTEMPTS - len(request["attempts"]), 0)
         if len(new) > room:
             outcome.overflow[event.request_id] = new[room:]
+            outcome.named[event.request_id] = {
+                name: value
+                for name, value in request["fields"].items()
+                if name in _NAMING_FIELDS and value is not None
+            }
             new = new[:room]
             if not new:
                 continue
@@ -562,6 +570,8 @@ def add_late_attempts(
     return outcome
 
 
+# What names a request (who, which feature, what was intended, which arm), as stored.
+_NAMING_FIELDS = frozenset({"customer_id", "feature", "intended_tier", "experiment"})
 # An attempt row ends with its cost, the cost's source and its price (ATTEMPT_COLUMNS).
 _COST_AT = ATTEMPT_COLUMNS.index("cost_usd")
 _STATUS_AT = ATTEMPT_COLUMNS.index("status")

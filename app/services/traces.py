@@ -349,6 +349,8 @@ class _Chunk:
     chunk: int
     rest: list[dict[str, Any]]
     drafted: list[dict[str, Any]]
+    # The stored request's naming fields, once a chunk follows a stored one (ingest.LateAttempts)
+    named: dict[str, Any] = field(default_factory=dict)
 
 
 def _ingest_chunks(
@@ -371,6 +373,7 @@ def _ingest_chunks(
     for error in result.errors:
         _refuse(outcome, chunks[error.index].draft, error.error, received=new)
     overflow: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    named: dict[uuid.UUID, dict[str, Any]] = {}
     if ingested.stored_before:
         # Assembled before: a call that ended after its request span, or came from another
         # process, joins the stored request rather than being taken for a re-export.
@@ -383,21 +386,23 @@ def _ingest_chunks(
         of_request = {c.event["request_id"]: c for c in chunks}
         for request_id, error in late.errors.items():
             _refuse(outcome, of_request[request_id].draft, error, received=new)
-        overflow = late.overflow
+        overflow, named = late.overflow, late.named
     following = []
     for stored in chunks:
         calls = [*overflow.get(stored.event["request_id"], ()), *stored.rest]
         if not calls:
             continue
         draft, chunk = stored.draft, stored.chunk + 1
+        names = named.get(stored.event["request_id"], stored.named)
         # The chunk as drafted, for its fields and time, when there was one.
         base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
         event = {
             **base,
+            **names,
             "request_id": request_id_of(draft.trace_id, draft.request_span_id, chunk),
             "attempts": calls[:MAX_ATTEMPTS],
         }
-        following.append(_Chunk(event, draft, chunk, calls[MAX_ATTEMPTS:], stored.drafted))
+        following.append(_Chunk(event, draft, chunk, calls[MAX_ATTEMPTS:], stored.drafted, names))
     return following
 
 
