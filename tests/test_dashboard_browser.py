@@ -10,6 +10,7 @@ from decimal import Decimal
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -327,4 +328,16 @@ def test_a_tab_keeps_its_project_after_another_tab_switches(browser, site):
     link = wait_for(browser, "#exports-customers-link")
     wait_until(lambda: "project=" in (link.get_attribute("href") or ""), what="the export link")
     assert parse_qs(urlsplit(link.get_attribute("href")).query)["project"] == [demo.DEMO_PROJECT]
+    # The switcher still moves this tab to the other project.
+    choose(browser, "project-switcher", other.name)
+    wait_until(lambda: _page_project(browser) == other.name, what="the other project")
     assert console_errors(browser) == []
+
+
+def _page_project(browser) -> str | None:
+    """The project the page says it shows (the page reloads meanwhile: found afresh)."""
+    try:
+        found = browser.find_elements(By.ID, "page-project")
+        return found[0].get_attribute("data-project") if found else None
+    except StaleElementReferenceException:
+        return None
