@@ -262,16 +262,24 @@ def test_a_request_span_that_arrives_before_its_calls_waits_for_them(engine):
     calls = [call(trace_id, new_span_id(), app_id, routeledger__tier="cheap") for _ in range(2)]
     second = receive_export(engine, project_id=project.id, export=export(*calls), now=START)
     assert second.requests == 1
+    assert request_rows(engine, project.id, "feature, customer_id, attempt_count") == [
+        ("search", "acme", 2)
+    ]
     with engine.connect() as conn:
-        stored = conn.exec_driver_sql(
-            "select feature, customer_id, attempt_count from requests where project_id = %s",
-            (project.id,),
-        ).all()
         waiting = conn.exec_driver_sql(
             "select count(*) from otlp_spans where project_id = %s", (project.id,)
         ).scalar_one()
-    assert [tuple(row) for row in stored] == [("search", "acme", 2)]
     assert waiting == 0
+
+
+def request_rows(engine, project_id: int, columns: str, *, order: str | None = None) -> list:
+    """The project's requests as tuples of `columns` (SQL), in `order` when given."""
+    ordered = f" order by {order}" if order else ""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"select {columns} from requests where project_id = %s{ordered}", (project_id,)
+        ).all()
+    return [tuple(row) for row in rows]
 
 
 def stored_calls(engine, project_id: int) -> list[tuple]:
@@ -610,12 +618,9 @@ def test_one_call_in_two_traces_of_one_export_counts_by_its_fullest_report(engin
                 routeledger__customer_id="full")  # fmt: skip
     outcome = receive_export(engine, project_id=project.id, export=export(thin, full), now=START)
     assert (outcome.requests, outcome.duplicates) == (1, 1)
-    with engine.connect() as conn:
-        stored = conn.exec_driver_sql(
-            "select customer_id, input_tokens, output_tokens from requests where project_id = %s",
-            (project.id,),
-        ).all()
-    assert [tuple(row) for row in stored] == [("full", 1000, 500)]
+    assert request_rows(engine, project.id, "customer_id, input_tokens, output_tokens") == [
+        ("full", 1000, 500)
+    ]
 
 
 def test_a_request_span_without_feature_or_customer_that_comes_first_keeps_its_fields(engine):
@@ -631,13 +636,8 @@ def test_a_request_span_without_feature_or_customer_that_comes_first_keeps_its_f
     receive_export(engine, project_id=project.id, export=export(parent), now=START)
     receive_export(engine, project_id=project.id, export=export(child), now=START)
     run_settle(engine, now=START + timedelta(minutes=5))
-    with engine.connect() as conn:
-        stored = conn.exec_driver_sql(
-            "select customer_id, intended_tier, experiment_name, experiment_arm, revenue_usd"
-            " from requests where project_id = %s",
-            (project.id,),
-        ).all()
-    assert [tuple(row) for row in stored] == [
+    columns = "customer_id, intended_tier, experiment_name, experiment_arm, revenue_usd"
+    assert request_rows(engine, project.id, columns) == [
         ("acme", "premium", "router-v4", "b", Decimal("0.01"))
     ]
 
@@ -671,10 +671,7 @@ def test_a_held_request_whose_calls_move_under_a_later_request_span_is_held_once
     assert released.released_requests == 1
     with engine.connect() as conn:
         assert held_models(conn, project_id=project.id)[0] == 0
-        stored = conn.exec_driver_sql(
-            "select customer_id, feature from requests where project_id = %s", (project.id,)
-        ).all()
-    assert [tuple(row) for row in stored] == [("acme", "search")]
+    assert request_rows(engine, project.id, "customer_id, feature") == [("acme", "search")]
     assert run_settle(engine, now=later + timedelta(hours=2)).traces == 0
 
 
@@ -732,13 +729,8 @@ def test_late_calls_alone_beyond_a_full_request_make_a_next_request_named_like_i
     receive_export(engine, project_id=project.id, export=export(*calls[20:]), now=START)
     settled = run_settle(engine, now=START + timedelta(minutes=5))
     assert (settled.requests, settled.rejected_spans) == (1, 0)
-    with engine.connect() as conn:
-        rows = conn.exec_driver_sql(
-            "select customer_id, feature, intended_tier, attempt_count from requests"
-            " where project_id = %s order by attempt_count",
-            (project.id,),
-        ).all()
-    assert [tuple(row) for row in rows] == [
+    columns = "customer_id, feature, intended_tier, attempt_count"
+    assert request_rows(engine, project.id, columns, order="attempt_count") == [
         ("acme", "search", "cheap", 2),
         ("acme", "search", "cheap", 20),
     ]

@@ -495,10 +495,15 @@ class LateAttempts:
 
     amended: set[uuid.UUID] = field(default_factory=set)
     errors: dict[uuid.UUID, str] = field(default_factory=dict)
-    overflow: dict[uuid.UUID, list[dict[str, Any]]] = field(default_factory=dict)
-    # Per request id in `overflow`, the stored request's customer, feature, intended tier and
-    # experiment: the calls beyond it are its request's, whatever their own spans say.
-    named: dict[uuid.UUID, dict[str, Any]] = field(default_factory=dict)
+    overflow: dict[uuid.UUID, Overflow] = field(default_factory=dict)
+
+
+class Overflow(NamedTuple):
+    """The new attempts beyond what a stored request holds, and its customer, feature,
+    intended tier and experiment: those attempts are its request's, whatever else they say."""
+
+    named: dict[str, Any]
+    attempts: list[dict[str, Any]]
 
 
 def add_late_attempts(
@@ -535,12 +540,12 @@ def add_late_attempts(
             continue  # a re-export: every call is stored
         room = max(MAX_ATTEMPTS - len(request["attempts"]), 0)
         if len(new) > room:
-            outcome.overflow[event.request_id] = new[room:]
-            outcome.named[event.request_id] = {
+            named = {
                 name: value
                 for name, value in request["fields"].items()
                 if name in _NAMING_FIELDS and value is not None
             }
+            outcome.overflow[event.request_id] = Overflow(named, new[room:])
             new = new[:room]
             if not new:
                 continue

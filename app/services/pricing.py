@@ -390,6 +390,11 @@ def sync_catalog(conn: Connection, *, now: datetime | None = None) -> CatalogSyn
 _PRICE_FIELDS = ("input_per_mtok", "output_per_mtok", "cache_read_per_mtok", "cache_write_per_mtok")
 
 
+def _price_changed(stored, row: dict) -> bool:
+    """Whether a catalog row's prices differ from a stored price's."""
+    return any(getattr(stored, name) != row[name] for name in _PRICE_FIELDS)
+
+
 @dataclass
 class CatalogChanges:
     """What a newer catalog version changes: rows to add, announced prices to revise (by id,
@@ -426,9 +431,7 @@ def _changes_since_last_snapshot(
             same = [old for old in timelines[key] if old.effective_from == row["effective_from"]]
             if not same:
                 changes.added.append(row)  # a price announced for later
-            elif row["effective_from"] > unused_after and any(
-                getattr(same[0], f) != row[f] for f in _PRICE_FIELDS
-            ):
+            elif row["effective_from"] > unused_after and _price_changed(same[0], row):
                 changes.revised.append((same[0].id, row))
         elif (
             key not in in_force_now or row["effective_from"] >= in_force_now[key]["effective_from"]
@@ -436,7 +439,7 @@ def _changes_since_last_snapshot(
             in_force_now[key] = row
     for key, row in in_force_now.items():
         current = [old for old in timelines[key] if old.effective_from <= now][-1:]
-        if not current or any(getattr(current[0], f) != row[f] for f in _PRICE_FIELDS):
+        if not current or _price_changed(current[0], row):
             changes.added.append({**row, "effective_from": now})
     changes.withdrawn = [
         old.id

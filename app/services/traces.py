@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, text
 from app.db import driver_cursor, insert_new
 from app.periods import utc_now
 from app.schemas import MAX_ATTEMPTS
-from app.services.ingest import Batch, add_late_attempts, ingest_in_transaction
+from app.services.ingest import Batch, Overflow, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import (
     REQUEST_ATTRIBUTES,
@@ -372,8 +372,7 @@ def _ingest_chunks(
     outcome.duplicates += result.duplicates
     for error in result.errors:
         _refuse(outcome, chunks[error.index].draft, error.error, received=new)
-    overflow: dict[uuid.UUID, list[dict[str, Any]]] = {}
-    named: dict[uuid.UUID, dict[str, Any]] = {}
+    overflow: dict[uuid.UUID, Overflow] = {}
     if ingested.stored_before:
         # Assembled before: a call that ended after its request span, or came from another
         # process, joins the stored request rather than being taken for a re-export.
@@ -386,14 +385,15 @@ def _ingest_chunks(
         of_request = {c.event["request_id"]: c for c in chunks}
         for request_id, error in late.errors.items():
             _refuse(outcome, of_request[request_id].draft, error, received=new)
-        overflow, named = late.overflow, late.named
+        overflow = late.overflow
     following = []
     for stored in chunks:
-        calls = [*overflow.get(stored.event["request_id"], ()), *stored.rest]
+        spilled = overflow.get(stored.event["request_id"])
+        calls = [*(spilled.attempts if spilled else ()), *stored.rest]
         if not calls:
             continue
         draft, chunk = stored.draft, stored.chunk + 1
-        names = named.get(stored.event["request_id"], stored.named)
+        names = spilled.named if spilled else stored.named
         # The chunk as drafted, for its fields and time, when there was one.
         base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
         event = {

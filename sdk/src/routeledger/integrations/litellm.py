@@ -170,15 +170,7 @@ class RouteLedgerLogger(CustomLogger):
         """Sends the calls that have only failed so far and have no attempt under way nor a
         retry due, as failed requests; how many. A call whose fallback is still running is
         left to finish: sent now, it would become two requests."""
-        now = time.monotonic()
-        gave_up = now - self.attempt_timeout_seconds
-        with self._lock:
-            busy = self._traces_under_way(now)
-            trace_ids = [
-                trace_id
-                for trace_id, call in self._calls.items()
-                if trace_id not in busy and not (call.retry_due and call.last_seen > gave_up)
-            ]
+        trace_ids = self._given_up(time.monotonic())
         return sum(self._finish(trace_id) for trace_id in trace_ids)
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -239,18 +231,23 @@ class RouteLedgerLogger(CustomLogger):
             time.sleep(min(1.0, self.failed_call_settle_seconds / 4))
             now = time.monotonic()
             cutoff = now - self.failed_call_settle_seconds
-            gave_up = now - self.attempt_timeout_seconds
-            with self._lock:
-                busy = self._traces_under_way(now)
-                settled = [
-                    trace_id
-                    for trace_id, call in self._calls.items()
-                    if call.quiet_since() <= cutoff
-                    and trace_id not in busy
-                    and not (call.retry_due and call.last_seen > gave_up)
-                ]
-            for trace_id in settled:
+            for trace_id in self._given_up(now, settled_before=cutoff):
                 self._finish(trace_id, settled_before=cutoff)
+
+    def _given_up(self, now: float, *, settled_before: float | None = None) -> list[str]:
+        """The calls that only failed and have no attempt under way nor a retry due (one due
+        for longer than attempt_timeout_seconds is not), and, given `settled_before`, quiet
+        since then."""
+        gave_up = now - self.attempt_timeout_seconds
+        with self._lock:
+            busy = self._traces_under_way(now)
+            return [
+                trace_id
+                for trace_id, call in self._calls.items()
+                if trace_id not in busy
+                and not (call.retry_due and call.last_seen > gave_up)
+                and (settled_before is None or call.quiet_since() <= settled_before)
+            ]
 
     def _traces_under_way(self, now: float) -> set[str]:
         """The traces with an attempt started and not reported, forgetting those older than
