@@ -131,14 +131,14 @@ def send_all(
 def copy_rows(events: list[dict], project_id: int) -> list:
     """The rows of the events (under new ids), derived ahead of time, for `raw_copy`."""
     from app.db import get_engine
-    from app.schemas import Event
+    from app.schemas import EVENT
     from app.services.ingest import derive
     from app.services.partitions import ensure_partitions, month_start
     from app.services.pricing import PriceBook
     from app.services.projects import load_project_context
 
     engine = get_engine()
-    parsed = [Event.model_validate({**e, "request_id": str(uuid.uuid4())}) for e in events]
+    parsed = [EVENT.validate_python({**e, "request_id": str(uuid.uuid4())}) for e in events]
     ensure_partitions(engine, {month_start(e.timestamp) for e in parsed})
     with engine.connect() as conn:
         project = load_project_context(conn, project_id=project_id)

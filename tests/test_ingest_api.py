@@ -263,6 +263,25 @@ def test_bad_event_is_refused_by_name_and_good_neighbours_stored(http, fresh_pro
     }
 
 
+def test_a_misshapen_part_of_an_event_is_worded_for_json_clients(http, fresh_project):
+    """An unknown field and a part that is no object, at any depth, are named as a JSON
+    client would say it (never by the service's own class names)."""
+    bad = [
+        event(attempt(colour="red")),
+        event(router={"strategy": "rules", "colour": "red"}),
+        {**event(), "attempts": ["just a string"]},
+        event(experiment=["router-v4", "treatment"]),
+    ]
+    response = post(http, fresh_project.ingest_key, batch(*bad))
+    assert response.status_code == 207, response.text
+    assert [e["error"] for e in response.json()["errors"]] == [
+        "attempts[0].colour: unknown field",
+        "router.colour: unknown field",
+        "attempts[0]: must be a JSON object",
+        "experiment: must be a JSON object",
+    ]
+
+
 def test_invalid_utf8_in_one_event_keeps_the_others(http, fresh_project):
     good = event()
     bad = event(customer_id="PLACEHOLDER")

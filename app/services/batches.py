@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from app.schemas import MAX_BATCH_EVENTS, describe_errors, field_path
 
@@ -94,21 +95,27 @@ def bad_text_error(raw_item: Any, *, whole: str) -> str | None:
     return None if found is None else f"{field_path(found, whole=whole)}: not valid UTF-8"
 
 
-Model = TypeVar("Model", bound=BaseModel)
+Item = TypeVar("Item")
+
+
+@cache
+def _adapter(item_type: type) -> TypeAdapter:
+    return TypeAdapter(item_type)
 
 
 def validate_item(
-    model: type[Model], raw_item: Any, *, whole: str, check_text: bool
-) -> Model | str:
-    """One item of a batch as `model`, or the error that names what is wrong with it: text
-    that is not UTF-8 (looked for when `check_text`: a body read leniently), else the
-    model's rules. `whole` names the item itself in a message."""
+    item_type: type[Item], raw_item: Any, *, whole: str, check_text: bool
+) -> Item | str:
+    """One item of a batch as `item_type` (a model or a pydantic dataclass), or the error
+    that names what is wrong with it: text that is not UTF-8 (looked for when `check_text`: a
+    body read leniently), else the type's rules. `whole` names the item itself in a
+    message."""
     if check_text:
         bad_text = bad_text_error(raw_item, whole=whole)
         if bad_text is not None:
             return bad_text
     try:
-        return model.model_validate(raw_item)
+        return _adapter(item_type).validate_python(raw_item)
     except ValidationError as error:
         return describe_errors(error.errors(include_url=False), whole=whole)
 
