@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -532,16 +533,19 @@ class AlertScope(Strict):
 
 
 class AlertRuleChanges(Strict):
-    name: Name | None = None
-    metric: AlertMetric | None = None
-    scope: AlertScope | None = None
-    window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
+    # Each field may be left out (kept as it is); only threshold and baseline_multiplier may
+    # be null, to remove one. The others' default is no value, never one a client can send:
+    # a null is refused by their type, naming the field.
+    name: Name = None
+    metric: AlertMetric = None
+    scope: AlertScope = None
+    window_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = None
     threshold: Annotated[StrictFloat | StrictInt, Field(ge=0, le=10**12)] | None = None
     baseline_multiplier: Annotated[StrictFloat | StrictInt, Field(gt=0, le=10**6)] | None = None
-    min_requests: Count | None = None
-    cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] | None = None
-    recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)] | None = None
-    enabled: bool | None = None
+    min_requests: Count = None
+    cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = None
+    recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)] = None
+    enabled: StrictBool = None
 
 
 class AlertRuleIn(AlertRuleChanges):
@@ -552,7 +556,7 @@ class AlertRuleIn(AlertRuleChanges):
     min_requests: Count = 0
     cooldown_minutes: Annotated[StrictInt, Field(ge=1, le=7 * 24 * 60)] = 60
     recipients: Annotated[list[EmailAddress], Field(min_length=1, max_length=50)]
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class AlertRuleOut(BaseModel):

@@ -9,6 +9,7 @@ import os
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -200,18 +201,15 @@ def test_a_reminder_comes_after_the_cooldown_while_it_still_fires(engine, smtp_s
     ]
 
 
-def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_later(
-    engine, smtp_server
-):
-    """Fires, resolves, reopens within the cooldown (quietly), resolves again: each
-    resolution is emailed, and the reminder between comes a cooldown after the last email,
-    the first resolution's."""
+def a_failover_rule(engine, *, cooldown_minutes: int) -> tuple:
+    """A project with a failover-rate rule (threshold 0) over one failover, a rate of 1; its
+    recipient; and a function that sets the rule's threshold (0 fires, 1 does not)."""
     from app.db import transaction
     from app.schemas import AlertRuleChanges
 
     project, pm = project_with_rule(
         name="flapping failover", metric="failover_rate", window_minutes=120, threshold=0,
-        min_requests=1, cooldown_minutes=5,
+        min_requests=1, cooldown_minutes=cooldown_minutes,
     )  # fmt: skip
     ingest(engine, project.id, [a_failover()])
     with transaction() as conn:
@@ -222,6 +220,18 @@ def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_la
             alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
                                changes=AlertRuleChanges(threshold=value))  # fmt: skip
 
+    return project, pm, threshold
+
+
+def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_later(
+    engine, smtp_server
+):
+    """Fires, resolves, reopens within the cooldown (quietly), resolves again: each
+    resolution is emailed, and the reminder between comes a cooldown after the last email,
+    the first resolution's."""
+    from app.db import transaction
+
+    project, pm, threshold = a_failover_rule(engine, cooldown_minutes=5)
     steps = [(0, None), (1, 1.0), (2, 0.0), (5.5, None), (6, None), (7, 1.0)]
     for minutes, new_threshold in steps:  # the failover rate is 1: above 0, not above 1
         if new_threshold is not None:
@@ -237,6 +247,97 @@ def test_an_alert_that_reopens_resolves_again_by_email_and_reminds_a_cooldown_la
     with transaction() as conn:
         [alert] = alerts.list_alerts(conn, project_id=project.id)
     assert alert["last_reminder_at"] == NOW + timedelta(minutes=6)  # not 5.5: 5 after firing
+
+
+def test_a_flapping_alert_says_resolved_once_until_it_says_it_fires_again(engine, smtp_server):
+    """Fires, resolves, then reopens and resolves twice within the cooldown (quietly, before
+    any reminder): on-call hears FIRING and RESOLVED once each, not a RESOLVED per flap."""
+    from app.db import transaction
+
+    project, pm, threshold = a_failover_rule(engine, cooldown_minutes=60)
+    for minutes, value in [(0, 0.0), (1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0), (5, 1.0)]:
+        threshold(value)
+        run_alerts(engine, now=NOW + timedelta(minutes=minutes))
+    send_pending(engine)
+    messages = smtp_server.to(pm)
+    assert [m["Subject"].split(":")[0] for m in messages] == [
+        "[RouteLedger] FIRING",
+        "[RouteLedger] RESOLVED",
+    ]
+    # The resolution names the limit the value is now under: the threshold of then.
+    assert "Limit: above 100.00%" in messages[1].get_body(("plain",)).get_content()
+    with transaction() as conn:
+        [alert] = alerts.list_alerts(conn, project_id=project.id)
+    assert alert["state"] == "resolved" and alert["resolved_at"] == NOW + timedelta(minutes=5)
+
+
+def test_a_reopened_alert_says_why_it_fires_now(engine, smtp_server):
+    """An alert that reopens carries the figures it reopened on, not those it first fired on."""
+    from app.db import transaction
+    from app.schemas import AlertRuleChanges
+
+    project, _ = project_with_rule(
+        name="spend", metric="spend", window_minutes=120, threshold=0.5, min_requests=1,
+    )  # fmt: skip
+    ingest(engine, project.id, [event(attempt(cost_usd="1"), timestamp=minutes_ago(1))])
+    run_alerts(engine)
+    with transaction() as conn:
+        [rule] = alerts.list_rules(conn, project_id=project.id)
+        alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
+                           changes=AlertRuleChanges(threshold=5))  # fmt: skip
+    run_alerts(engine, now=NOW + timedelta(minutes=1))
+    ingest(engine, project.id, [event(attempt(cost_usd="6"), timestamp=minutes_ago(0))])
+    run_alerts(engine, now=NOW + timedelta(minutes=2))
+    with transaction() as conn:
+        [alert] = alerts.list_alerts(conn, project_id=project.id)
+    assert alert["state"] == "firing"
+    assert (alert["value"], alert["limit_value"]) == (pytest.approx(7.0), pytest.approx(5.0))
+    assert alert["window_end"] == NOW + timedelta(minutes=2)
+
+
+def test_a_loss_alert_looks_at_every_customer_with_enough_requests(engine, smtp_server):
+    """min_requests counts a customer's own requests: a small customer's larger loss does not
+    hide a customer with enough requests losing more than the threshold."""
+    project, pm = project_with_rule(
+        name="losing money", metric="negative_margin", window_minutes=120, threshold=10,
+        min_requests=10,
+    )  # fmt: skip
+    small = [
+        event(attempt(cost_usd="10"), customer_id="small", timestamp=minutes_ago(5))
+        for _ in range(5)
+    ]  # loses 50 over 5 requests
+    large = [
+        event(attempt(cost_usd="10"), customer_id="large", revenue_usd="9",
+              timestamp=minutes_ago(5))
+        for _ in range(20)
+    ]  # fmt: skip  # loses 20 over 20 requests
+    ingest(engine, project.id, small + large)
+    run_alerts(engine)
+    from app.db import transaction
+
+    with transaction() as conn:
+        [alert] = alerts.list_alerts(conn, project_id=project.id)
+    assert (alert["value"], alert["requests"]) == (pytest.approx(20.0), 20)
+
+
+def test_a_drift_alert_looks_at_every_feature_with_enough_requests(engine, database_url):
+    project, _ = project_with_rule(
+        name="drift", metric="drift_psi", threshold=0.25, min_requests=100
+    )
+    with psycopg.connect(database_url) as conn:
+        for feature, psi, current in [("tiny", 18.4, 5), ("busy", 0.879, 200)]:
+            conn.execute(
+                "insert into drift_results (project_id, feature, dimension, window_end, psi, "
+                "current_count, reference_count, current_distribution, reference_distribution) "
+                "values (%s, %s, 'tier', %s, %s, %s, 1000, '{}', '{}')",
+                (project.id, feature, NOW - timedelta(minutes=30), psi, current),
+            )
+    run_alerts(engine)
+    from app.db import transaction
+
+    with transaction() as conn:
+        [alert] = alerts.list_alerts(conn, project_id=project.id)
+    assert (alert["value"], alert["requests"]) == (pytest.approx(0.879), 200)
 
 
 def test_disabling_a_rule_resolves_its_firing_alert(engine, http, smtp_server):
@@ -325,6 +426,9 @@ def test_without_smtp_mail_is_written_to_the_outbox_folder(engine, monkeypatch, 
         ({"metric": "spend"}, "threshold"),
         ({"metric": "spend", "threshold": 1, "scope": {"feature": "a", "model": "b"}}, "scope"),
         ({"metric": "latency", "threshold": 1}, "metric"),
+        ({"metric": "drift_psi", "threshold": 1, "scope": {"customer_id": "a"}}, "scope"),
+        ({"metric": "drift_psi", "threshold": 1, "scope": {"model": "m"}}, "scope"),
+        ({"metric": "spend", "threshold": 1, "enabled": "yes"}, "enabled"),
     ],
 )
 def test_invalid_rules_are_refused(http, live_api, body, problem):
@@ -348,6 +452,33 @@ def test_rules_can_be_listed_changed_and_deleted(http, live_api):
     )
     assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 204
     assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 404
+
+
+# Fields a rule always has: a change may leave them out, never null them.
+REQUIRED_RULE_FIELDS = (
+    "name", "metric", "scope", "window_minutes", "min_requests", "cooldown_minutes",
+    "recipients", "enabled",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        *(({name: None}, name) for name in REQUIRED_RULE_FIELDS),
+        ({"enabled": "no"}, "enabled"),
+        ({"metric": "fallback_rate"}, "metric: a rule's metric cannot change"),
+    ],
+)
+def test_a_change_that_cannot_apply_is_refused_by_name(http, live_api, change, problem):
+    rule = {"name": "spend", "metric": "spend", "threshold": 10, "recipients": ["a@example.com"]}
+    created = http.post("/v1/alert-rules", json=rule, headers=auth(live_api.admin_key)).json()
+    path = f"/v1/alert-rules/{created['id']}"
+    refused = http.patch(path, json=change, headers=auth(live_api.admin_key))
+    assert refused.status_code == 422 and problem in refused.text, refused.text
+    kept = http.patch(path, json={"metric": "spend", "threshold": None, "baseline_multiplier": 2},
+                      headers=auth(live_api.admin_key))  # fmt: skip
+    assert kept.status_code == 200, kept.text
+    assert (kept.json()["threshold"], kept.json()["baseline_multiplier"]) == (None, 2)
 
 
 def test_the_daily_digest_goes_once_per_project_and_day(engine, smtp_server):
@@ -507,3 +638,14 @@ def test_window_totals_read_whole_hours_from_rollups_and_the_minutes_around_them
         ).fetchone()[0]
         assert measure(conn, rule=rule, now=now).reference == pytest.approx(reference)
         assert 0 < reference < 1
+
+
+def test_a_policy_deviation_of_exactly_the_threshold_is_not_above_it():
+    """All cheap against cheap 0.7, standard 0.25, premium 0.05 deviates by 0.3 exactly (in
+    binary floats the sum is 0.30000000000000004): a rule 'above 0.3' does not fire."""
+    from app.services.policies import total_variation
+
+    deviation = total_variation({"cheap": 1.0}, {"cheap": 0.7, "standard": 0.25, "premium": 0.05})
+    assert deviation == 0.3
+    rule = {"threshold": Decimal("0.3"), "baseline_multiplier": None, "min_requests": 0}
+    assert alerts.exceeded_limit(rule, alerts.Measurement(deviation, 10)) is None

@@ -5,7 +5,8 @@ cooldown while it still fires, one when it resolves. A rule is evaluated with it
 (FOR UPDATE), and the alert's change of state, its notification bookkeeping and the queued
 email (under a dedupe key) commit together, so neither two racing evaluations nor a worker
 restart sends an email twice. A rule that fires again within its cooldown of resolving
-reopens that alert quietly instead of starting a storm; its reminder comes after the cooldown.
+reopens that alert quietly instead of starting a storm; its reminder comes after the cooldown,
+and its resolution is emailed again only once a reminder has said it fires.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def check_rule(rule: dict) -> dict:
         )
     if len(rule["scope"]) > 1:
         raise InvalidRule("scope: at most one of feature, customer_id, model")
+    if rule["metric"] == "drift_psi" and not rule["scope"].keys() <= {"feature"}:
+        raise InvalidRule(
+            "scope: drift_psi is measured per feature: scope it by feature or not at all"
+        )
     return rule
 
 
@@ -117,6 +122,12 @@ def update_rule(
 ) -> dict:
     current = get_rule(conn, project_id=project_id, rule_id=rule_id)
     values = _stored(changes, only_set=True)
+    if values.get("metric", current["metric"]) != current["metric"]:
+        # Its alerts' figures and limits are in the unit of its metric.
+        raise InvalidRule(
+            f"metric: a rule's metric cannot change (it measures {current['metric']}); "
+            "create a new rule"
+        )
     check_rule({**current, **values})
     now = utc_now()
     conn.execute(
@@ -235,8 +246,11 @@ def _value(metric: str, totals) -> float | None:
     return float(totals.unpriced_requests)
 
 
-def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Period) -> Measurement:
-    """The largest cost − revenue of a customer of the scope over the window."""
+def _worst_loss(
+    conn: Connection, *, project_id: int, scope: dict, within: Period, min_requests: int
+) -> Measurement:
+    """The largest cost − revenue of a customer of the scope with at least `min_requests`
+    requests over the window."""
     source, params = window_source(
         conn, project_id=project_id, scope=scope, within=within, customers=True
     )
@@ -245,9 +259,10 @@ def _worst_loss(conn: Connection, *, project_id: int, scope: dict, within: Perio
         conn, project_id=project_id, within=within, customer_id=scope.get("customer_id")
     )
     add_record_revenue(figures, [r for r in records if r.customer_id in figures], within=within)
-    if not figures:
+    counted = [c for c in figures.values() if c.requests >= min_requests]
+    if not counted:
         return Measurement(None, 0)
-    worst = min(figures.values(), key=lambda c: c.margin_usd)
+    worst = min(counted, key=lambda c: c.margin_usd)
     return Measurement(
         float(MONEY_CONTEXT.minus(worst.margin_usd)),
         worst.requests,
@@ -267,8 +282,11 @@ def _policy_deviation(
     return Measurement(found.deviation, found.requests)
 
 
-def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> Measurement:
-    """The largest PSI among the latest drift results (of the scope's feature)."""
+def _drift(
+    conn: Connection, *, project_id: int, scope: dict, now: datetime, min_requests: int
+) -> Measurement:
+    """The largest PSI among the latest drift results (of the scope's feature) over at least
+    `min_requests` current requests."""
     query = """
         select distinct on (feature, dimension) psi, current_count from drift_results
         where project_id = :project_id and window_end > :since
@@ -278,7 +296,7 @@ def _drift(conn: Connection, *, project_id: int, scope: dict, now: datetime) -> 
         query += " and feature = :feature"
         params["feature"] = scope["feature"]
     query += " order by feature, dimension, window_end desc"
-    rows = conn.execute(text(query), params).all()
+    rows = [r for r in conn.execute(text(query), params) if r.current_count >= min_requests]
     if not rows:
         return Measurement(None, 0)
     worst = max(rows, key=lambda r: r.psi)
@@ -295,11 +313,16 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
     within = rule_window(rule, now)
     window = within.end - within.start
     if metric == "negative_margin":
-        return _worst_loss(conn, project_id=project_id, scope=scope, within=within)
+        return _worst_loss(
+            conn, project_id=project_id, scope=scope, within=within,
+            min_requests=rule["min_requests"],
+        )  # fmt: skip
     if metric == "policy_deviation":
         return _policy_deviation(conn, project_id=project_id, scope=scope, within=within)
     if metric == "drift_psi":
-        return _drift(conn, project_id=project_id, scope=scope, now=now)
+        return _drift(
+            conn, project_id=project_id, scope=scope, now=now, min_requests=rule["min_requests"]
+        )
     if metric == "calibration_error":
         found = window_calibration(conn, project_id=project_id, scope=scope, within=within)
         return Measurement(found.expected_calibration_error, found.requests)
@@ -318,16 +341,21 @@ def measure(conn: Connection, *, rule: dict, now: datetime) -> Measurement:
     return Measurement(_value(metric, totals), totals.requests, reference, unpriced)
 
 
-def exceeded_limit(rule: dict, found: Measurement) -> float | None:
-    """The limit the value is above (the lower one when both are), or None: not firing."""
-    if found.value is None or found.requests < rule["min_requests"]:
-        return None
+def _limits(rule: dict, found: Measurement) -> list[float]:
+    """The rule's limits now: its threshold, and its multiplier times the reference."""
     limits = []
     if rule["threshold"] is not None:
         limits.append(float(rule["threshold"]))
     if rule["baseline_multiplier"] is not None and found.reference is not None:
         limits.append(float(rule["baseline_multiplier"]) * found.reference)
-    above = [limit for limit in limits if found.value > limit]
+    return limits
+
+
+def exceeded_limit(rule: dict, found: Measurement) -> float | None:
+    """The limit the value is above (the lower one when both are), or None: not firing."""
+    if found.value is None or found.requests < rule["min_requests"]:
+        return None
+    above = [limit for limit in _limits(rule, found) if found.value > limit]
     return min(above) if above else None
 
 
@@ -394,20 +422,29 @@ def evaluate_rule(
     if limit is None:
         if open_alert is None:
             return None
+        # The resolution is emailed when the last email about the alert said it fired (or
+        # still fires): one that reopened quietly and resolves before its reminder was
+        # emailed resolved for on-call already; another email each time would be a storm.
+        told_firing = open_alert.resolved_notified_at is None or (
+            open_alert.last_reminder_at is not None
+            and open_alert.last_reminder_at > open_alert.resolved_notified_at
+        )
         conn.execute(
             update(alerts)
             .where(alerts.c.project_id == project_id, alerts.c.id == open_alert.id)
             .values(
                 state="resolved",
                 resolved_at=now,
-                resolved_notified_at=now,
+                resolved_notified_at=now if told_firing else open_alert.resolved_notified_at,
                 last_value=found.value if found.value is not None else open_alert.last_value,
                 last_evaluated_at=now,
             )
         )
-        # Each resolution its own email: an alert that reopened and resolves again says so.
-        event = f"resolved {now.isoformat()}"
-        _notify(conn, rule, open_alert.id, event, found, open_alert.limit_value, window)
+        if not told_firing:
+            return "resolved"
+        # The limit it is under now, in the rule's terms of now (a baseline moves).
+        under = min(_limits(rule, found), default=open_alert.limit_value)
+        _notify(conn, rule, open_alert.id, f"resolved {now.isoformat()}", found, under, window)
         return "resolved"
 
     figures = {"last_value": found.value, "last_evaluated_at": now}
@@ -428,7 +465,13 @@ def evaluate_rule(
             conn.execute(
                 update(alerts)
                 .where(alerts.c.project_id == project_id, alerts.c.id == recent.id)
-                .values(state="firing", resolved_at=None, last_reminder_at=last_email, **figures)
+                .values(
+                    state="firing",
+                    resolved_at=None,
+                    last_reminder_at=last_email,
+                    **_firing_figures(found, limit, window),
+                    **figures,
+                )
             )
             return "reopened"
         alert_id = conn.execute(
@@ -438,13 +481,8 @@ def evaluate_rule(
                 project_id=rule["project_id"],
                 state="firing",
                 fired_at=now,
-                value=found.value,
-                value_is_lower_bound=found.is_lower_bound,
-                limit_value=limit,
-                requests=found.requests,
-                window_start=window.start,
-                window_end=window.end,
                 fired_notified_at=now,
+                **_firing_figures(found, limit, window),
                 **figures,
             )
             .returning(alerts.c.id)
@@ -467,6 +505,18 @@ def evaluate_rule(
         .values(**figures)
     )
     return None
+
+
+def _firing_figures(found: Measurement, limit: float, window: Period) -> dict:
+    """What an alert says about why it fires: when it fires, and again when it reopens."""
+    return {
+        "value": found.value,
+        "value_is_lower_bound": found.is_lower_bound,
+        "limit_value": limit,
+        "requests": found.requests,
+        "window_start": window.start,
+        "window_end": window.end,
+    }
 
 
 # --- the emails ----------------------------------------------------------------------------------

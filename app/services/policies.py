@@ -136,5 +136,8 @@ def compare_with_policies(
 
 
 def total_variation(left: dict[str, float], right: dict[str, float]) -> float:
-    """½ Σ |left − right| over the keys of both."""
-    return 0.5 * sum(abs(left.get(k, 0.0) - right.get(k, 0.0)) for k in set(left) | set(right))
+    """½ Σ |left − right| over the keys of both, to 12 places: the shares are binary floats,
+    and a deviation of exactly 0.3 must not read as 0.30000000000000004 (above a limit of 0.3)."""
+    return round(
+        0.5 * sum(abs(left.get(k, 0.0) - right.get(k, 0.0)) for k in set(left) | set(right)), 12
+    )
