@@ -342,6 +342,23 @@ def test_the_advice_csv_follows_the_export_rules(http, offline):
     assert faq_cheap["cost_per_request_usd"] == "0.002000"
 
 
+def test_a_segment_without_evidence_is_a_whole_row_of_the_advice_csv(http, engine):
+    project = make_project(baseline_model=LARGE)
+    _traffic(http, project, 3, model=CHEAP, tier="cheap", feature="no-evidence")
+    run_rollup(engine)
+    response = http.get(
+        "/v1/advice/routing.csv",
+        params={**PERIOD, "feature": "no-evidence"},
+        headers=auth(project.read_key),
+    )
+    assert response.status_code == 200, response.text
+    header, *rows = list(csv.reader(io.StringIO(response.text)))
+    assert len(rows) == 1 and len(rows[0]) == len(header)
+    row = dict(zip(header, rows[0], strict=True))
+    assert row["recommended_tier"] == "insufficient_evidence" and row["segment_requests"] == "3"
+    assert row["tier"] == row["meets_target"] == ""
+
+
 def test_evals_refuse_bad_results_and_keep_the_others(http):
     project = make_project()
     http.put("/v1/model-tiers/mapped-model", json={"tier": "standard"},

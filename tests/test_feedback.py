@@ -169,6 +169,27 @@ def waiting_on_a_lock(engine) -> bool:
         ).scalar_one()
 
 
+def test_a_repeated_item_takes_no_room_among_held_feedback(engine, monkeypatch):
+    """With room for one more held item, a batch that repeats one held already (a retried
+    batch) and one of its own holds its new item; the repeats are duplicates."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("ROUTELEDGER_FEEDBACK_HOLD_MAX", "2")
+    get_settings.cache_clear()
+    try:
+        project = make_project()
+        first, second = ({"request_id": str(uuid.uuid4()), "score": 0.5} for _ in range(2))
+        with engine.begin() as conn:
+            assert feedback(conn, project.id, first).held == 1
+        with engine.begin() as conn:
+            result = feedback(conn, project.id, first, second, second)
+        assert (result.held, result.duplicates, result.errors) == (1, 2, [])
+        with engine.connect() as conn:
+            assert held_summary(conn, project_id=project.id).held == 2
+    finally:
+        get_settings.cache_clear()
+
+
 def test_held_feedback_is_bounded_and_expires(engine, monkeypatch):
     from app.settings import get_settings
 

@@ -255,7 +255,7 @@ def advice_csv(advice: Advice) -> bytes:
             s.requests, six_places(s.cost_usd), six_places(s.projected_savings_usd),
         )  # fmt: skip
         for t in s.tiers or (None,):
-            tier = () if t is None else (
+            tier = ("",) * (len(ADVICE_HEADER) - len(segment)) if t is None else (
                 t.tier, neutralise(t.model), t.cases, *_estimate_cells(t.relative),
                 *_estimate_cells(t.pass_rate), six_places(t.cost_per_request),
                 str(t.meets_target).lower(),

@@ -51,8 +51,11 @@ def record_feedback(
     )
     for_known = [item for _, item in items if item.request_id in known]
     waiting = [(index, item) for index, item in items if item.request_id not in known]
+    # Items held already, or repeated in the batch, are duplicates: they take no room.
+    new_waiting = _not_held_yet(conn, project_id=project_id, waiting=waiting)
+    repeats = len(waiting) - len(new_waiting)
     room = get_settings().routeledger_feedback_hold_max - _held_count(conn, project_id=project_id)
-    for index, item in waiting[max(room, 0) :]:
+    for index, item in new_waiting[max(room, 0) :]:
         errors.append(
             ItemError(
                 index=index,
@@ -61,7 +64,7 @@ def record_feedback(
                 "feedback is full (ROUTELEDGER_FEEDBACK_HOLD_MAX)",
             )
         )
-    waiting = waiting[: max(room, 0)]
+    waiting = new_waiting[: max(room, 0)]
     stored = _store(
         conn, project_id=project_id, items=[(item, now) for item in for_known], known=known
     )
@@ -73,9 +76,37 @@ def record_feedback(
     return FeedbackResult(
         accepted=len(stored),
         held=len(held),
-        duplicates=len(for_known) - len(stored) + len(waiting) - len(held),
+        duplicates=len(for_known) - len(stored) + repeats + len(waiting) - len(held),
         errors=sorted(errors, key=lambda e: e.index),
     )
+
+
+def _not_held_yet(
+    conn: Connection, *, project_id: int, waiting: list[tuple[int, FeedbackItem]]
+) -> list[tuple[int, FeedbackItem]]:
+    """The waiting items (index, item) that are not held already, each once (the first of
+    its repeats in the batch): what the unique item index would let in."""
+    if not waiting:
+        return []
+    held = {
+        _item_order(row._mapping)
+        for row in conn.execute(
+            select(
+                held_feedback.c.request_id, held_feedback.c.score, held_feedback.c.source,
+                held_feedback.c.comment,
+            ).where(
+                held_feedback.c.project_id == project_id,
+                held_feedback.c.request_id.in_({item.request_id for _, item in waiting}),
+            )
+        )
+    }  # fmt: skip
+    new = []
+    for index, item in waiting:
+        key = _item_order(_fields(item))
+        if key not in held:
+            held.add(key)
+            new.append((index, item))
+    return new
 
 
 def apply_held(conn: Connection, *, project_id: int, stored: dict[uuid.UUID, datetime]) -> int:
