@@ -179,6 +179,62 @@ def test_catalog_snapshot_is_loaded_once_and_later_versions_change_only_the_futu
     engine.dispose()
 
 
+def test_a_new_catalog_entry_for_a_name_priced_by_matching_changes_its_price_from_then(
+    scratch_database, monkeypatch
+):
+    """A dated name was priced at its family's price (the catalog's matching); a newer catalog
+    version gives it an entry of its own: calls before the version keep the family's price
+    (a late event, a re-pricing of those days), calls after it take the new one. A name
+    nothing was priced with is priced by its new entry for all history."""
+    from app import migrate
+    from app.services.batches import Batch
+    from app.services.ingest import ingest_batch
+    from app.services.partitions import forget_known_partitions
+    from app.services.projects import create_project
+    from tests.helpers import attempt
+
+    migrate.upgrade()
+    engine = create_engine(scratch_database.replace("postgresql://", "postgresql+psycopg://"))
+    now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    dated = "gpt-4o-2024-08-06"  # no entry of its own: matched to gpt-4o
+    with engine.begin() as conn:
+        pricing.sync_catalog(conn, now=now - timedelta(days=30))
+        project_id, _ = create_project(conn, name="p", baseline_model="gpt-4o")
+    call = attempt(model=dated, provider="openai")
+    # The partitions known to this process are the session database's: not this one's.
+    forget_known_partitions()
+    try:
+        stored = ingest_batch(
+            engine, project_id=project_id,
+            batch=Batch([event(call, timestamp=(now - timedelta(days=2)).isoformat())]), now=now,
+        )  # fmt: skip
+    finally:
+        forget_known_partitions()
+    assert stored.accepted == 1
+
+    def price(model: str, at: datetime) -> Decimal | None:
+        with engine.connect() as conn:
+            book = pricing.PriceBook.load(conn, project_id=project_id, models=[(model, "openai")])
+        found = book.price_at(model, "openai", at)
+        return None if found is None else found.input_per_mtok
+
+    family = price(dated, now - timedelta(days=1))
+    rows = pricing.catalog_rows()
+    gpt_4o = next(r for r in rows if r["model"] == "gpt-4o" and r["provider"] == "openai")
+    own = {**gpt_4o, "input_per_mtok": Decimal("9"), "output_per_mtok": Decimal("9")}
+    newer = [*rows, {**own, "model": dated}, {**own, "model": "never-priced-model"}]
+    monkeypatch.setattr(pricing, "catalog_rows", lambda: newer)
+    monkeypatch.setattr(pricing.genai_prices, "__version__", "99.0.0")
+    with engine.begin() as conn:
+        pricing.sync_catalog(conn, now=now)
+    assert family == gpt_4o["input_per_mtok"]
+    assert price(dated, now - timedelta(days=1)) == family
+    assert price(dated, datetime(2025, 1, 1, tzinfo=UTC)) == family
+    assert price(dated, now) == 9
+    assert price("never-priced-model", datetime(2025, 1, 1, tzinfo=UTC)) == 9
+    engine.dispose()
+
+
 def test_a_later_catalog_version_revises_or_withdraws_prices_it_announced(
     scratch_database, monkeypatch
 ):

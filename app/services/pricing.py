@@ -422,6 +422,17 @@ def _changes_since_last_snapshot(
     unused_after = now + MAX_FUTURE
     in_force_now: dict[tuple[str, str], dict] = {}
     announced = set()
+    new_keys = {(r["provider"], r["model"]) for r in candidates} - timelines.keys()
+    for key, family in _matched_families(conn, new_keys=new_keys).items():
+        # A name priced so far at another entry's prices keeps that history under its own
+        # name: the new entry's price is a change, in force from now like any other.
+        history = [old for old in timelines[family] if old.effective_from <= now]
+        changes.added += [
+            {**{f: getattr(old, f) for f in _PRICE_FIELDS}, "provider": key[0], "model": key[1],
+             "effective_from": old.effective_from}
+            for old in history
+        ]  # fmt: skip
+        timelines[key] = history
     for row in candidates:
         key = (row["provider"], row["model"])
         if key not in timelines:
@@ -449,6 +460,37 @@ def _changes_since_last_snapshot(
         and (provider, model, old.effective_from) not in announced
     ]
     return changes
+
+
+def _matched_families(
+    conn: Connection, *, new_keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """Per (provider, model) new to the catalog whose model name stored costs were priced
+    at with a catalog price all the same (through the catalog's matching: a dated name at
+    its family's price, a name at another provider's), the catalog entry that priced it
+    (of the same provider when there is one). Read once per new catalog version, over the
+    attempts and baselines of those names."""
+    if not new_keys:
+        return {}
+    priced = conn.execute(
+        text(
+            "select distinct a.model, p.provider, p.model as family from attempts a "
+            "join model_prices p on p.id = a.price_id "
+            "where p.project_id is null and a.model = any(:names) "
+            "union "
+            "select distinct j.baseline_model, p.provider, p.model from projects j "
+            "join requests r on r.project_id = j.id "
+            "join model_prices p on p.id = r.baseline_price_id "
+            "where p.project_id is null and j.baseline_model = any(:names)"
+        ),
+        {"names": sorted({model for _, model in new_keys})},
+    ).all()
+    families: dict[tuple[str, str], tuple[str, str]] = {}
+    for provider, model in sorted(new_keys):
+        found = sorted((p, f) for m, p, f in priced if m == model)
+        if found:
+            families[(provider, model)] = next((e for e in found if e[0] == provider), found[0])
+    return families
 
 
 def catalog_version(conn: Connection) -> str | None:
