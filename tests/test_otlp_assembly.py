@@ -182,10 +182,18 @@ def test_calls_of_one_model_inside_a_span_of_that_model_stay_calls_of_their_own(
 
 
 def test_more_calls_than_an_event_holds_become_consecutive_requests():
+    """The request's revenue and quality go on the first only: one request, counted once."""
     trace, app = new_trace_id(), new_span_id()
     calls = [call(trace, new_span_id(), app, end_ms=10 + n) for n in range(25)]
-    first, second = events(span(trace, app, end_ms=900), *calls)
+    request_span = span(
+        trace, app, end_ms=900, routeledger__revenue_usd="1.00", routeledger__quality__score=0.8,
+        routeledger__customer_id="acme",
+    )  # fmt: skip
+    first, second = events(request_span, *calls)
     assert len(first["attempts"]) == 20 and len(second["attempts"]) == 5
+    assert (first["revenue_usd"], first["quality"]) == ("1.00", {"score": 0.8})
+    assert "revenue_usd" not in second and "quality" not in second
+    assert first["customer_id"] == second["customer_id"] == "acme"
     name = f"{trace.hex()}:{app.hex()}"
     assert (first["request_id"], second["request_id"]) == (
         uuid.uuid5(REQUEST_ID_NAMESPACE, name),
@@ -696,12 +704,16 @@ def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ende
     next one was stored with the last 5 first)."""
     project = make_project(baseline_model=None)
     trace_id, app_id = new_trace_id(), new_span_id()
-    app = span(trace_id, app_id, routeledger__feature="search")
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__revenue_usd="1.00")
     calls = [call(trace_id, new_span_id(), app_id, end_ms=10 + n, routeledger__tier="cheap")
              for n in range(40)]  # fmt: skip
     receive_export(engine, project_id=project.id, export=export(app, *calls[:15]), now=START)
     late = receive_export(engine, project_id=project.id, export=export(app, *calls[15:]), now=START)
     assert (late.requests, late.amended, late.rejected_spans) == (1, 1, 0)
+    # The request's revenue is counted once: on one of its two requests.
+    assert sorted(request_rows(engine, project.id, "revenue_usd"), key=str) == [
+        (Decimal("1.00"),), (None,)
+    ]  # fmt: skip
     with engine.connect() as conn:
         rows = (
             conn.exec_driver_sql(

@@ -565,7 +565,17 @@ class Draft:
             }
         if "routeledger.quality.score" in fields:
             event["quality"] = {"score": fields["routeledger.quality.score"]}
-        return event
+        return without_once_fields(event) if chunk else event
+
+
+# What a request counts once, however many consecutive requests hold its calls: its revenue
+# (summed per customer) and its quality score (a mean over requests) go on its first only.
+ONCE_PER_REQUEST = ("revenue_usd", "quality")
+
+
+def without_once_fields(event: dict[str, Any]) -> dict[str, Any]:
+    """The event of a request's later chunk: without what its first chunk counts."""
+    return {key: value for key, value in event.items() if key not in ONCE_PER_REQUEST}
 
 
 def _tier_of(span: SpanRecord, tier_map: TierMap) -> str | None:

@@ -35,6 +35,7 @@ from app.services.otlp import (
     extract_spans,
     report_fullness,
     request_id_of,
+    without_once_fields,
 )
 from app.services.projects import ProjectContext, load_project_context
 from app.settings import get_settings
@@ -397,7 +398,7 @@ def _ingest_chunks(
         # The chunk as drafted, for its fields and time, when there was one.
         base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
         event = {
-            **base,
+            **without_once_fields(base),
             **names,
             "request_id": request_id_of(draft.trace_id, draft.request_span_id, chunk),
             "attempts": calls[:MAX_ATTEMPTS],
