@@ -320,8 +320,10 @@ def test_a_loss_alert_looks_at_every_customer_with_enough_requests(engine, smtp_
     assert (alert["value"], alert["requests"]) == (pytest.approx(20.0), 20)
 
 
-def test_a_drift_alert_looks_at_every_feature_with_enough_requests(engine, database_url):
-    project, _ = project_with_rule(
+def test_a_drift_alert_looks_at_every_feature_with_enough_requests(
+    engine, database_url, smtp_server
+):
+    project, pm = project_with_rule(
         name="drift", metric="drift_psi", threshold=0.25, min_requests=100
     )
     with psycopg.connect(database_url) as conn:
@@ -338,6 +340,15 @@ def test_a_drift_alert_looks_at_every_feature_with_enough_requests(engine, datab
     with transaction() as conn:
         [alert] = alerts.list_alerts(conn, project_id=project.id)
     assert (alert["value"], alert["requests"]) == (pytest.approx(0.879), 200)
+    send_pending(engine)
+    [fired] = smtp_server.to(pm)  # its window is the drift job's, not the rule's
+    text = fired.get_body(("plain",)).get_content()
+    assert "Window: the latest drift run's last 24 hours against the 7 days before" in text
+
+
+def test_a_baseline_limit_of_unpriced_requests_keeps_its_fraction():
+    assert alerts.figure_text("unpriced_requests", 3.0) == "3"
+    assert alerts.figure_text("unpriced_requests", 0.3) == "0.30"
 
 
 def test_disabling_a_rule_resolves_its_firing_alert(engine, http, smtp_server):

@@ -24,6 +24,8 @@ from app.periods import Period, floor_hour, trailing, utc_now
 from app.rollup_figures import REQUEST_FIGURES, named, totals_sql
 from app.schemas import AlertRuleChanges, AlertRuleIn
 from app.services.calibration import window_calibration
+from app.services.drift import CURRENT_WINDOW as DRIFT_CURRENT_WINDOW
+from app.services.drift import REFERENCE_WINDOW as DRIFT_REFERENCE_WINDOW
 from app.services.emails import dashboard_url, queue_email, report_email
 from app.services.metrics import (
     MONEY_CONTEXT,
@@ -536,8 +538,8 @@ def figure_text(metric: str, value: float | None) -> str:
         return f"{value:.2%}"
     if metric in COST_METRICS:
         return f"${Decimal(repr(value)):.6f}"
-    if metric == "unpriced_requests":
-        return f"{value:.0f}"
+    if metric == "unpriced_requests":  # a count; a baseline limit may be a fraction of one
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.2f}"
     return f"{value:.4f}"
 
 
@@ -579,7 +581,7 @@ def _notify(
         ),
         ("Baseline", _baseline_text(rule, found)),
         ("Requests in window", str(found.requests)),
-        ("Window", f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC"),
+        ("Window", _window_text(metric, window)),
     ]
     verb = {"fired": "fired", "reminder": "is still firing", "resolved": "has resolved"}[kind]
     queue_email(
@@ -595,6 +597,15 @@ def _notify(
             link=link,
         ),
     )
+
+
+def _window_text(metric: str, window: Period) -> str:
+    if metric == "drift_psi":  # measured by the drift job, over windows of its own
+        return (
+            f"the latest drift run's last {DRIFT_CURRENT_WINDOW.total_seconds() / 3600:.0f} hours "
+            f"against the {DRIFT_REFERENCE_WINDOW.days} days before"
+        )
+    return f"{window.start:%Y-%m-%d %H:%M} to {window.end:%Y-%m-%d %H:%M} UTC"
 
 
 def _float(value: Decimal | None) -> float | None:
