@@ -92,7 +92,12 @@ def migrate_command() -> None:
 
 @main.command()
 @click.option("--host", default=None, help="default: ROUTELEDGER_API_HOST (127.0.0.1)")
-@click.option("--port", type=int, default=None, help="default: ROUTELEDGER_API_PORT (8000)")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="default: ROUTELEDGER_API_PORT (8000)",
+)
 @click.option("--workers", type=int, default=1, show_default=True, help="API processes")
 @click.option(
     "--log-level",
@@ -335,9 +340,18 @@ def key() -> None:
 )
 def key_create(project_name: str, name: str, scopes: tuple[str, ...]) -> None:
     """Create a key; the secret is printed once."""
+    from pydantic import ValidationError
+
     from app.db import transaction
+    from app.schemas import KeyIn, describe_errors
     from app.services.projects import create_key
 
+    try:  # the rules of POST /v1/keys
+        KeyIn(name=name, scopes=list(scopes))
+    except ValidationError as error:
+        raise click.ClickException(
+            describe_errors(error.errors(include_url=False), whole="key")
+        ) from None
     with transaction() as conn:
         new = create_key(
             conn, project_id=_project_id(conn, project_name), name=name, scopes=list(scopes)
@@ -546,6 +560,9 @@ def _send_replay(
 
     from tools.replay import send
 
+    # A wrong endpoint or key would leave the SDK holding every event for ten minutes.
+    _wait_for_api(endpoint, seconds=10)
+    _check_ingest_key(endpoint, api_key)
     total = sum(len(run.requests) for run in runs)
     client = RouteLedger(api_key=api_key, endpoint=endpoint, max_queue=total)
     with Progress(console=console) as progress:
@@ -576,7 +593,12 @@ def _send_replay(
 
 @main.command()
 @click.option("--host", default=None, help="default: ROUTELEDGER_DASHBOARD_HOST (127.0.0.1)")
-@click.option("--port", type=int, default=None, help="default: ROUTELEDGER_DASHBOARD_PORT (8050)")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="default: ROUTELEDGER_DASHBOARD_PORT (8050)",
+)
 @click.option("--threads", type=int, default=8, show_default=True)
 def dashboard(host: str | None, port: int | None, threads: int) -> None:
     """Serve the dashboard (the database must be migrated; ROUTELEDGER_SECRET_KEY set)."""
@@ -641,28 +663,52 @@ def user_sign_out(email: str) -> None:
     from app.services import sessions, users
 
     with transaction() as conn:
-        user_id = users.user_id_by_email(conn, email=email)
+        try:
+            user_id = users.user_id_by_email(conn, email=email)
+        except users.InvalidUser as error:
+            raise click.ClickException(str(error)) from None
         if user_id is None:
             raise click.ClickException(f"no dashboard login {email}")
         ended = sessions.end_sessions_of(conn, user_id=user_id)
     click.echo(f"{users.normalize_email(email)}: {ended} session(s) ended")
 
 
-def _load_demo(endpoint: str, **plan_options) -> None:
+def _wait_for_api(endpoint: str, *, seconds: float) -> None:
+    """Until the API at `endpoint` is ready; a ClickException once `seconds` have passed."""
     import httpx
 
-    from tools import demo
-
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + seconds
     while True:
         try:
             if httpx.get(f"{endpoint}/readyz", timeout=2).status_code == 200:
-                break
+                return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
             raise click.ClickException(f"the API at {endpoint} is not ready")
         time.sleep(0.3)
+
+
+def _check_ingest_key(endpoint: str, api_key: str) -> None:
+    """A ClickException when the API refuses events with this key. An empty batch is what
+    it answers on: 422 (no events) once the key was taken, 401 or 403 when it was not."""
+    import httpx
+
+    answer = httpx.post(
+        f"{endpoint}/v1/requests",
+        json={"requests": []},
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=10,
+    )
+    if answer.status_code in (401, 403):
+        detail = answer.json().get("detail", answer.text)
+        raise click.ClickException(f"the API at {endpoint} refuses this key: {detail}")
+
+
+def _load_demo(endpoint: str, **plan_options) -> None:
+    from tools import demo
+
+    _wait_for_api(endpoint, seconds=60)
     console.print("loading demo traffic through the SDK ...")
     try:
         result = demo.load(endpoint=endpoint, plan=demo.plan_ending_now(**plan_options))

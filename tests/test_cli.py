@@ -182,6 +182,8 @@ def test_up_stops_everything_and_shows_why_when_a_process_fails(database_url, tm
 def test_bad_command_line_values_are_named_not_tracebacks(database_url, tmp_path):
     cases = {
         ("key", "revoke", "--project", "p", str(2**70)): "KEY_ID",
+        ("api", "--port", "99999"): "--port",
+        ("dashboard", "--port", "0"): "--port",
         ("export", "requests", "--project", "p", "-o", str(tmp_path / "no" / "r.csv")): "--output",
         ("jobs", "run", "reprice", "--project", "p", "--model", "m", "--start", "2026-12-06",
          "--end", "2026-12-05", "--reason", "r"): "--end",
@@ -190,3 +192,21 @@ def test_bad_command_line_values_are_named_not_tracebacks(database_url, tmp_path
         result = routeledger(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert named in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_values_a_command_refuses_are_named_as_the_api_names_them(database_url):
+    created = routeledger("project", "create", "cli-refusals", "--json")
+    assert created.returncode == 0, created.stderr
+    cases = {
+        ("user", "sign-out", "not an email"): "is not an email address",
+        ("key", "create", "--project", "cli-refusals", "--name", "", "--scope", "read"):
+            "name: String should have at least 1 character",
+        ("key", "create", "--project", "cli-refusals", "--name", "k" * 201, "--scope", "read"):
+            "name: String should have at most 200 characters",
+    }  # fmt: skip
+    for args, message in cases.items():
+        result = routeledger(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    listed = routeledger("key", "list", "--project", "cli-refusals")
+    assert listed.stdout.count("live") == 3  # no key made of a refused name

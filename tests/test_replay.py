@@ -181,6 +181,20 @@ def test_bad_cells_and_missing_prices_are_named(tmp_path, prices):
         load_eval(tmp_path / "x.csv")
 
 
+def test_a_file_that_is_not_utf8_is_named_and_a_byte_order_mark_is_skipped(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("prompt,acme-a,acme-b\ncaf\xe9,True,False\n".encode("latin-1"))
+    with pytest.raises(ReplayError, match=r"latin.csv: not UTF-8 text \(byte 24"):
+        load_eval(latin)
+    lines = tmp_path / "bad.jsonl"
+    lines.write_bytes(b"\xff\n")
+    with pytest.raises(ReplayError, match="bad.jsonl: not UTF-8 text"):
+        load_eval(lines)
+    spreadsheet = tmp_path / "excel.csv"  # as a spreadsheet saves UTF-8: a mark first
+    spreadsheet.write_text("prompt,acme-a,acme-b\nhello,True,False\n", encoding="utf-8-sig")
+    assert load_eval(spreadsheet).items[0].prompt == "hello"
+
+
 def test_timestamps_spread_evenly_over_the_window():
     stamps = spread(7, start=START, days=2)
     assert stamps[0] == START and stamps[-1] < datetime(2026, 11, 3, tzinfo=UTC)

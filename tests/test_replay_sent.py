@@ -30,6 +30,20 @@ def _replay_command(*args: str, env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.timeout(120)
+def test_replay_refuses_at_once_to_send_with_a_key_the_api_refuses(live_api, tmp_path):
+    """A read key (403) or an unknown one (401): said before anything is sent, not after the
+    SDK held every event for ten minutes; nothing is left in the spool."""
+    project = make_project()
+    for key, why in ((project.read_key, "lacks the 'ingest' scope"), ("rl_unknown", "unknown")):
+        env = {"ROUTELEDGER_ENDPOINT": live_api.url, "ROUTELEDGER_API_KEY": key,
+               "ROUTELEDGER_SPOOL_DIR": str(tmp_path)}  # fmt: skip
+        refused = _replay_command("--days", "1", "--send", env=env)
+        assert refused.returncode == 1
+        assert "refuses this key" in refused.stderr and why in refused.stderr, refused.stderr
+    assert not [path for path in tmp_path.rglob("*") if path.is_file()]
+
+
 @pytest.mark.timeout(300)
 def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
     live_api, engine, http, tmp_path

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tools.replay import ReplayError, load_eval
+from tools.replay import ReplayError, load_eval, utf8_text
 
 
 class EvalFileError(ValueError):
@@ -49,7 +49,7 @@ def results_from_file(
 
 
 def _json_lines(path: Path):
-    with path.open(encoding="utf-8") as f:
+    with utf8_text(path, error=EvalFileError) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 try:

@@ -37,11 +37,13 @@ import random
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from pathlib import Path
+from typing import TextIO
 
 import genai_prices
 
@@ -151,10 +153,21 @@ def load_eval(
     return EvalSet(name=name, models=models, items=tuple(items), files=tuple(map(str, files)))
 
 
+@contextmanager
+def utf8_text(path: Path, *, error: type[ValueError] = ReplayError) -> Iterator[TextIO]:
+    """The file as UTF-8 text, a byte-order mark skipped (spreadsheets write one before the
+    header); `error` naming the file when its bytes are not UTF-8."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            yield f
+    except UnicodeDecodeError as decoding:
+        raise error(f"{path}: not UTF-8 text (byte {decoding.start}: {decoding.reason})") from None
+
+
 def _read_csv(
     path: Path, *, pass_score: float, output_tokens: int
 ) -> tuple[tuple[str, ...], list[EvalItem]]:
-    with path.open(newline="", encoding="utf-8") as f:
+    with utf8_text(path) as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "prompt" not in columns:
@@ -198,7 +211,7 @@ _JUDGEMENT_FIELDS = {"question_id", "model", "turn", "score", "user_prompt"}
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
-    with path.open(encoding="utf-8") as f:
+    with utf8_text(path) as f:
         for line_number, line in enumerate(f, start=1):
             if line.strip():
                 try:
