@@ -787,15 +787,18 @@ def jobs_run(
     """Run job NAME now, in this process, and print its summary as JSON.
 
     `reprice` alone prices the requests that had no price; with --project, --model,
-    --start and --end it prices that model's attempts in that range again, with an audit."""
+    --start, --end and --reason it prices that model's attempts in that range again, with an
+    audit record of why."""
     from app.db import get_engine
     from app.services.jobs import JOBS, run_job
 
     if name not in JOBS:
         raise click.BadParameter(f"one of {', '.join(JOBS)}", param_hint="NAME")
-    correction = (project_name, model, start, end)
+    correction = (project_name, model, start, end, reason)
     if any(correction) and (name != "reprice" or not all(correction)):
-        raise click.UsageError("a correction is `reprice` with --project, --model, --start, --end")
+        raise click.UsageError(
+            "a correction is `reprice` with --project, --model, --start, --end and --reason"
+        )
     if not any(correction):
         click.echo(json.dumps(run_job(get_engine(), name), default=_json_value))
         return

@@ -192,6 +192,10 @@ def test_bad_command_line_values_are_named_not_tracebacks(database_url, tmp_path
         result = routeledger(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert named in result.stderr and "Traceback" not in result.stderr, result.stderr
+    # A correction's audit record says why: a correction without a reason is not run.
+    unexplained = routeledger("jobs", "run", "reprice", "--project", "p", "--model", "m",
+                              "--start", "2026-12-05", "--end", "2026-12-06")  # fmt: skip
+    assert unexplained.returncode == 2 and "--reason" in unexplained.stderr, unexplained.stderr
 
 
 def test_values_a_command_refuses_are_named_as_the_api_names_them(database_url):
