@@ -560,9 +560,10 @@ def _send_replay(
 
     from tools.replay import send
 
-    # A wrong endpoint or key would leave the SDK holding every event for ten minutes.
-    _wait_for_api(endpoint, seconds=10)
-    _check_ingest_key(endpoint, api_key)
+    # A wrong endpoint or key would leave the SDK holding every event for ten minutes. Both
+    # as the SDK takes them: a key without its line break, an endpoint without its last "/".
+    _wait_for_api(endpoint.rstrip("/"), seconds=10)
+    _check_ingest_key(endpoint.rstrip("/"), api_key.strip())
     total = sum(len(run.requests) for run in runs)
     client = RouteLedger(api_key=api_key, endpoint=endpoint, max_queue=total)
     with Progress(console=console) as progress:
@@ -690,19 +691,29 @@ def _wait_for_api(endpoint: str, *, seconds: float) -> None:
 
 
 def _check_ingest_key(endpoint: str, api_key: str) -> None:
-    """A ClickException when the API refuses events with this key. An empty batch is what
-    it answers on: 422 (no events) once the key was taken, 401 or 403 when it was not."""
+    """A ClickException unless the API takes events with this key. An empty batch is what it
+    is asked: the API answers 422 (no events) once it took the key and its scope; anything
+    else (401, 403, a rate limit, a proxy's page) is said as it came."""
     import httpx
 
-    answer = httpx.post(
-        f"{endpoint}/v1/requests",
-        json={"requests": []},
-        headers={"Authorization": f"Bearer {api_key}"},
-        timeout=10,
+    try:
+        answer = httpx.post(
+            f"{endpoint}/v1/requests",
+            json={"requests": []},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as error:
+        raise click.ClickException(f"the API at {endpoint} cannot be asked: {error}") from None
+    if answer.status_code == 422:
+        return
+    try:
+        detail = answer.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        detail = answer.text[:200]
+    raise click.ClickException(
+        f"the API at {endpoint} refuses this key (HTTP {answer.status_code}): {detail}"
     )
-    if answer.status_code in (401, 403):
-        detail = answer.json().get("detail", answer.text)
-        raise click.ClickException(f"the API at {endpoint} refuses this key: {detail}")
 
 
 def _load_demo(endpoint: str, **plan_options) -> None:
@@ -795,11 +806,13 @@ def jobs_run(
     if name not in JOBS:
         raise click.BadParameter(f"one of {', '.join(JOBS)}", param_hint="NAME")
     correction = (project_name, model, start, end, reason)
-    if any(correction) and (name != "reprice" or not all(correction)):
+    given = [value is not None for value in correction]
+    # An empty or blank value is no value: a blank reason would explain nothing.
+    if any(given) and (name != "reprice" or not all(v and v.strip() for v in correction)):
         raise click.UsageError(
             "a correction is `reprice` with --project, --model, --start, --end and --reason"
         )
-    if not any(correction):
+    if not any(given):
         click.echo(json.dumps(run_job(get_engine(), name), default=_json_value))
         return
     from dataclasses import asdict

@@ -14,6 +14,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
+from psycopg.types.json import Jsonb
 
 from app.periods import utc_now
 from app.services import alerts, rollups
@@ -463,6 +464,28 @@ def test_rules_can_be_listed_changed_and_deleted(http, live_api):
     )
     assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 204
     assert http.delete(path, headers=auth(live_api.admin_key)).status_code == 404
+
+
+def test_a_drift_rule_stored_with_a_scope_it_ignores_can_still_be_changed(engine, database_url):
+    """Rules stored before drift's scope was checked stay editable (disabled, say), and a new
+    scope given them is checked."""
+    from app.db import transaction
+    from app.schemas import AlertRuleChanges, AlertScope
+
+    project, _ = project_with_rule(name="drift", metric="drift_psi", threshold=0.25)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "update alert_rules set scope = %s where project_id = %s",
+            (Jsonb({"customer_id": "acme"}), project.id),
+        )
+    with transaction() as conn:
+        [rule] = alerts.list_rules(conn, project_id=project.id)
+        changed = alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
+                                     changes=AlertRuleChanges(enabled=False))  # fmt: skip
+        assert changed["enabled"] is False
+        with pytest.raises(alerts.InvalidRule, match="scope: drift_psi is measured per feature"):
+            alerts.update_rule(conn, project_id=project.id, rule_id=rule["id"],
+                               changes=AlertRuleChanges(scope=AlertScope(model="m")))  # fmt: skip
 
 
 # Fields a rule always has: a change may leave them out, never null them.

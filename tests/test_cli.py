@@ -196,6 +196,8 @@ def test_bad_command_line_values_are_named_not_tracebacks(database_url, tmp_path
     unexplained = routeledger("jobs", "run", "reprice", "--project", "p", "--model", "m",
                               "--start", "2026-12-05", "--end", "2026-12-06")  # fmt: skip
     assert unexplained.returncode == 2 and "--reason" in unexplained.stderr, unexplained.stderr
+    blank = routeledger("jobs", "run", "reprice", "--reason", "")  # not the plain job
+    assert blank.returncode == 2 and "--reason" in blank.stderr, blank.stderr
 
 
 def test_values_a_command_refuses_are_named_as_the_api_names_them(database_url):

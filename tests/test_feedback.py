@@ -186,6 +186,12 @@ def test_a_repeated_item_takes_no_room_among_held_feedback(engine, monkeypatch):
         assert (result.held, result.duplicates, result.errors) == (1, 2, [])
         with engine.connect() as conn:
             assert held_summary(conn, project_id=project.id).held == 2
+        # Full now: a new item and its repeat are both refused, neither a duplicate.
+        third = {"request_id": str(uuid.uuid4()), "score": 0.5}
+        with engine.begin() as conn:
+            result = feedback(conn, project.id, third, first, third)
+        assert (result.held, result.duplicates) == (0, 1)
+        assert [(e.index, "HOLD_MAX" in e.error) for e in result.errors] == [(0, True), (2, True)]
     finally:
         get_settings.cache_clear()
 

@@ -234,9 +234,24 @@ def test_a_failing_email_row_does_not_stop_the_others(engine, monkeypatch, tmp_p
     assert status == "pending" and error
 
 
+def test_a_repeated_authorization_header_is_read_alike_by_every_call(http, fresh_project):
+    """The first of two Authorization headers is the key, for a call with a body as for one
+    without (a proxy adding its own must not make a call act as another key)."""
+    ingest, admin = (f"Bearer {k}" for k in (fresh_project.ingest_key, fresh_project.admin_key))
+    policy = {"split": {"cheap": 1.0}, "effective_from": "2026-11-01T00:00:00Z"}
+    for first, second, status in ((ingest, admin, 403), (admin, ingest, 200)):
+        headers = [("Authorization", first), ("Authorization", second)]
+        put = http.put("/v1/policies/twice", json=policy, headers=headers)
+        listed = http.get("/v1/keys", headers=headers)
+        assert (put.status_code, listed.status_code) == (status, status), put.text
+
+
 def test_the_key_is_checked_before_a_body_is_read(http, live_api):
     """A huge gzip body without a key is refused 401 at once (not read, not decompressed),
-    and calls without a valid key are throttled per address."""
+    and calls without a valid key are throttled per address; a key found valid before still
+    passes from that address."""
+    good = http.get("/v1/metrics/routing", headers=auth(live_api.read_key))
+    assert good.status_code == 200, good.text
     bomb = gzip.compress(b" " * (20 * 1024 * 1024))
     response = http.post(
         "/v1/requests",
@@ -248,6 +263,9 @@ def test_the_key_is_checked_before_a_body_is_read(http, live_api):
         http.get("/v1/metrics/routing", headers=auth("rl_not-a-key")).status_code for _ in range(40)
     ]
     assert statuses[0] == 401 and statuses[-1] == 429
+    assert http.get("/v1/metrics/routing", headers=auth("x" * 10**6)).status_code == 429
+    still = http.get("/v1/metrics/routing", headers=auth(live_api.read_key))
+    assert still.status_code == 200, still.text
 
 
 def test_readiness_never_shows_the_drivers_text():

@@ -727,6 +727,26 @@ def test_many_late_calls_fill_a_request_then_its_next_one_in_the_order_they_ende
     assert sorted(rows) == [[10.0 + n for n in range(20)], [30.0 + n for n in range(20)]]
 
 
+def test_a_request_whose_first_twenty_calls_are_refused_keeps_its_revenue_on_the_next(engine):
+    """The first of its consecutive requests is refused (a call's error type holds a NUL):
+    the next one stored carries the request's revenue and quality, counted once still."""
+    project = make_project(baseline_model=None)
+    trace_id, app_id = new_trace_id(), new_span_id()
+    app = span(trace_id, app_id, routeledger__feature="search", routeledger__revenue_usd="1.00",
+               routeledger__quality__score=0.8)  # fmt: skip
+    unstorable = call(trace_id, new_span_id(), app_id, end_ms=10, error=True,
+                      routeledger__tier="cheap", error__type="bad\x00type")  # fmt: skip
+    calls = [call(trace_id, new_span_id(), app_id, end_ms=11 + n, routeledger__tier="cheap")
+             for n in range(24)]  # fmt: skip
+    outcome = receive_export(
+        engine, project_id=project.id, export=export(app, unstorable, *calls), now=START
+    )
+    assert outcome.requests == 1 and outcome.rejected_spans > 0
+    assert request_rows(engine, project.id, "attempt_count, revenue_usd, quality_score") == [
+        (5, Decimal("1.00"), 0.8)
+    ]
+
+
 def test_late_calls_alone_beyond_a_full_request_make_a_next_request_named_like_it(engine):
     """Two calls arrive after their request of 20 was stored, without their request span:
     the next consecutive request they make is the stored request's customer and feature (it

@@ -44,6 +44,23 @@ def test_replay_refuses_at_once_to_send_with_a_key_the_api_refuses(live_api, tmp
     assert not [path for path in tmp_path.rglob("*") if path.is_file()]
 
 
+def test_the_key_check_takes_what_the_sdk_takes_and_says_any_other_answer(live_api):
+    """An endpoint ending in "/" and a key ending in a line break, as the SDK takes them; an
+    answer other than the API's to a taken key (here a 404) is said, with its status."""
+    import click
+
+    from app.cli import _check_ingest_key, _wait_for_api
+
+    project = make_project()
+    _wait_for_api(live_api.url, seconds=5)
+    _check_ingest_key(live_api.url, project.ingest_key)
+    with pytest.raises(click.ClickException, match=r"refuses this key \(HTTP 404\)"):
+        _check_ingest_key(f"{live_api.url}/elsewhere", project.ingest_key)
+    env = {"ROUTELEDGER_ENDPOINT": f"{live_api.url}/", "ROUTELEDGER_API_KEY": "rl_unknown\n"}
+    refused = _replay_command("--days", "1", "--send", env=env)
+    assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused.stderr
+
+
 @pytest.mark.timeout(300)
 def test_replay_sent_shows_the_same_figures_in_metrics_and_exports(
     live_api, engine, http, tmp_path

@@ -191,6 +191,7 @@ def test_a_new_catalog_entry_for_a_name_priced_by_matching_changes_its_price_fro
     from app.services.ingest import ingest_batch
     from app.services.partitions import forget_known_partitions
     from app.services.projects import create_project
+    from app.services.rollups import run_rollup
     from tests.helpers import attempt
 
     migrate.upgrade()
@@ -211,18 +212,22 @@ def test_a_new_catalog_entry_for_a_name_priced_by_matching_changes_its_price_fro
     finally:
         forget_known_partitions()
     assert stored.accepted == 1
+    run_rollup(engine, now=now)  # the rollups say which names were called
 
-    def price(model: str, at: datetime) -> Decimal | None:
+    def price(model: str, at: datetime, provider: str = "openai") -> Decimal | None:
         with engine.connect() as conn:
-            book = pricing.PriceBook.load(conn, project_id=project_id, models=[(model, "openai")])
-        found = book.price_at(model, "openai", at)
+            book = pricing.PriceBook.load(conn, project_id=project_id, models=[(model, provider)])
+        found = book.price_at(model, provider, at)
         return None if found is None else found.input_per_mtok
 
     family = price(dated, now - timedelta(days=1))
     rows = pricing.catalog_rows()
     gpt_4o = next(r for r in rows if r["model"] == "gpt-4o" and r["provider"] == "openai")
     own = {**gpt_4o, "input_per_mtok": Decimal("9"), "output_per_mtok": Decimal("9")}
-    newer = [*rows, {**own, "model": dated}, {**own, "model": "never-priced-model"}]
+    newer = [
+        *rows, {**own, "model": dated}, {**own, "model": "never-priced-model"},
+        {**own, "provider": "azure", "model": dated},  # never called at azure
+    ]  # fmt: skip
     monkeypatch.setattr(pricing, "catalog_rows", lambda: newer)
     monkeypatch.setattr(pricing.genai_prices, "__version__", "99.0.0")
     with engine.begin() as conn:
@@ -232,6 +237,7 @@ def test_a_new_catalog_entry_for_a_name_priced_by_matching_changes_its_price_fro
     assert price(dated, datetime(2025, 1, 1, tzinfo=UTC)) == family
     assert price(dated, now) == 9
     assert price("never-priced-model", datetime(2025, 1, 1, tzinfo=UTC)) == 9
+    assert price(dated, datetime(2025, 1, 1, tzinfo=UTC), provider="azure") == 9
     engine.dispose()
 
 

@@ -161,7 +161,7 @@ def utf8_text(path: Path, *, error: type[ValueError] = ReplayError) -> Iterator[
         with path.open(newline="", encoding="utf-8-sig") as f:
             yield f
     except UnicodeDecodeError as decoding:
-        raise error(f"{path}: not UTF-8 text (byte {decoding.start}: {decoding.reason})") from None
+        raise error(f"{path}: not UTF-8 text ({decoding.reason})") from None
 
 
 def _read_csv(

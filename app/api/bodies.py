@@ -31,7 +31,9 @@ class BodyLimitAndGzip:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "DELETE", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            headers.setdefault(name, value)  # the first of a repeated header, as routes read it
         authorization = headers.get(b"authorization", b"").decode("latin-1")
         try:
             caller = await run_in_threadpool(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from app.db import transaction
 from app.periods import utc_now
 from app.services import rate_limits
-from app.services.projects import Caller, authenticate
+from app.services.projects import Caller, authenticate, hash_key
 from app.settings import get_settings
 
 # Calls without a valid key: bursts of 20 per address, then 2 a second.
@@ -32,12 +33,32 @@ class Refused(Exception):
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# Keys this process found valid, by hash, that a throttled address may still call with.
+KNOWN_KEYS_KEPT = 10_000
+# Far longer than any key made here (app.services.projects): a longer one is not a key.
+MAX_KEY_CHARS = 200
+
+
 class FailureThrottle:
-    """A token bucket per client address, spent by calls without a valid key."""
+    """A token bucket per client address, spent by calls without a valid key; and the keys
+    found valid (their hashes), which the bucket does not stop: one client's bad key must not
+    lock out the good ones behind the same address (a NAT, a proxy)."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._known_keys: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
+
+    def knows(self, key_hash: bytes) -> bool:
+        with self._lock:
+            return key_hash in self._known_keys
+
+    def valid(self, key_hash: bytes) -> None:
+        with self._lock:
+            self._known_keys[key_hash] = None
+            self._known_keys.move_to_end(key_hash)
+            if len(self._known_keys) > KNOWN_KEYS_KEPT:
+                self._known_keys.popitem(last=False)
 
     def _tokens(self, address: str, now: float) -> float:
         tokens, last = self._buckets.get(address, (FAILURE_BURST, now))
@@ -73,23 +94,30 @@ def _seconds(wait: float) -> dict[str, str]:
 
 def resolve_caller(authorization: str | None, *, address: str) -> Caller:
     """The caller of a key sent as `Authorization: Bearer <key>`, with this call counted
-    against its rate; Refused (401 or 429) otherwise."""
+    against its rate; Refused (401 or 429) otherwise. An address that sent too many calls
+    without a valid key is refused before any database lookup, but for keys found valid
+    before (a revoked one is then refused by the lookup)."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    secret = secret.strip()
+    if len(secret) > MAX_KEY_CHARS:
+        secret = ""  # no key of ours is this long: not hashed, not looked up
+    key_hash = hash_key(secret)
     wait = failures.retry_after(address)
-    if wait:
+    if wait and not failures.knows(key_hash):
         raise Refused(
             429, "too many calls without a valid API key from this address", _seconds(wait)
         )
-    scheme, _, secret = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret.strip():
+    if scheme.lower() != "bearer" or not secret:
         failures.failed(address)
         raise Refused(
             401, "missing API key: send Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"}
         )
     with transaction() as conn:
-        caller = authenticate(conn, secret=secret.strip())
+        caller = authenticate(conn, secret=secret)
         if caller is None:
             failures.failed(address)
             raise Refused(401, "unknown or revoked API key", {"WWW-Authenticate": "Bearer"})
+        failures.valid(key_hash)
         rate = caller.rate_limit_per_second or get_settings().routeledger_rate_limit_per_second
         wait = rate_limits.take(conn, key_id=caller.key_id, rate=rate, now=utc_now())
     if wait:

@@ -86,15 +86,20 @@ def check_rule(rule: dict) -> dict:
         )
     if len(rule["scope"]) > 1:
         raise InvalidRule("scope: at most one of feature, customer_id, model")
+    return rule
+
+
+def _check_drift_scope(rule: dict) -> None:
+    # Checked when a scope is given: rules stored before this check keep being editable.
     if rule["metric"] == "drift_psi" and not rule["scope"].keys() <= {"feature"}:
         raise InvalidRule(
             "scope: drift_psi is measured per feature: scope it by feature or not at all"
         )
-    return rule
 
 
 def create_rule(conn: Connection, *, project_id: int, rule: AlertRuleIn) -> dict:
     values = check_rule(_stored(rule, only_set=False))
+    _check_drift_scope(values)
     rule_id = conn.execute(
         insert(alert_rules).values(project_id=project_id, **values).returning(alert_rules.c.id)
     ).scalar_one()
@@ -131,6 +136,8 @@ def update_rule(
             "create a new rule"
         )
     check_rule({**current, **values})
+    if "scope" in values:
+        _check_drift_scope({**current, **values})
     now = utc_now()
     conn.execute(
         update(alert_rules)

@@ -51,11 +51,13 @@ def record_feedback(
     )
     for_known = [item for _, item in items if item.request_id in known]
     waiting = [(index, item) for index, item in items if item.request_id not in known]
-    # Items held already, or repeated in the batch, are duplicates: they take no room.
+    # Items held already, or repeated in the batch, take no room: the first of each new item
+    # is held while there is room, and its repeats share its fate (a duplicate, or refused).
     new_waiting = _not_held_yet(conn, project_id=project_id, waiting=waiting)
-    repeats = len(waiting) - len(new_waiting)
     room = get_settings().routeledger_feedback_hold_max - _held_count(conn, project_id=project_id)
-    for index, item in new_waiting[max(room, 0) :]:
+    refused = {_item_order(_fields(item)) for _, item in new_waiting[max(room, 0) :]}
+    refused_items = [(i, item) for i, item in waiting if _item_order(_fields(item)) in refused]
+    for index, item in refused_items:
         errors.append(
             ItemError(
                 index=index,
@@ -64,19 +66,21 @@ def record_feedback(
                 "feedback is full (ROUTELEDGER_FEEDBACK_HOLD_MAX)",
             )
         )
-    waiting = new_waiting[: max(room, 0)]
+    # Every other waiting item is held now, or a duplicate.
+    not_refused = len(waiting) - len(refused_items)
+    to_hold = new_waiting[: max(room, 0)]
     stored = _store(
         conn, project_id=project_id, items=[(item, now) for item in for_known], known=known
     )
     held = _insert_once(
         held_feedback,
         conn,
-        [{**_fields(item), "project_id": project_id, "received_at": now} for _, item in waiting],
+        [{**_fields(item), "project_id": project_id, "received_at": now} for _, item in to_hold],
     )
     return FeedbackResult(
         accepted=len(stored),
         held=len(held),
-        duplicates=len(for_known) - len(stored) + repeats + len(waiting) - len(held),
+        duplicates=len(for_known) - len(stored) + not_refused - len(held),
         errors=sorted(errors, key=lambda e: e.index),
     )
 

@@ -426,7 +426,9 @@ def _changes_since_last_snapshot(
     for key, family in _matched_families(conn, new_keys=new_keys).items():
         # A name priced so far at another entry's prices keeps that history under its own
         # name: the new entry's price is a change, in force from now like any other.
-        history = [old for old in timelines[family] if old.effective_from <= now]
+        history = [old for old in timelines[family] if old.effective_from < now]
+        if not history:
+            continue
         changes.added += [
             {**{f: getattr(old, f) for f in _PRICE_FIELDS}, "provider": key[0], "model": key[1],
              "effective_from": old.effective_from}
@@ -467,27 +469,42 @@ def _matched_families(
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """Per (provider, model) new to the catalog whose model name stored costs were priced
     at with a catalog price all the same (through the catalog's matching: a dated name at
-    its family's price, a name at another provider's), the catalog entry that priced it
-    (of the same provider when there is one). Read once per new catalog version, over the
-    attempts and baselines of those names."""
-    if not new_keys:
+    its family's price, a name at another provider's), for calls at that provider or at
+    none, the catalog entry that priced them. Read once per new catalog version: the
+    attempts and baselines of the names the rollups show were called (most new entries
+    are of models nobody called yet, whose attempts need no reading)."""
+    called = list(
+        conn.scalars(
+            text(
+                "select model from rollup_routing_models_hourly where model = any(:names) "
+                "union select model from rollup_routing_models_daily where model = any(:names) "
+                "union select baseline_model from projects where baseline_model = any(:names)"
+            ),
+            {"names": sorted({model for _, model in new_keys})},
+        )
+    )
+    if not called:
         return {}
     priced = conn.execute(
         text(
-            "select distinct a.model, p.provider, p.model as family from attempts a "
-            "join model_prices p on p.id = a.price_id "
+            "select distinct a.model, coalesce(a.provider, ''), p.provider, p.model "
+            "from attempts a join model_prices p on p.id = a.price_id "
             "where p.project_id is null and a.model = any(:names) "
             "union "
-            "select distinct j.baseline_model, p.provider, p.model from projects j "
-            "join requests r on r.project_id = j.id "
+            "select distinct j.baseline_model, coalesce(j.baseline_provider, ''), p.provider, "
+            "p.model from projects j join requests r on r.project_id = j.id "
             "join model_prices p on p.id = r.baseline_price_id "
             "where p.project_id is null and j.baseline_model = any(:names)"
         ),
-        {"names": sorted({model for _, model in new_keys})},
+        {"names": sorted(called)},
     ).all()
     families: dict[tuple[str, str], tuple[str, str]] = {}
     for provider, model in sorted(new_keys):
-        found = sorted((p, f) for m, p, f in priced if m == model)
+        found = sorted(
+            (family_provider, family)
+            for name, called_at, family_provider, family in priced
+            if name == model and normalize_provider(called_at) in ("", provider)
+        )
         if found:
             families[(provider, model)] = next((e for e in found if e[0] == provider), found[0])
     return families

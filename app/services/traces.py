@@ -28,6 +28,7 @@ from app.schemas import MAX_ATTEMPTS
 from app.services.ingest import Batch, Overflow, add_late_attempts, ingest_in_transaction
 from app.services.model_tiers import load_tier_map, set_model_tier
 from app.services.otlp import (
+    ONCE_PER_REQUEST,
     REQUEST_ATTRIBUTES,
     Draft,
     SpanRecord,
@@ -352,6 +353,9 @@ class _Chunk:
     drafted: list[dict[str, Any]]
     # The stored request's naming fields, once a chunk follows a stored one (ingest.LateAttempts)
     named: dict[str, Any] = field(default_factory=dict)
+    # Whether it holds what its request counts once (revenue, quality): the first chunk does,
+    # and a chunk after one that was refused with them.
+    carries_once: bool = True
 
 
 def _ingest_chunks(
@@ -371,8 +375,10 @@ def _ingest_chunks(
     result = ingested.result
     outcome.requests += result.accepted
     outcome.duplicates += result.duplicates
+    refused = set()
     for error in result.errors:
         _refuse(outcome, chunks[error.index].draft, error.error, received=new)
+        refused.add(error.index)
     overflow: dict[uuid.UUID, Overflow] = {}
     if ingested.stored_before:
         # Assembled before: a call that ended after its request span, or came from another
@@ -388,7 +394,7 @@ def _ingest_chunks(
             _refuse(outcome, of_request[request_id].draft, error, received=new)
         overflow = late.overflow
     following = []
-    for stored in chunks:
+    for index, stored in enumerate(chunks):
         spilled = overflow.get(stored.event["request_id"])
         calls = [*(spilled.attempts if spilled else ()), *stored.rest]
         if not calls:
@@ -397,13 +403,18 @@ def _ingest_chunks(
         names = spilled.named if spilled else stored.named
         # The chunk as drafted, for its fields and time, when there was one.
         base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
+        carries_once = stored.carries_once and index in refused
+        once = {k: v for k, v in stored.event.items() if k in ONCE_PER_REQUEST}
         event = {
             **without_once_fields(base),
             **names,
+            **(once if carries_once else {}),
             "request_id": request_id_of(draft.trace_id, draft.request_span_id, chunk),
             "attempts": calls[:MAX_ATTEMPTS],
         }
-        following.append(_Chunk(event, draft, chunk, calls[MAX_ATTEMPTS:], stored.drafted, names))
+        following.append(
+            _Chunk(event, draft, chunk, calls[MAX_ATTEMPTS:], stored.drafted, names, carries_once)
+        )
     return following
 
 
