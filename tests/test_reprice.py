@@ -114,6 +114,36 @@ def test_a_correction_reprices_a_range_and_keeps_an_audit(engine, database_url):
     assert outside_cost == Decimal(1)  # outside the corrected range: unchanged
 
 
+def test_a_correction_in_several_batches_keeps_one_audit_record(engine, database_url, monkeypatch):
+    """A run goes in batches of REQUESTS_PER_TRANSACTION requests, a transaction each: they
+    add up in one repricings row, which says what the whole run changed."""
+    from app.services import reprice
+
+    monkeypatch.setattr(reprice, "REQUESTS_PER_TRANSACTION", 2)
+    project = make_project(baseline_model=None)
+    price(engine, project.id, "acme-small", "1", HOUR - timedelta(days=1))
+    events = [
+        event(attempt(input_tokens=1_000_000, output_tokens=0),
+              timestamp=(HOUR + timedelta(minutes=n)).isoformat())
+        for n in range(5)
+    ]  # fmt: skip
+    ingest_batch(engine, project_id=project.id, batch=Batch(events))
+    price(engine, project.id, "acme-small", "3", HOUR)
+    change = correct_prices(
+        engine, project_id=project.id, model="acme-small", start=HOUR,
+        end=HOUR + timedelta(hours=1), reason="contract price",
+    )  # fmt: skip
+    assert (change.attempts, change.requests, change.cost_after) == (5, 5, Decimal(15))
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "select r.attempts_changed, r.requests_changed, r.cost_before_usd, "
+            "r.cost_after_usd, (select count(*) from repriced_attempts a "
+            "where a.repricing_id = r.id) from repricings r where r.project_id = %s",
+            (project.id,),
+        ).fetchall()
+    assert rows == [(5, 5, Decimal(5), Decimal(15), 5)]
+
+
 def test_a_correction_of_the_baseline_model_keeps_the_baselines_it_changed(engine):
     """Correcting the baseline model's price changes no attempt's cost, but every baseline
     cost (and so the savings) in the range: each is kept in the audit, old and new."""
@@ -151,7 +181,7 @@ def test_a_repricing_committed_after_a_rollup_took_its_hour_still_reaches_the_me
     own mark, found once it commits, rolls the hour again."""
     from app.services.feedback import record_feedback
     from app.services.projects import load_project_context
-    from app.services.reprice import REPRICE_JOB, _candidates, reprice_requests
+    from app.services.reprice import REPRICE_JOB, Audit, _candidates, reprice_requests
 
     project = make_project(baseline_model=None)
     events = [
@@ -176,7 +206,11 @@ def test_a_repricing_committed_after_a_rollup_took_its_hour_still_reaches_the_me
         )  # fmt: skip
         context = load_project_context(repricing, project_id=project.id)
         reprice_requests(
-            repricing, project=context, requests=batch, model=None, audit={"kind": "unpriced"}
+            repricing,
+            project=context,
+            requests=batch,
+            model=None,
+            audit=Audit({"kind": "unpriced"}),
         )
         assert metrics(engine, project.id).unpriced_requests == 3  # rolled before the commit
     after = metrics(engine, project.id)

@@ -3,7 +3,7 @@
 Two kinds. `unpriced`: requests whose model had no price get one once a price exists (the
 periodic job). `correction`: a model's attempts in a time range are priced again with the
 prices now in the catalog (for a price that was wrong). Client-sent costs are never touched.
-Each run that changes something writes a repricings row, one repriced_attempts row per
+Each run that changes something writes one repricings row, one repriced_attempts row per
 attempt and one repriced_baselines row per request whose baseline cost it changed, old and
 new, and marks the hours dirty so the rollups follow.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, insert, text, update
 
 from app.models import repriced_attempts, repriced_baselines, repricings
 from app.services.pricing import MONEY_CONTEXT, PriceBook
@@ -42,6 +42,16 @@ class Change:
     baselines: int = 0
 
 
+@dataclass
+class Audit:
+    """The repricings row of one run: its fields (kind, and a correction's model, range and
+    reason), and its id once a batch of the run changed something. A run goes in batches,
+    a transaction each; they all add to this one row, which says what the run changed."""
+
+    fields: dict
+    repricing_id: int | None = None
+
+
 def _attempts_of(conn: Connection, *, project_id: int, keys: list[tuple]) -> dict[tuple, list]:
     rows = conn.execute(
         text(
@@ -67,7 +77,7 @@ def reprice_requests(
     project: ProjectContext,
     requests: list,
     model: str | None,
-    audit: dict,
+    audit: Audit,
 ) -> Change:
     """Prices again the attempts of these requests: every priced or unpriced attempt of
     `model`, or (model None) only the unpriced ones; recomputes the requests' cost and
@@ -146,21 +156,35 @@ def _write(
     baseline_changes: list,
     request_updates: list[dict],
     change: Change,
-    audit: dict,
+    audit: Audit,
 ) -> None:
-    repricing_id = conn.execute(
-        insert(repricings)
-        .values(
-            project_id=project_id,
-            attempts_changed=change.attempts,
-            requests_changed=change.requests,
-            cost_before_usd=change.cost_before,
-            cost_after_usd=change.cost_after,
-            baselines_changed=change.baselines,
-            **audit,
+    if audit.repricing_id is None:
+        audit.repricing_id = conn.execute(
+            insert(repricings)
+            .values(
+                project_id=project_id,
+                attempts_changed=change.attempts,
+                requests_changed=change.requests,
+                cost_before_usd=change.cost_before,
+                cost_after_usd=change.cost_after,
+                baselines_changed=change.baselines,
+                **audit.fields,
+            )
+            .returning(repricings.c.id)
+        ).scalar_one()
+    else:
+        conn.execute(
+            update(repricings)
+            .where(repricings.c.project_id == project_id, repricings.c.id == audit.repricing_id)
+            .values(
+                attempts_changed=repricings.c.attempts_changed + change.attempts,
+                requests_changed=repricings.c.requests_changed + change.requests,
+                cost_before_usd=repricings.c.cost_before_usd + change.cost_before,
+                cost_after_usd=repricings.c.cost_after_usd + change.cost_after,
+                baselines_changed=repricings.c.baselines_changed + change.baselines,
+            )
         )
-        .returning(repricings.c.id)
-    ).scalar_one()
+    repricing_id = audit.repricing_id
     if attempt_changes:
         conn.execute(
             text(
@@ -229,8 +253,12 @@ def _candidates(conn: Connection, *, project_id: int, where: str, params: dict, 
     ).all()
 
 
-def _run(engine: Engine, *, project_id: int, where: str, params: dict, model, audit) -> Change:
-    """Goes through the matching requests of a project in key order, a batch a transaction."""
+def _run(
+    engine: Engine, *, project_id: int, where: str, params: dict, model, audit: dict
+) -> Change:
+    """Goes through the matching requests of a project in key order, a batch a transaction,
+    under one audit record."""
+    run = Audit(audit)
     total = Change(0, 0, Decimal(0), Decimal(0))
     after = (datetime(1900, 1, 1, tzinfo=UTC), "00000000-0000-0000-0000-000000000000")
     while True:
@@ -242,9 +270,7 @@ def _run(engine: Engine, *, project_id: int, where: str, params: dict, model, au
             if not batch:
                 return total
             project = load_project_context(conn, project_id=project_id)
-            change = reprice_requests(
-                conn, project=project, requests=batch, model=model, audit=audit
-            )
+            change = reprice_requests(conn, project=project, requests=batch, model=model, audit=run)
         after = (batch[-1].ts, str(batch[-1].request_id))
         total = Change(
             total.attempts + change.attempts,
