@@ -403,12 +403,13 @@ def _ingest_chunks(
         names = spilled.named if spilled else stored.named
         # The chunk as drafted, for its fields and time, when there was one.
         base = stored.drafted[chunk] if chunk < len(stored.drafted) else stored.event
+        # Revenue and quality go on with the calls when the chunk that held them was refused.
         carries_once = stored.carries_once and index in refused
-        once = {k: v for k, v in stored.event.items() if k in ONCE_PER_REQUEST}
+        carried = {k: v for k, v in stored.event.items() if k in ONCE_PER_REQUEST and carries_once}
         event = {
             **without_once_fields(base),
             **names,
-            **(once if carries_once else {}),
+            **carried,
             "request_id": request_id_of(draft.trace_id, draft.request_span_id, chunk),
             "attempts": calls[:MAX_ATTEMPTS],
         }

@@ -66,6 +66,16 @@ def deployment(fake_openai, group: str, model: str, **model_info) -> dict:
     }  # fmt: skip
 
 
+def cheap_falling_back(fake_openai, primary: str, fallback: str, *, num_retries: int) -> Router:
+    """A Router whose cheap group (`primary`) falls back to the standard one (`fallback`)."""
+    return Router(
+        model_list=[deployment(fake_openai, "cheap", primary),
+                    deployment(fake_openai, "standard", fallback)],
+        fallbacks=[{"cheap": ["standard"]}],
+        num_retries=num_retries,
+    )  # fmt: skip
+
+
 def wait_until(condition, timeout: float = 20.0) -> None:
     """Polls while LiteLLM's callbacks, which run after the call returns, catch up."""
     deadline = time.monotonic() + timeout
@@ -96,12 +106,7 @@ def call_in_app(router: Router, until, **call):
 def test_a_failing_primary_retried_then_a_served_fallback_is_one_request(
     http, engine, fake_openai, project, route_logger
 ):
-    router = Router(
-        model_list=[deployment(fake_openai, "cheap", "gpt-4o-mini-fail"),
-                    deployment(fake_openai, "standard", "gpt-4o")],
-        fallbacks=[{"cheap": ["standard"]}],
-        num_retries=2,
-    )  # fmt: skip
+    router = cheap_falling_back(fake_openai, "gpt-4o-mini-fail", "gpt-4o", num_retries=2)
     response = call_in_app(
         router, lambda: project.count_requests() == 1, model="cheap", metadata=CALL
     )
@@ -162,12 +167,7 @@ def test_a_fallback_the_router_makes_after_a_retry_after_is_still_the_calls_atte
     its fallback, longer than the settle time, and the call is still one request (its
     failures were sent as a failed request of their own, the fallback as another)."""
     route_logger.failed_call_settle_seconds = 1.5  # under the Router's wait, 2 s and more
-    router = Router(
-        model_list=[deployment(fake_openai, "cheap", "acme-ratelimited"),
-                    deployment(fake_openai, "standard", "gpt-4o")],
-        fallbacks=[{"cheap": ["standard"]}],
-        num_retries=1,
-    )  # fmt: skip
+    router = cheap_falling_back(fake_openai, "acme-ratelimited", "gpt-4o", num_retries=1)
     call_in_app(router, lambda: project.count_requests() >= 1, model="cheap", metadata=CALL)
     time.sleep(2)  # a split would have sent its second request by now
     body = metrics(http, engine, project)
@@ -180,12 +180,8 @@ def test_a_call_the_router_does_not_retry_is_sent_after_the_settle_time(
     """A 400 is not retried, whatever retries the Router has left: the failed call is sent
     once the settle time passed (it waited for the attempt timeout, ten minutes)."""
     route_logger.failed_call_settle_seconds = 0.5
-    router = Router(
-        model_list=[deployment(fake_openai, "cheap", "acme-badrequest")], num_retries=2
-    )
-    outcome = call_in_app(
-        router, lambda: route_logger._calls != {}, model="cheap", metadata=CALL
-    )
+    router = Router(model_list=[deployment(fake_openai, "cheap", "acme-badrequest")], num_retries=2)
+    outcome = call_in_app(router, lambda: route_logger._calls != {}, model="cheap", metadata=CALL)
     assert isinstance(outcome, litellm.BadRequestError)
     wait_until(lambda: project.count_requests() == 1, timeout=10)
     body = metrics(http, engine, project)
@@ -272,12 +268,8 @@ def test_a_fallback_slower_than_the_settle_time_is_still_the_calls_attempt(
     """The primary fails at once; its fallback answers after SLOW_SECONDS, longer than the
     settle time: the call waits while its fallback is under way, and is one served request."""
     route_logger.failed_call_settle_seconds = SLOW_SECONDS / 4
-    router = Router(
-        model_list=[deployment(fake_openai, "cheap", "acme-mini-fail"),
-                    deployment(fake_openai, "standard", "gpt-4o-slow")],
-        fallbacks=[{"cheap": ["standard"]}],
-        num_retries=0,  # the fallback at once (a retry waits out a backoff first)
-    )  # fmt: skip
+    # No retry, so the fallback at once (a retry waits out a backoff first).
+    router = cheap_falling_back(fake_openai, "acme-mini-fail", "gpt-4o-slow", num_retries=0)
     response = call_in_app(
         router, lambda: project.count_requests() == 1, model="cheap", metadata=CALL
     )
@@ -294,12 +286,7 @@ def test_a_flush_while_a_fallback_runs_leaves_that_call_whole(
     """The app flushes (say, at the end of a job) while another thread's call waits on its slow
     fallback: that call is not sent as failed then (it became two requests, a failed one and
     the fallback's), but once its fallback answers, as one."""
-    router = Router(
-        model_list=[deployment(fake_openai, "cheap", "acme-flushed-fail"),
-                    deployment(fake_openai, "standard", "gpt-4o-slow")],
-        fallbacks=[{"cheap": ["standard"]}],
-        num_retries=0,
-    )  # fmt: skip
+    router = cheap_falling_back(fake_openai, "acme-flushed-fail", "gpt-4o-slow", num_retries=0)
     caller = threading.Thread(
         target=router.completion, kwargs={"model": "cheap", "messages": MESSAGES, "metadata": CALL}
     )

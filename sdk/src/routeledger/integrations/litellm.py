@@ -115,7 +115,7 @@ class RouteLedgerLogger(CustomLogger):
         # Attempts started and not reported yet: call id -> (trace id, time.monotonic()).
         self._under_way: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Each model group's tier, as its attempts were given (deployment, map or name).
-        self._group_tiers: dict[str, str] = {group: tier for group, tier in self.tiers.items()}
+        self._group_tiers: dict[str, str] = dict(self.tiers)
         self._lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         atexit.register(self.send_pending)  # runs before the ledger's own flush at exit
