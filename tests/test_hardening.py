@@ -339,8 +339,13 @@ def test_a_read_that_runs_too_long_is_a_503(database_url, engine):
         api.start()
         blocker.begin()
         blocker.exec_driver_sql("lock table rollup_routing_hourly in access exclusive mode")
+        # Hours of a fixed day, read from the hourly rollups whatever the clock says (the
+        # default period, the last 24 hours, is a whole day read from the daily ones at 23:00).
         response = httpx.get(
-            f"{api.url}/v1/metrics/routing", headers=auth(project.read_key), timeout=30
+            f"{api.url}/v1/metrics/routing",
+            params={"start": "2026-11-02T01:00:00Z", "end": "2026-11-02T05:00:00Z"},
+            headers=auth(project.read_key),
+            timeout=30,
         )
     finally:
         blocker.rollback()
